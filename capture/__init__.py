@@ -1,0 +1,56 @@
+"""anytime.capture: sources of change turned into commits. Depends on anytime.store only.
+
+Modes (this release has ``scan``): scan walks a tree and records what differs from the
+stat cache (the previous versions in the index). Each call of :func:`snapshot` makes
+exactly one commit, or none if it fails (packs it wrote are reclaimed later).
+"""
+
+from __future__ import annotations
+
+import os
+
+from anytime.store import clock
+from anytime.store.errors import AnytimeError, UnknownVolume
+from anytime.store.volumes import (
+    create_volume,
+    get_volume,
+    list_volumes,
+    unique_name,
+)
+
+from .scan import Scanner, ScanReport
+
+__all__ = ["snapshot", "ScanReport"]
+
+
+def _volume_for(repo, source: str, name: str | None):
+    with repo.env.begin(write=True) as txn:
+        if name:
+            try:
+                vol = get_volume(repo, txn, name)
+            except UnknownVolume:
+                return create_volume(repo, txn, name, source, repo.block_size, clock.now_ns())
+            if os.path.realpath(vol.source) != os.path.realpath(source):
+                raise AnytimeError(f"volume '{name}' protects {vol.source}, not {source}; "
+                                   f"choose another --name")
+            return vol
+        for vol in list_volumes(repo, txn):
+            if vol.source == source:
+                return vol
+        base = os.path.basename(source.rstrip("/")) or "root"
+        return create_volume(repo, txn, unique_name(repo, txn, base), source,
+                             repo.block_size, clock.now_ns())
+
+
+def snapshot(repo, path: str, name: str | None = None, label: str | None = None,
+             progress=None, workers: int | None = None) -> ScanReport:
+    """Capture the tree at ``path`` as one commit of its volume (created on first use)."""
+    source = os.path.abspath(path)
+    if not os.path.isdir(source):
+        raise AnytimeError(f"{source} is not a directory (or does not exist); "
+                           f"snapshot takes a directory tree")
+    with repo.writer_lock():
+        vol = _volume_for(repo, source, name)
+        scanner = Scanner(repo, vol, os.fsencode(source), progress=progress, workers=workers)
+        info = {"kind": "scan", "source": source, "started_ns": clock.now_ns()}
+        return scanner.run(info, label=label)

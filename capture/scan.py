@@ -1,0 +1,387 @@
+"""Incremental scan: walk a directory tree and commit what changed since the last scan.
+
+Terms:
+  stat cache   the previous version of each path, read from the index. A regular file
+               whose kind, size, mtime, ctime and inode all match it is not read again.
+  segment      up to ``SEGMENT_BLOCKS`` consecutive blocks of one file; segments are
+               read, hashed and compressed by a pool of threads (both cores work even
+               on one large file).
+  unstable     a file that kept changing while it was read: after ``RETRIES`` reads
+               whose before/after stat differ, it is recorded with ``FLAG_UNSTABLE``.
+
+A directory that vanishes or cannot be read keeps its previous versions (nothing is
+recorded as deleted for it); the snapshot is then partial. Paths are bytes throughout.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat as st_
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from anytime.store import timeline
+from anytime.store.format import (
+    FLAG_UNSTABLE,
+    HOLE_ID,
+    KIND_BLK,
+    KIND_CHR,
+    KIND_DELETED,
+    KIND_DIR,
+    KIND_FIFO,
+    KIND_FILE,
+    KIND_SOCK,
+    KIND_SYMLINK,
+    MAX_INSTANT,
+    U64,
+    Entry,
+    inode_key,
+    join_path,
+)
+from anytime.store.writer import CommitBuilder
+
+SEGMENT_BLOCKS = 64
+RETRIES = 3
+MAX_INFLIGHT_SEGMENTS = 64
+_SEEK_DATA = getattr(os, "SEEK_DATA", 3)
+_SEEK_HOLE = getattr(os, "SEEK_HOLE", 4)
+
+
+def kind_of(mode: int) -> int:
+    return {st_.S_IFREG: KIND_FILE, st_.S_IFDIR: KIND_DIR, st_.S_IFLNK: KIND_SYMLINK,
+            st_.S_IFIFO: KIND_FIFO, st_.S_IFCHR: KIND_CHR, st_.S_IFBLK: KIND_BLK,
+            st_.S_IFSOCK: KIND_SOCK}.get(st_.S_IFMT(mode), KIND_FILE)
+
+
+def read_xattrs(path: bytes) -> dict[bytes, bytes]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return {}
+    out = {}
+    for n in names:
+        try:
+            out[n.encode("utf-8", "surrogateescape")] = os.getxattr(path, n, follow_symlinks=False)
+        except OSError:
+            continue
+    return out
+
+
+def entry_from_stat(s: os.stat_result, kind: int) -> Entry:
+    return Entry(kind=kind, mode=s.st_mode, uid=s.st_uid, gid=s.st_gid, nlink=s.st_nlink,
+                 size=s.st_size if kind in (KIND_FILE, KIND_SYMLINK) else 0,
+                 atime_ns=s.st_atime_ns, mtime_ns=s.st_mtime_ns, ctime_ns=s.st_ctime_ns,
+                 rdev=s.st_rdev if kind in (KIND_CHR, KIND_BLK) else 0,
+                 src_dev=s.st_dev, src_ino=s.st_ino)
+
+
+def unchanged(prev: Entry | None, s: os.stat_result, kind: int) -> bool:
+    return (prev is not None and prev.kind == kind and prev.src_ino == s.st_ino
+            and prev.mtime_ns == s.st_mtime_ns and prev.ctime_ns == s.st_ctime_ns
+            and (kind == KIND_DIR or prev.size == s.st_size))
+
+
+@dataclass
+class ScanReport:
+    """What a scan did; ``skipped`` lists (path, reason) for entries it could not read."""
+
+    instant: int = 0
+    volume: str = ""
+    files: int = 0
+    dirs: int = 0
+    others: int = 0
+    files_read: int = 0
+    bytes_read: int = 0
+    changed: int = 0
+    deleted: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    unstable: list[str] = field(default_factory=list)
+    committed: bool = False
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.skipped)
+
+
+@dataclass
+class _FileJob:
+    path: bytes  # relative to the volume root
+    abspath: bytes
+    entry: Entry
+    fd: int
+    before: os.stat_result
+    file_id: int
+    existing: bool  # file_id already had blocks: diff against them
+    segments: list[Future] = field(default_factory=list)
+    tries: int = 1
+
+
+class Scanner:
+    """One scan of ``source`` into volume ``vol``; call :meth:`run` once."""
+
+    def __init__(self, repo, vol, source: bytes, progress=None, workers: int | None = None):
+        self.repo = repo
+        self.vol = vol
+        self.vid = vol.id
+        self.source = source
+        self.bs = vol.block_size
+        self.progress = progress
+        self.builder = CommitBuilder(repo, vol)
+        self.pool = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 2,
+                                       thread_name_prefix="anytime-read")
+        self.report = ScanReport(volume=vol.name)
+        self.pending: deque[_FileJob] = deque()
+        self.inflight = 0
+        self.hardlinks: dict[tuple[int, int], int] = {}
+        self.txn = None
+        try:
+            rs = os.stat(repo.root)
+            self.exclude = {(rs.st_dev, rs.st_ino)}
+        except OSError:
+            self.exclude = set()
+
+    # --- walking -------------------------------------------------------------------------
+    def run(self, info: dict, label: str | None = None) -> ScanReport:
+        try:
+            with self.repo.read_txn() as txn:
+                self.txn = txn
+                self._scan_root()
+                self._drain(0)
+            self.txn = None
+            r = self.report
+            info = dict(info, files=r.files, dirs=r.dirs, files_read=r.files_read,
+                        bytes_read=r.bytes_read, changed=r.changed, deleted=r.deleted,
+                        skipped=len(r.skipped), unstable=len(r.unstable), partial=r.partial)
+            r.instant = self.builder.commit(info, label=label)
+            r.committed = True
+            return r
+        except BaseException:
+            for job in self.pending:
+                for f in job.segments:
+                    f.cancel()
+                os.close(job.fd)
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.builder.abort()
+            raise
+        finally:
+            self.pool.shutdown(wait=True)
+
+    def _scan_root(self) -> None:
+        try:
+            s = os.lstat(self.source)
+        except OSError as e:
+            raise FileNotFoundError(e.errno, f"cannot read {os.fsdecode(self.source)}: "
+                                    f"{e.strerror}") from None
+        if not st_.S_ISDIR(s.st_mode):
+            raise NotADirectoryError(errno.ENOTDIR, f"{os.fsdecode(self.source)} is not a "
+                                     f"directory; snapshot takes a directory tree")
+        prev = timeline.entry_at(self.repo, self.txn, self.vid, b"", MAX_INSTANT)
+        self._record_dir(b"", self.source, s, prev)
+
+    def _skip(self, path: bytes, reason: str) -> None:
+        self.report.skipped.append((os.fsdecode(path), reason))
+        if self.progress:
+            self.progress.warn(f"skipped {os.fsdecode(path)}: {reason}")
+
+    def _record_dir(self, rel: bytes, abspath: bytes, s: os.stat_result, prev: Entry | None):
+        self.report.dirs += 1
+        try:
+            it = os.scandir(abspath)
+        except OSError as e:
+            self._skip(abspath, e.strerror or str(e))
+            return
+        if not unchanged(prev, s, KIND_DIR):
+            e = entry_from_stat(s, KIND_DIR)
+            e.xattrs = read_xattrs(abspath)
+            self.builder.put_entry(rel, e)
+            self.report.changed += 1
+        before = {n: e for n, e in timeline.list_dir_at(self.repo, self.txn, self.vid, rel,
+                                                         MAX_INSTANT)}
+        seen = set()
+        subdirs = []
+        with it:
+            try:
+                children = list(it)
+            except OSError as e:
+                self._skip(abspath, e.strerror or str(e))
+                return
+        for de in children:
+            name = de.name
+            try:
+                cs = de.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # vanished: recorded as deleted below if it existed before
+            except OSError as e:
+                seen.add(name)
+                self._skip(de.path, e.strerror or str(e))
+                continue
+            if (cs.st_dev, cs.st_ino) in self.exclude:
+                continue
+            seen.add(name)
+            crel = join_path(rel, name)
+            kind = kind_of(cs.st_mode)
+            old = before.get(name)
+            if old is not None and old.kind == KIND_DIR and kind != KIND_DIR:
+                self._delete_tree(crel)
+            if kind == KIND_DIR:
+                subdirs.append((crel, de.path, cs, old))
+            elif kind == KIND_FILE:
+                self.report.files += 1
+                if not unchanged(old, cs, kind):
+                    self._record_file(crel, de.path, cs, old)
+            else:
+                self.report.others += 1
+                if not unchanged(old, cs, kind):
+                    self._record_other(crel, de.path, cs, kind)
+        for name, old in before.items():
+            if name not in seen:
+                self._delete(join_path(rel, name), old)
+        for crel, cpath, cs, old in subdirs:
+            self._record_dir(crel, cpath, cs, old)
+        if self.progress:
+            self.progress.update(self.report)
+
+    def _delete(self, rel: bytes, old: Entry) -> None:
+        self.builder.put_entry(rel, Entry(KIND_DELETED))
+        self.report.deleted += 1
+        if old.kind == KIND_DIR:
+            self._delete_tree(rel)
+
+    def _delete_tree(self, rel: bytes) -> None:
+        """Record every live entry under directory ``rel`` as deleted."""
+        for name, old in timeline.list_dir_at(self.repo, self.txn, self.vid, rel, MAX_INSTANT):
+            self._delete(join_path(rel, name), old)
+
+    def _record_other(self, rel: bytes, abspath: bytes, s: os.stat_result, kind: int) -> None:
+        e = entry_from_stat(s, kind)
+        if kind == KIND_SYMLINK:
+            try:
+                e.target = os.readlink(abspath)
+            except OSError as err:
+                self._skip(abspath, err.strerror or str(err))
+                return
+        e.xattrs = read_xattrs(abspath) if kind != KIND_SYMLINK else {}
+        self.builder.put_entry(rel, e)
+        self.report.changed += 1
+
+    # --- files ---------------------------------------------------------------------------
+    def _record_file(self, rel: bytes, abspath: bytes, s: os.stat_result,
+                     old: Entry | None) -> None:
+        self.report.changed += 1
+        e = entry_from_stat(s, KIND_FILE)
+        key = (s.st_dev, s.st_ino)
+        if s.st_nlink > 1 and key in self.hardlinks:
+            e.file_id = self.hardlinks[key]
+            e.xattrs = read_xattrs(abspath)
+            self.builder.put_entry(rel, e)
+            return
+        try:
+            fd = os.open(abspath, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except FileNotFoundError:
+            self.report.changed -= 1
+            return
+        except OSError as err:
+            self._skip(abspath, err.strerror or str(err))
+            return
+        e.xattrs = read_xattrs(abspath)
+        before = os.fstat(fd)
+        if old is not None and old.kind == KIND_FILE and old.src_ino == s.st_ino \
+                and old.src_dev == s.st_dev:
+            fid, existing = old.file_id, True
+        else:
+            v = self.txn.get(inode_key(self.vid, s.st_dev, s.st_ino),
+                             db=self.repo.dbs[b"inodes"])
+            if v is not None:
+                fid, existing = U64.unpack(v)[0], True
+            else:
+                fid, existing = self.builder.new_file_id(), False
+                self.builder.map_inode(s.st_dev, s.st_ino, fid)
+        if s.st_nlink > 1:
+            self.hardlinks[key] = fid
+        e.file_id = fid
+        job = _FileJob(rel, abspath, e, fd, before, fid, existing)
+        self._submit(job)
+        self.pending.append(job)
+        self._drain(MAX_INFLIGHT_SEGMENTS)
+
+    def _submit(self, job: _FileJob) -> None:
+        size = job.before.st_size
+        sparse = job.before.st_blocks * 512 < size
+        nblocks = (size + self.bs - 1) // self.bs
+        job.segments = [self.pool.submit(self._read_segment, job.fd, first,
+                                         min(SEGMENT_BLOCKS, nblocks - first), size, sparse)
+                        for first in range(0, nblocks, SEGMENT_BLOCKS)]
+        self.inflight += len(job.segments)
+
+    def _read_segment(self, fd: int, first: int, count: int, size: int, sparse: bool
+                      ) -> list[bytes]:
+        bs = self.bs
+        ids = []
+        store = self.builder.store_block
+        for b in range(first, first + count):
+            off = b * bs
+            n = min(bs, size - off)
+            if sparse and _all_hole(fd, off, n):
+                ids.append(HOLE_ID)
+                continue
+            data = os.pread(fd, n, off)
+            if len(data) < n:  # shrank while read; the stat check will notice
+                data += bytes(n - len(data))
+            ids.append(store(data))
+        return ids
+
+    def _drain(self, limit: int) -> None:
+        while self.pending and self.inflight > limit:
+            self._finish(self.pending.popleft())
+
+    def _finish(self, job: _FileJob) -> None:
+        while True:
+            ids = []
+            for f in job.segments:
+                ids.extend(f.result())
+            self.inflight -= len(job.segments)
+            after = os.fstat(job.fd)
+            b = job.before
+            stable = (after.st_size, after.st_mtime_ns, after.st_ctime_ns) == (
+                b.st_size, b.st_mtime_ns, b.st_ctime_ns)
+            if stable or job.tries >= RETRIES:
+                break
+            job.tries += 1
+            job.before = after
+            self._submit(job)
+        os.close(job.fd)
+        e = job.entry
+        if not stable:
+            e.flags |= FLAG_UNSTABLE
+            self.report.unstable.append(os.fsdecode(job.abspath))
+            if self.progress:
+                self.progress.warn(f"{os.fsdecode(job.abspath)} kept changing while read; "
+                                   f"recorded as unstable")
+        # the entry describes what was read: the stat the last read began with
+        s = job.before
+        e.size, e.mtime_ns, e.ctime_ns = s.st_size, s.st_mtime_ns, s.st_ctime_ns
+        e.nlink, e.mode, e.uid, e.gid = s.st_nlink, s.st_mode, s.st_uid, s.st_gid
+        self.report.files_read += 1
+        self.report.bytes_read += s.st_size
+        if job.existing:
+            old = timeline.blocks_at(self.repo, self.txn, self.vid, job.file_id, 0, len(ids),
+                                     MAX_INSTANT)
+            for i, (new, prev) in enumerate(zip(ids, old, strict=True)):
+                if new != prev:
+                    self.builder.put_block_version(job.file_id, i, new)
+        else:
+            for i, new in enumerate(ids):
+                if new != HOLE_ID:
+                    self.builder.put_block_version(job.file_id, i, new)
+        self.builder.put_entry(job.path, e)
+
+
+def _all_hole(fd: int, off: int, n: int) -> bool:
+    """True if [off, off+n) holds no data (sparse hole), asked without reading."""
+    try:
+        nxt = os.lseek(fd, off, _SEEK_DATA)
+    except OSError as e:
+        return e.errno == errno.ENXIO  # no data after off
+    return nxt >= off + n

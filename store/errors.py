@@ -1,0 +1,90 @@
+"""Errors people meet, each with a plain message and a stable exit code.
+
+Every failure a user can act on is one class here. The CLI prints ``str(err)`` and
+exits with ``err.exit_code``; the codes are part of the interface and never change.
+
+Exit codes:
+
+====  =========================================================================
+code  meaning
+====  =========================================================================
+0     success
+1     a comparison found differences (``diff --exit-code``), or a general error
+2     bad usage: an argument that cannot be parsed
+3     a snapshot or restore completed partially (some entries were skipped)
+10    no repository at the location, or it is damaged / of another format
+11    another process holds the repository's writer lock
+12    the volume or path was never protected
+13    the path does not exist at the requested instant
+14    the instant is before history starts, or cannot be understood
+15    the destination cannot be written (full, read-only, exists)
+16    stored data is damaged (checksum mismatch, missing pack)
+17    a mount failed or the mountpoint is unusable
+====  =========================================================================
+"""
+
+from __future__ import annotations
+
+
+class AnytimeError(Exception):
+    """Base of every error meant for users."""
+
+    exit_code = 1
+
+
+class UsageError(AnytimeError):
+    exit_code = 2
+
+
+class PartialError(AnytimeError):
+    """The operation finished but skipped some entries (listed in the message)."""
+
+    exit_code = 3
+
+
+class RepositoryNotFound(AnytimeError):
+    exit_code = 10
+
+
+class RepositoryFormatError(AnytimeError):
+    exit_code = 10
+
+
+class RepositoryExists(AnytimeError):
+    exit_code = 10
+
+
+class RepositoryLocked(AnytimeError):
+    exit_code = 11
+
+
+class UnknownVolume(AnytimeError):
+    exit_code = 12
+
+
+class NotProtected(AnytimeError):
+    exit_code = 12
+
+
+class PathNotFound(AnytimeError):
+    exit_code = 13
+
+
+class InstantError(AnytimeError):
+    exit_code = 14
+
+
+class BeforeHistory(InstantError):
+    exit_code = 14
+
+
+class DestinationError(AnytimeError):
+    exit_code = 15
+
+
+class DamagedData(AnytimeError):
+    exit_code = 16
+
+
+class MountError(AnytimeError):
+    exit_code = 17

@@ -1,0 +1,201 @@
+"""Byte layouts of everything the repository writes: the constants named in docs/format.md.
+
+Nothing here does I/O. Keys sort in the order lookups need (big-endian integers),
+values are little-endian structs. Names are bytes everywhere: a path inside a volume
+is the bytes of its components joined by ``b"/"``, without a leading slash; the
+volume root is ``b""``.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+FORMAT_VERSION = 1
+#: Feature flags this program understands; a repository listing another is refused.
+KNOWN_FEATURES: frozenset[str] = frozenset()
+
+# --- packs -------------------------------------------------------------------------
+PACK_MAGIC = b"ANYTPACK"
+#: magic(8) | format version u32 | pack id (16 bytes) | reserved u32
+PACK_HEADER = struct.Struct("<8sI16sI")
+RECORD_MAGIC = b"ATRC"
+#: magic(4) | block id(32) | codec u8 | 3 pad | raw length u32 | stored length u32 | xxh3_64 of stored bytes
+RECORD_HEADER = struct.Struct("<4s32sB3xIIQ")
+CODEC_RAW = 0
+CODEC_ZSTD = 1
+#: Pack files are closed once they pass this size (bytes).
+DEFAULT_PACK_TARGET = 64 * 1024 * 1024
+
+# --- block ids ---------------------------------------------------------------------
+BLOCK_ID_LEN = 32
+#: The id recorded for an all-zero block (a hole). No data is stored for it.
+HOLE_ID = bytes(BLOCK_ID_LEN)
+#: Default block size of a directory-tree volume (see docs/format.md for the measurement).
+DEFAULT_BLOCK_SIZE = 128 * 1024
+ZSTD_LEVEL = 3
+
+# --- LMDB databases ----------------------------------------------------------------
+DB_META = b"meta"
+DB_BLOCKS = b"blocks"
+DB_PACKS = b"packs"
+DB_VOLUMES = b"volumes"
+DB_VOLNAMES = b"volnames"
+DB_COMMITS = b"commits"
+DB_ENTRIES = b"entries"
+DB_BLOCKVERS = b"blockvers"
+DB_LABELS = b"labels"
+DB_INODES = b"inodes"
+ALL_DBS = (DB_META, DB_BLOCKS, DB_PACKS, DB_VOLUMES, DB_VOLNAMES, DB_COMMITS, DB_ENTRIES,
+           DB_BLOCKVERS, DB_LABELS, DB_INODES)
+
+#: blocks value: pack id(16) | offset u64 | stored length u32 | raw length u32 | codec u8
+BLOCK_LOC = struct.Struct("<16sQIIB")
+#: packs value: size u64 | record count u32 | commit instant u64
+PACK_INFO = struct.Struct("<QIQ")
+
+U32 = struct.Struct(">I")
+U64 = struct.Struct(">Q")
+MAX_INSTANT = 2**64 - 1
+SEP = b"\x00"
+
+
+def vol_key(vol: int) -> bytes:
+    return U32.pack(vol)
+
+
+def commit_key(vol: int, instant: int) -> bytes:
+    return U32.pack(vol) + U64.pack(instant)
+
+
+def entry_prefix(vol: int, parent: bytes, name: bytes) -> bytes:
+    """Key prefix of every version of one directory entry."""
+    return U32.pack(vol) + parent + SEP + name + SEP
+
+
+def dir_prefix(vol: int, parent: bytes) -> bytes:
+    """Key prefix of every version of every entry of directory ``parent``."""
+    return U32.pack(vol) + parent + SEP
+
+
+def entry_key(vol: int, parent: bytes, name: bytes, instant: int) -> bytes:
+    return entry_prefix(vol, parent, name) + U64.pack(instant)
+
+
+def blockver_prefix(vol: int, file_id: int, block_no: int) -> bytes:
+    return U32.pack(vol) + U64.pack(file_id) + U64.pack(block_no)
+
+
+def blockver_key(vol: int, file_id: int, block_no: int, instant: int) -> bytes:
+    return blockver_prefix(vol, file_id, block_no) + U64.pack(instant)
+
+
+def label_key(vol: int, name: bytes) -> bytes:
+    return U32.pack(vol) + name
+
+
+def inode_key(vol: int, dev: int, ino: int) -> bytes:
+    return U32.pack(vol) + U64.pack(dev & (2**64 - 1)) + U64.pack(ino)
+
+
+def split_path(path: bytes) -> tuple[bytes, bytes]:
+    """``b"a/b/c"`` -> ``(b"a/b", b"c")``; the root ``b""`` -> ``(b"", b"")``."""
+    i = path.rfind(b"/")
+    if i < 0:
+        return b"", path
+    return path[:i], path[i + 1:]
+
+
+def join_path(parent: bytes, name: bytes) -> bytes:
+    return parent + b"/" + name if parent else name
+
+
+# --- entries (path versions) -------------------------------------------------------
+KIND_DELETED = 0
+KIND_FILE = 1
+KIND_DIR = 2
+KIND_SYMLINK = 3
+KIND_FIFO = 4
+KIND_CHR = 5
+KIND_BLK = 6
+KIND_SOCK = 7
+KIND_NAMES = {KIND_DELETED: "deleted", KIND_FILE: "file", KIND_DIR: "dir",
+              KIND_SYMLINK: "symlink", KIND_FIFO: "fifo", KIND_CHR: "chardev",
+              KIND_BLK: "blockdev", KIND_SOCK: "socket"}
+
+FLAG_UNSTABLE = 1  # the file kept changing while it was read; content is a best effort
+
+#: kind u8 | flags u8 | 2 pad | mode u32 | uid u32 | gid u32 | nlink u32 | size u64 |
+#: atime i64 | mtime i64 | ctime i64 (ns) | file id u64 | rdev u64 | source dev u64 | source ino u64
+ENTRY_FIXED = struct.Struct("<BB2xIIIIQqqqQQQQ")
+_U32LE = struct.Struct("<I")
+_U16LE = struct.Struct("<H")
+
+
+@dataclass(slots=True)
+class Entry:
+    """One version of one path: its metadata, and for files the id of its content.
+
+    ``file_id`` names the content (the volume's inode): hardlinked paths share it, and
+    the blocks of a file are versioned under it. ``src_dev``/``src_ino`` are the
+    identity of the source inode, kept for the scan's stat cache.
+    """
+
+    kind: int
+    mode: int = 0
+    uid: int = 0
+    gid: int = 0
+    nlink: int = 1
+    size: int = 0
+    atime_ns: int = 0
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+    file_id: int = 0
+    rdev: int = 0
+    src_dev: int = 0
+    src_ino: int = 0
+    flags: int = 0
+    target: bytes = b""
+    xattrs: dict[bytes, bytes] = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        parts = [ENTRY_FIXED.pack(self.kind, self.flags, self.mode, self.uid, self.gid,
+                                  self.nlink, self.size, self.atime_ns, self.mtime_ns,
+                                  self.ctime_ns, self.file_id, self.rdev,
+                                  self.src_dev & (2**64 - 1), self.src_ino),
+                 _U32LE.pack(len(self.target)), self.target, _U32LE.pack(len(self.xattrs))]
+        for k in sorted(self.xattrs):
+            v = self.xattrs[k]
+            parts += [_U16LE.pack(len(k)), k, _U32LE.pack(len(v)), v]
+        return b"".join(parts)
+
+    @classmethod
+    def decode(cls, buf: bytes) -> Entry:
+        (kind, flags, mode, uid, gid, nlink, size, at, mt, ct, fid, rdev, sdev,
+         sino) = ENTRY_FIXED.unpack_from(buf, 0)
+        pos = ENTRY_FIXED.size
+        (tlen,) = _U32LE.unpack_from(buf, pos)
+        pos += 4
+        target = bytes(buf[pos:pos + tlen])
+        pos += tlen
+        (nx,) = _U32LE.unpack_from(buf, pos)
+        pos += 4
+        xattrs = {}
+        for _ in range(nx):
+            (kl,) = _U16LE.unpack_from(buf, pos)
+            pos += 2
+            k = bytes(buf[pos:pos + kl])
+            pos += kl
+            (vl,) = _U32LE.unpack_from(buf, pos)
+            pos += 4
+            xattrs[k] = bytes(buf[pos:pos + vl])
+            pos += vl
+        return cls(kind, mode, uid, gid, nlink, size, at, mt, ct, fid, rdev, sdev, sino,
+                   flags, target, xattrs)
+
+    @property
+    def deleted(self) -> bool:
+        return self.kind == KIND_DELETED
+
+
+DELETED = Entry(KIND_DELETED)

@@ -1,0 +1,187 @@
+"""Pack files: append-only files of self-describing block records.
+
+A pack starts with ``PACK_HEADER`` and holds records ``RECORD_HEADER | stored bytes``.
+Each record names its block id, codec, sizes and the xxh3-64 checksum of the stored
+bytes, so a pack can be read and checked without the index (``iter_records``).
+
+Thread-safety: :class:`PackWriter` serialises appends with a lock, so hashing and
+compressing threads may call :meth:`PackWriter.append` concurrently. Reading uses
+``os.pread`` on cached descriptors and is safe from any thread.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+from collections.abc import Iterator
+
+import xxhash
+
+from .errors import DamagedData
+from .format import (
+    CODEC_RAW,
+    FORMAT_VERSION,
+    PACK_HEADER,
+    PACK_MAGIC,
+    RECORD_HEADER,
+    RECORD_MAGIC,
+)
+
+
+def pack_path(root: str, pack_id: bytes) -> str:
+    h = pack_id.hex()
+    return os.path.join(root, "packs", h[:2], h + ".pack")
+
+
+class PackWriter:
+    """Appends records to pack files, starting a new pack past ``target`` bytes.
+
+    Nothing is durable until :meth:`sync` returns; the caller commits the index only
+    after that (the one commit point).
+    """
+
+    def __init__(self, root: str, target: int):
+        self.root = root
+        self.target = target
+        self.lock = threading.Lock()
+        self.finished: list[tuple[bytes, int, int]] = []  # (pack id, size, records)
+        self._fd: int | None = None
+        self._id = b""
+        self._size = 0
+        self._records = 0
+        self._unsynced: list[int] = []
+
+    def _open(self) -> None:
+        self._id = secrets.token_bytes(16)
+        path = pack_path(self.root, self._id)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        header = PACK_HEADER.pack(PACK_MAGIC, FORMAT_VERSION, self._id, 0)
+        os.write(self._fd, header)
+        self._size = len(header)
+        self._records = 0
+
+    def append(self, block_id: bytes, codec: int, raw_len: int, stored: bytes
+               ) -> tuple[bytes, int]:
+        """Append one record; returns (pack id, offset of the record header)."""
+        header = RECORD_HEADER.pack(RECORD_MAGIC, block_id, codec, raw_len, len(stored),
+                                    xxhash.xxh3_64_intdigest(stored))
+        with self.lock:
+            if self._fd is None:
+                self._open()
+            offset = self._size
+            os.write(self._fd, header + stored)
+            self._size += len(header) + len(stored)
+            self._records += 1
+            pack_id = self._id
+            if self._size >= self.target:
+                self._close()
+        return pack_id, offset
+
+    def _close(self) -> None:
+        if self._fd is None:
+            return
+        os.fsync(self._fd)  # sync now so the final commit waits for less
+        os.close(self._fd)
+        self.finished.append((self._id, self._size, self._records))
+        self._fd = None
+
+    def sync(self) -> list[tuple[bytes, int, int]]:
+        """Close the open pack and make every pack written durable; returns them all."""
+        with self.lock:
+            self._close()
+            dirs = {os.path.dirname(pack_path(self.root, p)) for p, _, _ in self.finished}
+        for d in dirs | {os.path.join(self.root, "packs")}:
+            fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return list(self.finished)
+
+    def abort(self) -> None:
+        """Drop every pack written by this writer (nothing references them)."""
+        with self.lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self.finished.append((self._id, self._size, self._records))
+                self._fd = None
+            for pack_id, _, _ in self.finished:
+                try:
+                    os.unlink(pack_path(self.root, pack_id))
+                except FileNotFoundError:
+                    pass
+            self.finished.clear()
+
+
+class PackReader:
+    """Reads records by (pack id, offset), keeping descriptors open."""
+
+    def __init__(self, root: str):
+        self.root = root
+        self._fds: dict[bytes, int] = {}
+        self._lock = threading.Lock()
+
+    def _fd(self, pack_id: bytes) -> int:
+        fd = self._fds.get(pack_id)
+        if fd is None:
+            with self._lock:
+                fd = self._fds.get(pack_id)
+                if fd is None:
+                    try:
+                        fd = os.open(pack_path(self.root, pack_id), os.O_RDONLY | os.O_CLOEXEC)
+                    except FileNotFoundError:
+                        raise DamagedData(f"pack {pack_id.hex()} is missing from the "
+                                          f"repository; run 'anytime check'") from None
+                    self._fds[pack_id] = fd
+        return fd
+
+    def read_record(self, pack_id: bytes, offset: int, stored_len: int, block_id: bytes
+                    ) -> tuple[int, int, bytes]:
+        """Returns (codec, raw length, stored bytes), verified against the header."""
+        n = RECORD_HEADER.size + stored_len
+        buf = os.pread(self._fd(pack_id), n, offset)
+        if len(buf) != n:
+            raise DamagedData(f"pack {pack_id.hex()} is truncated at offset {offset}")
+        magic, bid, codec, raw_len, slen, check = RECORD_HEADER.unpack_from(buf, 0)
+        stored = buf[RECORD_HEADER.size:]
+        if (magic != RECORD_MAGIC or bid != block_id or slen != stored_len
+                or xxhash.xxh3_64_intdigest(stored) != check):
+            raise DamagedData(f"block {block_id.hex()[:16]} in pack {pack_id.hex()} "
+                              f"at offset {offset} is damaged (checksum mismatch)")
+        return codec, raw_len, stored
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+
+
+def iter_records(path: str) -> Iterator[tuple[int, bytes, int, int, int, bool]]:
+    """Walk a pack file without the index.
+
+    Yields (offset, block id, codec, raw length, stored length, checksum ok). Stops at
+    the first record whose header is unreadable (a crash leaves a torn tail).
+    """
+    with open(path, "rb") as f:
+        head = f.read(PACK_HEADER.size)
+        if len(head) < PACK_HEADER.size or PACK_HEADER.unpack(head)[0] != PACK_MAGIC:
+            return
+        offset = PACK_HEADER.size
+        while True:
+            h = f.read(RECORD_HEADER.size)
+            if len(h) < RECORD_HEADER.size:
+                return
+            magic, bid, codec, raw_len, slen, check = RECORD_HEADER.unpack(h)
+            if magic != RECORD_MAGIC:
+                return
+            stored = f.read(slen)
+            if len(stored) < slen:
+                return
+            yield offset, bid, codec, raw_len, slen, xxhash.xxh3_64_intdigest(stored) == check
+            offset += RECORD_HEADER.size + slen
+
+
+__all__ = ["PackWriter", "PackReader", "iter_records", "pack_path", "CODEC_RAW"]

@@ -1,0 +1,233 @@
+"""The repository: a directory holding ``config``, ``packs/`` and the LMDB ``index/``.
+
+Finding it: ``--repo DIR``, else ``$ANYTIME_REPO``, else :func:`default_location`.
+
+Concurrency: many readers (each a short LMDB read transaction) and one writer. The
+writer holds an exclusive ``flock`` on ``lock`` for its whole run, so only it creates
+packs; when it starts it reclaims pack files that no commit references (left by a
+killed writer). An LMDB environment must never be carried across ``fork()``: open the
+repository after daemonising.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import secrets
+import threading
+from contextlib import contextmanager
+
+import lmdb
+import zstandard
+
+from . import clock
+from .errors import (
+    DamagedData,
+    RepositoryExists,
+    RepositoryFormatError,
+    RepositoryLocked,
+    RepositoryNotFound,
+)
+from .format import (
+    ALL_DBS,
+    BLOCK_LOC,
+    CODEC_ZSTD,
+    DB_BLOCKS,
+    DB_PACKS,
+    DEFAULT_BLOCK_SIZE,
+    DEFAULT_PACK_TARGET,
+    FORMAT_VERSION,
+    KNOWN_FEATURES,
+    ZSTD_LEVEL,
+)
+from .packs import PackReader
+
+#: Address space reserved for the index up front: growing it later would invalidate
+#: the read transactions of running mounts.
+MAP_SIZE = 1 << 40
+MAX_READERS = 512
+
+
+def default_location() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"),
+                                                            ".local", "share")
+    return os.path.join(base, "anytime", "repo")
+
+
+def locate(repo: str | None = None) -> str:
+    return os.path.abspath(repo or os.environ.get("ANYTIME_REPO") or default_location())
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Repository:
+    """An open repository. Thread-safe for reading; see the module doc for writing."""
+
+    def __init__(self, root: str, config: dict):
+        self.root = root
+        self.config = config
+        self.block_key = bytes.fromhex(config["block_key"])
+        self.block_size = int(config.get("block_size", DEFAULT_BLOCK_SIZE))
+        self.zstd_level = int(config.get("zstd_level", ZSTD_LEVEL))
+        self.pack_target = int(os.environ.get("ANYTIME_PACK_TARGET")
+                               or config.get("pack_target", DEFAULT_PACK_TARGET))
+        self.env = lmdb.open(os.path.join(root, "index"), map_size=MAP_SIZE,
+                             max_dbs=len(ALL_DBS) + 2, max_readers=MAX_READERS,
+                             readahead=False, subdir=True)
+        with self.env.begin(write=True) as txn:
+            self.dbs = {name: self.env.open_db(name, txn=txn) for name in ALL_DBS}
+        self.packs = PackReader(root)
+        self._local = threading.local()
+
+    # --- opening ---------------------------------------------------------------------
+    @classmethod
+    def init(cls, root: str, block_size: int = DEFAULT_BLOCK_SIZE) -> Repository:
+        root = os.path.abspath(root)
+        if os.path.exists(os.path.join(root, "config")):
+            raise RepositoryExists(f"a repository already exists at {root}")
+        if os.path.isdir(root) and os.listdir(root):
+            raise RepositoryExists(f"{root} is not empty; choose an empty or new directory")
+        os.makedirs(os.path.join(root, "packs"), exist_ok=True)
+        config = {
+            "format_version": FORMAT_VERSION,
+            "features": sorted(KNOWN_FEATURES),
+            "id": secrets.token_hex(16),
+            "block_key": secrets.token_hex(32),
+            "block_size": block_size,
+            "zstd_level": ZSTD_LEVEL,
+            "created_ns": clock.now_ns(),
+        }
+        os.makedirs(os.path.join(root, "index"), exist_ok=True)
+        tmp = os.path.join(root, "config.tmp")
+        with open(tmp, "w") as f:
+            json.dump(config, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, os.path.join(root, "config"))  # the config file marks a repository
+        _fsync_dir(root)
+        return cls(root, config)
+
+    @classmethod
+    def open(cls, root: str) -> Repository:
+        root = os.path.abspath(root)
+        path = os.path.join(root, "config")
+        try:
+            with open(path) as f:
+                config = json.load(f)
+        except FileNotFoundError:
+            raise RepositoryNotFound(
+                f"no anytime repository at {root}; create one with 'anytime init' "
+                f"(or point --repo / $ANYTIME_REPO at an existing one)") from None
+        except (ValueError, OSError) as e:
+            raise RepositoryFormatError(f"the repository config {path} is unreadable: {e}") from None
+        version = config.get("format_version")
+        if version != FORMAT_VERSION:
+            raise RepositoryFormatError(
+                f"the repository at {root} has format version {version}; this anytime "
+                f"reads format version {FORMAT_VERSION}. Use a matching anytime release.")
+        unknown = set(config.get("features", [])) - KNOWN_FEATURES
+        if unknown:
+            raise RepositoryFormatError(
+                f"the repository at {root} uses features this anytime does not know "
+                f"({', '.join(sorted(unknown))}); upgrade anytime to use it.")
+        return cls(root, config)
+
+    def close(self) -> None:
+        self.packs.close()
+        self.env.close()
+
+    def __enter__(self) -> Repository:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- reading ---------------------------------------------------------------------
+    def read_txn(self) -> lmdb.Transaction:
+        """A read transaction: a consistent view of the index; keep it short."""
+        return self.env.begin(buffers=False)
+
+    def _dctx(self) -> zstandard.ZstdDecompressor:
+        d = getattr(self._local, "dctx", None)
+        if d is None:
+            d = self._local.dctx = zstandard.ZstdDecompressor()
+        return d
+
+    def block_location(self, txn, block_id: bytes) -> tuple[bytes, int, int, int, int] | None:
+        loc = txn.get(block_id, db=self.dbs[DB_BLOCKS])
+        return None if loc is None else BLOCK_LOC.unpack(loc)
+
+    def read_block(self, txn, block_id: bytes) -> bytes:
+        """The plaintext of a stored block (checksum verified)."""
+        loc = self.block_location(txn, block_id)
+        if loc is None:
+            raise DamagedData(f"block {block_id.hex()[:16]} is referenced but not in the "
+                              f"index; run 'anytime check'")
+        pack_id, offset, stored_len, raw_len, _codec = loc
+        codec, raw_len, stored = self.packs.read_record(pack_id, offset, stored_len, block_id)
+        if codec == CODEC_ZSTD:
+            try:
+                data = self._dctx().decompress(stored, max_output_size=raw_len)
+            except zstandard.ZstdError as e:
+                raise DamagedData(f"block {block_id.hex()[:16]} does not decompress: {e}") from None
+        else:
+            data = stored
+        if len(data) != raw_len:
+            raise DamagedData(f"block {block_id.hex()[:16]} has the wrong length")
+        return data
+
+    def committed_packs(self, txn) -> set[bytes]:
+        return {bytes(k) for k in txn.cursor(db=self.dbs[DB_PACKS]).iternext(values=False)}
+
+    # --- writing ---------------------------------------------------------------------
+    @contextmanager
+    def writer_lock(self, wait: bool = False):
+        """Hold the repository's writer lock; reclaims uncommitted packs on entry."""
+        path = os.path.join(self.root, "lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+                raise RepositoryLocked(
+                    f"another anytime process ({holder or 'unknown pid'}) is writing to "
+                    f"{self.root}; wait for it to finish") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+            self.reclaim_leftover_packs()
+            yield
+        finally:
+            os.close(fd)
+
+    def reclaim_leftover_packs(self) -> list[str]:
+        """Delete pack files no commit references (a writer died before committing).
+
+        Only safe under the writer lock: no other writer has packs in flight.
+        """
+        with self.read_txn() as txn:
+            known = self.committed_packs(txn)
+        removed = []
+        top = os.path.join(self.root, "packs")
+        for sub in os.listdir(top):
+            d = os.path.join(top, sub)
+            if not os.path.isdir(d):
+                continue
+            for name in os.listdir(d):
+                if not name.endswith(".pack"):
+                    continue
+                try:
+                    pid = bytes.fromhex(name[:-5])
+                except ValueError:
+                    continue
+                if pid not in known:
+                    os.unlink(os.path.join(d, name))
+                    removed.append(name)
+        return removed

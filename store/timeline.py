@@ -1,0 +1,196 @@
+"""Point-in-time lookups: the newest version at or before an instant, in one seek.
+
+Every versioned key ends with a big-endian instant, so the versions of one thing are
+adjacent and sorted by time. "The newest version at or before T" is: position the
+cursor at the first key >= prefix|T+1, step back once, and check the prefix. That is
+O(log n) in the history length, never a replay.
+
+All functions take an open LMDB transaction; they never write.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+from .format import (
+    DB_BLOCKVERS,
+    DB_COMMITS,
+    DB_ENTRIES,
+    DB_LABELS,
+    HOLE_ID,
+    MAX_INSTANT,
+    U32,
+    U64,
+    Entry,
+    blockver_prefix,
+    commit_key,
+    dir_prefix,
+    entry_prefix,
+    label_key,
+    split_path,
+)
+
+
+def _seek_at_or_before(cur, prefix: bytes, instant: int) -> bytes | None:
+    """Position ``cur`` on the newest key ``prefix|t`` with t <= instant; returns its value."""
+    probe = prefix + U64.pack(instant + 1) if instant < MAX_INSTANT else prefix + b"\xff" * 9
+    if cur.set_range(probe):
+        if not cur.prev():
+            return None
+    elif not cur.last():
+        return None
+    key = cur.key()
+    if len(key) == len(prefix) + 8 and key.startswith(prefix):
+        return cur.value()
+    return None
+
+
+def entry_at(repo, txn, vol: int, path: bytes, instant: int) -> Entry | None:
+    """The entry at ``path`` in the view at ``instant``; None if absent then."""
+    parent, name = split_path(path)
+    cur = txn.cursor(db=repo.dbs[DB_ENTRIES])
+    val = _seek_at_or_before(cur, entry_prefix(vol, parent, name), instant)
+    if val is None:
+        return None
+    e = Entry.decode(val)
+    return None if e.deleted else e
+
+
+def list_dir_at(repo, txn, vol: int, path: bytes, instant: int,
+                include_deleted: bool = False) -> list[tuple[bytes, Entry]]:
+    """Entries of directory ``path`` at ``instant``, sorted by name.
+
+    Costs two seeks per name ever seen in the directory, whatever the number of
+    versions each has.
+    """
+    cur = txn.cursor(db=repo.dbs[DB_ENTRIES])
+    prefix = dir_prefix(vol, path)
+    plen = len(prefix)
+    out = []
+    if not cur.set_range(prefix):
+        return out
+    while True:
+        key = cur.key()
+        if not key.startswith(prefix):
+            break
+        name = key[plen:-9]
+        if name:  # the root's own entry has the empty name
+            nprefix = prefix + name + b"\x00"
+            val = _seek_at_or_before(cur, nprefix, instant)
+            if val is not None:
+                e = Entry.decode(val)
+                if include_deleted or not e.deleted:
+                    out.append((name, e))
+        if not cur.set_range(prefix + name + b"\x01"):
+            break
+    return out
+
+
+def entry_versions(repo, txn, vol: int, path: bytes) -> Iterator[tuple[int, Entry]]:
+    """Every recorded version of ``path`` (deletions included), oldest first."""
+    parent, name = split_path(path)
+    prefix = entry_prefix(vol, parent, name)
+    cur = txn.cursor(db=repo.dbs[DB_ENTRIES])
+    if not cur.set_range(prefix):
+        return
+    for key, val in cur:
+        if not key.startswith(prefix) or len(key) != len(prefix) + 8:
+            break
+        yield U64.unpack(key[-8:])[0], Entry.decode(val)
+
+
+def names_ever(repo, txn, vol: int, path: bytes) -> Iterator[bytes]:
+    """Every name that ever appeared in directory ``path``."""
+    cur = txn.cursor(db=repo.dbs[DB_ENTRIES])
+    prefix = dir_prefix(vol, path)
+    if not cur.set_range(prefix):
+        return
+    while True:
+        key = cur.key()
+        if not key.startswith(prefix):
+            return
+        name = key[len(prefix):-9]
+        if name:
+            yield name
+        if not cur.set_range(prefix + name + b"\x01"):
+            return
+
+
+def block_at(repo, txn, vol: int, file_id: int, block_no: int, instant: int,
+             cur=None) -> bytes:
+    """The id of block ``block_no`` of file ``file_id`` at ``instant`` (HOLE_ID if none)."""
+    cur = cur or txn.cursor(db=repo.dbs[DB_BLOCKVERS])
+    val = _seek_at_or_before(cur, blockver_prefix(vol, file_id, block_no), instant)
+    return HOLE_ID if val is None else bytes(val)
+
+
+def blocks_at(repo, txn, vol: int, file_id: int, first: int, count: int,
+              instant: int) -> list[bytes]:
+    cur = txn.cursor(db=repo.dbs[DB_BLOCKVERS])
+    return [block_at(repo, txn, vol, file_id, b, instant, cur) for b in range(first, first + count)]
+
+
+def block_versions(repo, txn, vol: int, file_id: int) -> Iterator[tuple[int, int, bytes]]:
+    """(block number, instant, block id) of every block version of a file."""
+    prefix = U32.pack(vol) + U64.pack(file_id)
+    cur = txn.cursor(db=repo.dbs[DB_BLOCKVERS])
+    if not cur.set_range(prefix):
+        return
+    for key, val in cur:
+        if not key.startswith(prefix):
+            return
+        yield U64.unpack(key[12:20])[0], U64.unpack(key[20:28])[0], bytes(val)
+
+
+# --- commits -------------------------------------------------------------------------
+def commits(repo, txn, vol: int, since: int = 0, until: int = MAX_INSTANT
+            ) -> Iterator[tuple[int, dict]]:
+    """(instant, commit record) of a volume's commits in [since, until], oldest first."""
+    cur = txn.cursor(db=repo.dbs[DB_COMMITS])
+    prefix = U32.pack(vol)
+    if not cur.set_range(commit_key(vol, since)):
+        return
+    for key, val in cur:
+        if not key.startswith(prefix):
+            return
+        t = U64.unpack(key[4:])[0]
+        if t > until:
+            return
+        yield t, json.loads(bytes(val))
+
+
+def commit_at_or_before(repo, txn, vol: int, instant: int) -> tuple[int, dict] | None:
+    cur = txn.cursor(db=repo.dbs[DB_COMMITS])
+    val = _seek_at_or_before(cur, U32.pack(vol), instant)
+    if val is None:
+        return None
+    return U64.unpack(cur.key()[4:])[0], json.loads(bytes(val))
+
+
+def first_commit(repo, txn, vol: int) -> int | None:
+    for t, _ in commits(repo, txn, vol):
+        return t
+    return None
+
+
+def commit_count(repo, txn, vol: int) -> int:
+    return sum(1 for _ in commits(repo, txn, vol))
+
+
+# --- labels --------------------------------------------------------------------------
+def label_instant(repo, txn, vol: int, name: str) -> int | None:
+    v = txn.get(label_key(vol, name.encode()), db=repo.dbs[DB_LABELS])
+    return None if v is None else U64.unpack(v)[0]
+
+
+def labels(repo, txn, vol: int) -> list[tuple[str, int]]:
+    cur = txn.cursor(db=repo.dbs[DB_LABELS])
+    prefix = U32.pack(vol)
+    out = []
+    if cur.set_range(prefix):
+        for key, val in cur:
+            if not key.startswith(prefix):
+                break
+            out.append((bytes(key[4:]).decode(errors="surrogateescape"), U64.unpack(val)[0]))
+    return out

@@ -1,0 +1,171 @@
+"""Building and committing one commit: the write side of the store.
+
+A :class:`CommitBuilder` collects blocks (stored into packs as they come), path
+versions, block versions and inode mappings; :meth:`CommitBuilder.commit` then
+
+1. makes every pack written durable (fsync of packs and their directories), and
+2. writes the whole commit in one LMDB write transaction (fsynced by LMDB).
+
+Step 2 is the one commit point. A crash before it leaves only pack files that no
+commit references; the next writer deletes them (:meth:`Repository.reclaim_leftover_packs`).
+
+Thread-safety: :meth:`store_block` may be called from many threads (hashing and
+compression release the GIL); everything else from the thread that owns the builder.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import blake3
+import zstandard
+
+from . import clock
+from .format import (
+    BLOCK_LOC,
+    CODEC_RAW,
+    CODEC_ZSTD,
+    DB_BLOCKS,
+    DB_BLOCKVERS,
+    DB_COMMITS,
+    DB_ENTRIES,
+    DB_INODES,
+    DB_LABELS,
+    DB_PACKS,
+    DB_VOLUMES,
+    HOLE_ID,
+    PACK_INFO,
+    U64,
+    Entry,
+    blockver_key,
+    commit_key,
+    entry_key,
+    inode_key,
+    label_key,
+    split_path,
+    vol_key,
+)
+from .packs import PackWriter
+from .volumes import Volume, put_volume
+
+_ZERO = bytes(16 * 1024 * 1024)
+
+
+def is_zero(data: bytes) -> bool:
+    n = len(data)
+    return data == _ZERO[:n] if n <= len(_ZERO) else data.count(0) == n
+
+
+class CommitBuilder:
+    """Everything one commit of one volume will hold. Use once."""
+
+    def __init__(self, repo, vol: Volume):
+        self.repo = repo
+        self.vol = vol
+        self.packw = PackWriter(repo.root, repo.pack_target)
+        self._lock = threading.Lock()
+        self._new_blocks: dict[bytes, tuple] = {}
+        self._entries: list[tuple[bytes, bytes]] = []  # (path, encoded entry)
+        self._blockvers: list[tuple[int, int, bytes]] = []
+        self._inodes: list[tuple[int, int, int]] = []
+        self._local = threading.local()
+        self.stats = {"blocks_new": 0, "bytes_new": 0, "bytes_stored": 0, "blocks_dup": 0}
+        self.done = False
+
+    # --- blocks (any thread) -----------------------------------------------------------
+    def _cctx(self) -> zstandard.ZstdCompressor:
+        c = getattr(self._local, "cctx", None)
+        if c is None:
+            c = self._local.cctx = zstandard.ZstdCompressor(
+                level=self.repo.zstd_level, write_content_size=False)
+        return c
+
+    def block_id(self, data: bytes) -> bytes:
+        if is_zero(data):
+            return HOLE_ID
+        return blake3.blake3(data, key=self.repo.block_key).digest()
+
+    def store_block(self, data: bytes) -> bytes:
+        """Store ``data`` unless an identical block exists; returns its block id."""
+        if is_zero(data):
+            return HOLE_ID
+        bid = blake3.blake3(data, key=self.repo.block_key).digest()
+        with self._lock:
+            if bid in self._new_blocks:
+                self.stats["blocks_dup"] += 1
+                return bid
+            self._new_blocks[bid] = None  # reserve: another thread may race us
+        with self.repo.env.begin() as txn:
+            known = txn.get(bid, db=self.repo.dbs[DB_BLOCKS]) is not None
+        if known:
+            with self._lock:
+                del self._new_blocks[bid]
+                self.stats["blocks_dup"] += 1
+            return bid
+        z = self._cctx().compress(data)
+        codec, stored = (CODEC_ZSTD, z) if len(z) < len(data) else (CODEC_RAW, data)
+        pack_id, offset = self.packw.append(bid, codec, len(data), stored)
+        with self._lock:
+            self._new_blocks[bid] = (pack_id, offset, len(stored), len(data), codec)
+            self.stats["blocks_new"] += 1
+            self.stats["bytes_new"] += len(data)
+            self.stats["bytes_stored"] += len(stored)
+        return bid
+
+    # --- timeline records (owner thread) ---------------------------------------------
+    def new_file_id(self) -> int:
+        fid = self.vol.next_file_id
+        self.vol.next_file_id += 1
+        return fid
+
+    def put_entry(self, path: bytes, entry: Entry) -> None:
+        self._entries.append((path, entry.encode()))
+
+    def put_block_version(self, file_id: int, block_no: int, block_id: bytes) -> None:
+        self._blockvers.append((file_id, block_no, block_id))
+
+    def map_inode(self, dev: int, ino: int, file_id: int) -> None:
+        self._inodes.append((dev, ino, file_id))
+
+    @property
+    def empty(self) -> bool:
+        return not (self._entries or self._blockvers)
+
+    # --- commit --------------------------------------------------------------------------
+    def commit(self, info: dict, label: str | None = None, instant: int | None = None) -> int:
+        """Make the commit durable and visible; returns its instant."""
+        packs = self.packw.sync()  # 1. pack bytes durable
+        repo, dbs = self.repo, self.repo.dbs
+        vid = self.vol.id
+        with repo.env.begin(write=True) as txn:  # 2. the one commit point
+            stored = Volume.decode(txn.get(vol_key(vid), db=dbs[DB_VOLUMES]))
+            t = max(instant or clock.now_ns(), stored.horizon + 1)
+            for pack_id, size, nrec in packs:
+                txn.put(pack_id, PACK_INFO.pack(size, nrec, t), db=dbs[DB_PACKS])
+            put = txn.put
+            for bid, loc in self._new_blocks.items():
+                if loc is not None:
+                    put(bid, BLOCK_LOC.pack(*loc), db=dbs[DB_BLOCKS])
+            for path, enc in self._entries:
+                parent, name = split_path(path)
+                put(entry_key(vid, parent, name, t), enc, db=dbs[DB_ENTRIES])
+            for fid, bno, bid in self._blockvers:
+                put(blockver_key(vid, fid, bno, t), bid, db=dbs[DB_BLOCKVERS])
+            for dev, ino, fid in self._inodes:
+                put(inode_key(vid, dev, ino), U64.pack(fid), db=dbs[DB_INODES])
+            record = dict(info, packs=len(packs), **self.stats)
+            if label:
+                record["label"] = label
+                put(label_key(vid, label.encode()), U64.pack(t), db=dbs[DB_LABELS])
+            put(commit_key(vid, t), json.dumps(record, sort_keys=True).encode(),
+                db=dbs[DB_COMMITS])
+            self.vol.horizon = t
+            self.vol.next_file_id = max(self.vol.next_file_id, stored.next_file_id)
+            put_volume(repo, txn, self.vol)
+        self.done = True
+        return t
+
+    def abort(self) -> None:
+        if not self.done:
+            self.packw.abort()

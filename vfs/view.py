@@ -1,0 +1,85 @@
+"""The view of a volume at an instant: stat, list, read, readlink, xattrs.
+
+This is the one place that decides what a volume at time T looks like as a
+filesystem; the CLI, the FUSE/WinFsp adapter and the web page only translate it.
+
+A :class:`View` holds no LMDB transaction between calls: each call opens a short read
+transaction, so a view may be shared by threads and never blocks the writer. A view
+at or before the volume's horizon never changes (``final``).
+"""
+
+from __future__ import annotations
+
+from anytime.store import timeline
+from anytime.store.format import HOLE_ID, KIND_DIR, KIND_FILE, Entry
+from anytime.store.volumes import Volume
+
+
+def norm(path: bytes | str) -> bytes:
+    """A path inside a volume as index bytes: no leading/trailing slash, no '.' parts."""
+    if isinstance(path, str):
+        path = path.encode("utf-8", "surrogateescape")
+    parts = [p for p in path.split(b"/") if p and p != b"."]
+    return b"/".join(parts)
+
+
+class View:
+    def __init__(self, repo, vol: Volume, instant: int):
+        self.repo = repo
+        self.vol = vol
+        self.instant = instant
+        self.bs = vol.block_size
+
+    @property
+    def final(self) -> bool:
+        return self.instant <= self.vol.horizon
+
+    def lookup(self, path: bytes) -> Entry | None:
+        with self.repo.read_txn() as txn:
+            return timeline.entry_at(self.repo, txn, self.vol.id, path, self.instant)
+
+    def listdir(self, path: bytes) -> list[tuple[bytes, Entry]]:
+        with self.repo.read_txn() as txn:
+            return timeline.list_dir_at(self.repo, txn, self.vol.id, path, self.instant)
+
+    def block_ids(self, entry: Entry, offset: int, size: int) -> tuple[int, list[bytes]]:
+        """(first block number, ids) of the blocks covering [offset, offset+size)."""
+        end = min(offset + size, entry.size)
+        if end <= offset:
+            return 0, []
+        first, last = offset // self.bs, (end - 1) // self.bs
+        with self.repo.read_txn() as txn:
+            return first, timeline.blocks_at(self.repo, txn, self.vol.id, entry.file_id,
+                                             first, last - first + 1, self.instant)
+
+    def read(self, entry: Entry, offset: int, size: int) -> bytes:
+        """Bytes [offset, offset+size) of a file entry; holes read as zeros, untouched."""
+        if entry.kind != KIND_FILE:
+            raise IsADirectoryError(entry.kind == KIND_DIR and "is a directory" or "not a file")
+        end = min(offset + size, entry.size)
+        if end <= offset:
+            return b""
+        bs = self.bs
+        first, last = offset // bs, (end - 1) // bs
+        parts = []
+        with self.repo.read_txn() as txn:
+            ids = timeline.blocks_at(self.repo, txn, self.vol.id, entry.file_id, first,
+                                     last - first + 1, self.instant)
+            for i, bid in enumerate(ids):
+                bstart = (first + i) * bs
+                blen = min(bs, entry.size - bstart)
+                data = bytes(blen) if bid == HOLE_ID else self.repo.read_block(txn, bid)
+                if len(data) < blen:  # a block stored before the file grew past it
+                    data += bytes(blen - len(data))
+                lo = max(offset - bstart, 0)
+                hi = min(end - bstart, blen)
+                parts.append(data[lo:hi] if (lo, hi) != (0, len(data)) else data)
+        return b"".join(parts)
+
+    def iter_read(self, entry: Entry, chunk: int = 1 << 20):
+        """The whole content of a file entry, in pieces."""
+        off = 0
+        while off < entry.size:
+            data = self.read(entry, off, chunk)
+            yield data
+            off += len(data)
