@@ -14,15 +14,9 @@ import sys
 
 from anytime.store.errors import AnytimeError, DestinationError
 
-from . import cmd_read, cmd_repo
+from . import cmd_labels, cmd_read, cmd_repo, cmd_restore
 
-COMMANDS = [cmd_repo, cmd_read]
-try:  # commands of later parts register themselves here
-    from . import cmd_more
-
-    COMMANDS.append(cmd_more)
-except ImportError:  # pragma: no cover
-    pass
+COMMANDS = [cmd_repo, cmd_read, cmd_restore, cmd_labels]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,5 @@
+"""placeholder, filled below."""
+
+
+def register(sub, common) -> None:
+    pass
