@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 from anytime.capture import snapshot
@@ -117,5 +116,3 @@ def cmd_volumes(args) -> int:
         print("no volumes yet; protect a tree with 'anytime snapshot PATH'", file=sys.stderr)
     return 0
 
-
-__all__ = ["register", "open_repo", "os"]

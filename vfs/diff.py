@@ -1,0 +1,353 @@
+"""Differences between a volume at two instants, or between an instant and the live tree.
+
+Terms:
+  side     one tree being compared: a :class:`ViewSide` (a volume at an instant) or a
+           :class:`LiveSide` (the protected directory as it is now).
+  change   one line of a tree diff: ``+`` added, ``-`` removed, ``M`` content modified,
+           ``U`` metadata only (mode, owner, times, xattrs), ``T`` type changed,
+           ``R`` moved (same file id, or the same source inode for directories).
+
+Content is never read to diff trees: two versions of a file are compared by their
+block ids (index only). Only the live side hashes a file, and only when its size and
+times differ from the stored version. Unchanged entries (the same stored version)
+are skipped at once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat as st_
+from dataclasses import dataclass
+
+import blake3
+
+from anytime.store import timeline
+from anytime.store.format import (
+    DB_INODES,
+    HOLE_ID,
+    KIND_BLK,
+    KIND_CHR,
+    KIND_DIR,
+    KIND_FIFO,
+    KIND_FILE,
+    KIND_SOCK,
+    KIND_SYMLINK,
+    U64,
+    Entry,
+    inode_key,
+    join_path,
+)
+
+from .view import View
+
+_KINDS = {st_.S_IFREG: KIND_FILE, st_.S_IFDIR: KIND_DIR, st_.S_IFLNK: KIND_SYMLINK,
+          st_.S_IFIFO: KIND_FIFO, st_.S_IFCHR: KIND_CHR, st_.S_IFBLK: KIND_BLK,
+          st_.S_IFSOCK: KIND_SOCK}
+_NONZERO = bytes([0] + [1] * 255)
+_ZERO = bytes(1 << 20)
+
+
+@dataclass
+class Change:
+    mark: str
+    path: bytes
+    old_path: bytes | None = None
+    detail: str = ""
+
+    def as_dict(self) -> dict:
+        d = {"change": self.mark, "path": self.path.decode("utf-8", "surrogateescape")}
+        if self.old_path is not None:
+            d["old_path"] = self.old_path.decode("utf-8", "surrogateescape")
+        if self.detail:
+            d["detail"] = self.detail
+        return d
+
+
+class ViewSide:
+    def __init__(self, view: View):
+        self.view = view
+        self.repo = view.repo
+
+    def lookup(self, path: bytes) -> Entry | None:
+        return self.view.lookup(path)
+
+    def listdir(self, path: bytes) -> dict[bytes, Entry]:
+        return dict(self.view.listdir(path))
+
+    def block_ids(self, e: Entry) -> list[bytes]:
+        n = (e.size + self.view.bs - 1) // self.view.bs
+        with self.repo.read_txn() as txn:
+            return timeline.blocks_at(self.repo, txn, self.view.vol.id, e.file_id, 0, n,
+                                      self.view.instant)
+
+    def read_block(self, path: bytes, e: Entry, block_no: int) -> bytes:
+        bs = self.view.bs
+        return self.view.read(e, block_no * bs, bs)
+
+
+class LiveSide:
+    """The protected tree as it is now; file ids come from the volume's inode map."""
+
+    def __init__(self, view: View):
+        self.view = view
+        self.repo = view.repo
+        self.root = os.fsencode(view.vol.source)
+
+    def _abs(self, path: bytes) -> bytes:
+        return os.path.join(self.root, path) if path else self.root
+
+    def _entry(self, abspath: bytes, s: os.stat_result) -> Entry:
+        kind = _KINDS.get(st_.S_IFMT(s.st_mode), KIND_FILE)
+        e = Entry(kind=kind, mode=s.st_mode, uid=s.st_uid, gid=s.st_gid, nlink=s.st_nlink,
+                  size=s.st_size if kind in (KIND_FILE, KIND_SYMLINK) else 0,
+                  atime_ns=s.st_atime_ns, mtime_ns=s.st_mtime_ns, ctime_ns=s.st_ctime_ns,
+                  rdev=s.st_rdev if kind in (KIND_CHR, KIND_BLK) else 0,
+                  src_dev=s.st_dev, src_ino=s.st_ino)
+        if kind == KIND_SYMLINK:
+            e.target = os.readlink(abspath)
+        if kind == KIND_FILE:
+            with self.repo.read_txn() as txn:
+                v = txn.get(inode_key(self.view.vol.id, s.st_dev, s.st_ino),
+                            db=self.repo.dbs[DB_INODES])
+            e.file_id = U64.unpack(v)[0] if v else 0
+        return e
+
+    def xattrs(self, path: bytes) -> dict[bytes, bytes]:
+        from_path = self._abs(path)
+        out = {}
+        try:
+            for n in os.listxattr(from_path, follow_symlinks=False):
+                out[n.encode("utf-8", "surrogateescape")] = os.getxattr(
+                    from_path, n, follow_symlinks=False)
+        except OSError:
+            pass
+        return out
+
+    def lookup(self, path: bytes) -> Entry | None:
+        try:
+            p = self._abs(path)
+            return self._entry(p, os.lstat(p))
+        except FileNotFoundError:
+            return None
+
+    def listdir(self, path: bytes) -> dict[bytes, Entry]:
+        out = {}
+        try:
+            it = os.scandir(self._abs(path))
+        except OSError:
+            return out
+        with it:
+            for de in it:
+                try:
+                    out[de.name] = self._entry(de.path, de.stat(follow_symlinks=False))
+                except OSError:
+                    continue
+        return out
+
+    def read_block(self, path: bytes, e: Entry, block_no: int) -> bytes:
+        bs = self.view.bs
+        with open(self._abs(path), "rb") as f:
+            f.seek(block_no * bs)
+            return f.read(bs)
+
+    def block_ids(self, e: Entry, path: bytes) -> list[bytes]:
+        key = self.repo.block_key
+        bs = self.view.bs
+        ids = []
+        with open(self._abs(path), "rb") as f:
+            while True:
+                data = f.read(bs)
+                if not data:
+                    break
+                zero = data == _ZERO[:len(data)]
+                ids.append(HOLE_ID if zero else blake3.blake3(data, key=key).digest())
+        return ids
+
+
+def _same_meta(a: Entry, b: Entry) -> bool:
+    return (a.mode, a.uid, a.gid, a.mtime_ns, a.rdev) == (b.mode, b.uid, b.gid, b.mtime_ns,
+                                                         b.rdev)
+
+
+class TreeDiff:
+    """Compares ``old`` (a ViewSide) with ``new`` (a ViewSide or LiveSide)."""
+
+    def __init__(self, old: ViewSide, new):
+        self.old = old
+        self.new = new
+        self.live = isinstance(new, LiveSide)
+        self.changes: list[Change] = []
+        self.removed: list[tuple[bytes, Entry]] = []
+        self.added: list[tuple[bytes, Entry]] = []
+
+    def run(self, path: bytes) -> list[Change]:
+        a, b = self.old.lookup(path), self.new.lookup(path)
+        if a is None and b is None:
+            return []
+        if a is None or b is None:
+            self._one_sided(path, a if b is None else b, removed=b is None)
+        else:
+            self._compare(path, path, a, b)
+        self._match_moves()
+        self.changes.sort(key=lambda c: c.path)
+        return self.changes
+
+    def _one_sided(self, path: bytes, e: Entry, removed: bool) -> None:
+        (self.removed if removed else self.added).append((path, e))
+        if e.kind == KIND_DIR:
+            side = self.old if removed else self.new
+            for name, child in side.listdir(path).items():
+                self._one_sided(join_path(path, name), child, removed)
+
+    def _compare(self, opath: bytes, npath: bytes, a: Entry, b: Entry) -> None:
+        if a.kind != b.kind:
+            self.changes.append(Change("T", npath))
+            if a.kind == KIND_DIR:
+                for name, child in self.old.listdir(opath).items():
+                    self._one_sided(join_path(opath, name), child, True)
+            if b.kind == KIND_DIR:
+                for name, child in self.new.listdir(npath).items():
+                    self._one_sided(join_path(npath, name), child, False)
+            return
+        if a.kind == KIND_DIR:
+            if not self._dir_meta_same(npath, a, b):
+                self.changes.append(Change("U", npath))
+            olds, news = self.old.listdir(opath), self.new.listdir(npath)
+            for name, ea in olds.items():
+                eb = news.get(name)
+                if eb is None:
+                    self._one_sided(join_path(opath, name), ea, True)
+                elif ea != eb:
+                    self._compare(join_path(opath, name), join_path(npath, name), ea, eb)
+            for name, eb in news.items():
+                if name not in olds:
+                    self._one_sided(join_path(npath, name), eb, False)
+            return
+        mark = self._entry_change(npath, a, b)
+        if mark:
+            self.changes.append(Change(mark, npath))
+
+    def _dir_meta_same(self, path: bytes, a: Entry, b: Entry) -> bool:
+        if not self.live:
+            return _same_meta(a, b) and a.xattrs == b.xattrs
+        if (a.mode, a.uid, a.gid) != (b.mode, b.uid, b.gid):
+            return False
+        return a.ctime_ns == b.ctime_ns or a.xattrs == self.new.xattrs(path)
+
+    def _entry_change(self, path: bytes, a: Entry, b: Entry) -> str | None:
+        """'M', 'U' or None for two entries of the same kind."""
+        if self.live and (a.size, a.mtime_ns, a.ctime_ns, a.src_ino) == (
+                b.size, b.mtime_ns, b.ctime_ns, b.src_ino):
+            return None  # the stat cache says unchanged since it was captured
+        if a.kind == KIND_SYMLINK:
+            content_same = a.target == b.target
+        elif a.kind == KIND_FILE:
+            content_same = a.size == b.size and self._same_blocks(path, a, b)
+        else:
+            content_same = True
+        if not content_same:
+            return "M"
+        bx = self.new.xattrs(path) if self.live else b.xattrs
+        meta_same = (a.mode, a.uid, a.gid, a.rdev) == (b.mode, b.uid, b.gid, b.rdev) and \
+            a.xattrs == bx and (a.mtime_ns == b.mtime_ns or a.kind == KIND_SYMLINK)
+        return None if meta_same else "U"
+
+    def _same_blocks(self, path: bytes, a: Entry, b: Entry) -> bool:
+        if not self.live and a.file_id == b.file_id and a.encode() == b.encode():
+            return True
+        ids_a = self.old.block_ids(a)
+        ids_b = self.new.block_ids(b, path) if self.live else self.new.block_ids(b)
+        return ids_a == ids_b
+
+    def _match_moves(self) -> None:
+        def ident(e: Entry):
+            if e.kind == KIND_FILE and e.file_id:
+                return ("f", e.file_id)
+            if e.kind == KIND_DIR:
+                return ("d", e.src_dev, e.src_ino)
+            return None
+
+        pool: dict[tuple, list[tuple[bytes, Entry]]] = {}
+        for path, e in self.removed:
+            k = ident(e)
+            if k is not None:
+                pool.setdefault(k, []).append((path, e))
+        moved_dirs: list[tuple[bytes, bytes]] = []
+        matched_old: set[bytes] = set()
+        unmatched_added = []
+        for path, e in sorted(self.added, key=lambda pe: pe[0]):
+            k = ident(e)
+            cands = pool.get(k) if k is not None else None
+            if cands:
+                opath, oe = cands.pop(0)
+                matched_old.add(opath)
+                inside = any(opath.startswith(od + b"/") and path.startswith(nd + b"/")
+                             and opath[len(od):] == path[len(nd):] for od, nd in moved_dirs)
+                if not inside:
+                    self.changes.append(Change("R", path, old_path=opath))
+                if e.kind == KIND_DIR:
+                    moved_dirs.append((opath, path))
+                else:
+                    mark = self._entry_change(path, oe, e)
+                    if mark:
+                        self.changes.append(Change(mark, path))
+            else:
+                unmatched_added.append(path)
+        self.changes += [Change("+", p) for p in unmatched_added]
+        self.changes += [Change("-", p) for p, _ in self.removed if p not in matched_old]
+
+
+# --- file content diffs -------------------------------------------------------------
+_RUN = re.compile(rb"\x01+")
+
+
+def differing_ranges(a: bytes, b: bytes, base: int = 0) -> list[tuple[int, int]]:
+    """Byte ranges [start, end) where ``a`` and ``b`` differ (computed in C, not per byte)."""
+    n = min(len(a), len(b))
+    out = []
+    if a[:n] != b[:n]:
+        x = (int.from_bytes(a[:n], "big") ^ int.from_bytes(b[:n], "big")).to_bytes(n, "big")
+        out = [(base + m.start(), base + m.end()) for m in _RUN.finditer(x.translate(_NONZERO))]
+    if len(a) != len(b):
+        out.append((base + n, base + max(len(a), len(b))))
+    return out
+
+
+def merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for s, e in ranges:
+        if out and s <= out[-1][1]:
+            out[-1] = (out[-1][0], max(e, out[-1][1]))
+        else:
+            out.append((s, e))
+    return out
+
+
+def binary_ranges(old: ViewSide, new, opath: bytes, npath: bytes, a: Entry, b: Entry
+                  ) -> list[tuple[int, int]]:
+    """Changed byte ranges between two versions of a file; equal blocks are not read."""
+    ids_a = old.block_ids(a)
+    ids_b = new.block_ids(b, npath) if isinstance(new, LiveSide) else new.block_ids(b)
+    ranges = []
+    bs = old.view.bs
+    for i in range(max(len(ids_a), len(ids_b))):
+        ia = ids_a[i] if i < len(ids_a) else None
+        ib = ids_b[i] if i < len(ids_b) else None
+        if ia == ib and ia is not None:
+            continue
+        da = old.read_block(opath, a, i) if ia is not None else b""
+        db = new.read_block(npath, b, i) if ib is not None else b""
+        ranges += differing_ranges(da, db, i * bs)
+    return merge_ranges(ranges)
+
+
+def read_all(side, path: bytes, e: Entry) -> bytes:
+    if isinstance(side, LiveSide):
+        with open(side._abs(path), "rb") as f:
+            return f.read()
+    return b"".join(side.view.iter_read(e))
+
+
+def looks_text(data: bytes) -> bool:
+    return b"\x00" not in data[:65536]
