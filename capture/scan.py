@@ -47,6 +47,7 @@ RETRIES = 3
 MAX_INFLIGHT_SEGMENTS = 64
 _SEEK_DATA = getattr(os, "SEEK_DATA", 3)
 _SEEK_HOLE = getattr(os, "SEEK_HOLE", 4)
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 def kind_of(mode: int) -> int:
@@ -55,15 +56,18 @@ def kind_of(mode: int) -> int:
             st_.S_IFSOCK: KIND_SOCK}.get(st_.S_IFMT(mode), KIND_FILE)
 
 
-def read_xattrs(path: bytes) -> dict[bytes, bytes]:
+def read_xattrs(path: bytes | int) -> dict[bytes, bytes]:
+    """Extended attributes (POSIX ACLs included) of a path, not following symlinks, or of
+    an open descriptor."""
     try:
-        names = os.listxattr(path, follow_symlinks=False)
+        names = os.listxattr(path, follow_symlinks=isinstance(path, int))
     except OSError:
         return {}
     out = {}
     for n in names:
         try:
-            out[n.encode("utf-8", "surrogateescape")] = os.getxattr(path, n, follow_symlinks=False)
+            out[n.encode("utf-8", "surrogateescape")] = os.getxattr(
+                path, n, follow_symlinks=isinstance(path, int))
         except OSError:
             continue
     return out
@@ -110,7 +114,7 @@ class _FileJob:
     path: bytes  # relative to the volume root
     abspath: bytes
     entry: Entry
-    fd: int
+    fd: int | None  # open by the main thread for files of more than one segment
     before: os.stat_result
     file_id: int
     existing: bool  # file_id already had blocks: diff against them
@@ -161,7 +165,8 @@ class Scanner:
             for job in self.pending:
                 for f in job.segments:
                     f.cancel()
-                os.close(job.fd)
+                if job.fd is not None:
+                    os.close(job.fd)
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.builder.abort()
             raise
@@ -277,16 +282,6 @@ class Scanner:
             e.xattrs = read_xattrs(abspath)
             self.builder.put_entry(rel, e)
             return
-        try:
-            fd = os.open(abspath, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-        except FileNotFoundError:
-            self.report.changed -= 1
-            return
-        except OSError as err:
-            self._skip(abspath, err.strerror or str(err))
-            return
-        e.xattrs = read_xattrs(abspath)
-        before = os.fstat(fd)
         if old is not None and old.kind == KIND_FILE and old.src_ino == s.st_ino \
                 and old.src_dev == s.st_dev:
             fid, existing = old.file_id, True
@@ -301,12 +296,30 @@ class Scanner:
         if s.st_nlink > 1:
             self.hardlinks[key] = fid
         e.file_id = fid
-        job = _FileJob(rel, abspath, e, fd, before, fid, existing)
+        job = _FileJob(rel, abspath, e, None, s, fid, existing)
+        if s.st_size > SEGMENT_BLOCKS * self.bs:
+            try:
+                job.fd = os.open(abspath, _OPEN_FLAGS)
+            except OSError as err:
+                self._open_failed(job, err)
+                return
+            e.xattrs = read_xattrs(abspath)
+            job.before = os.fstat(job.fd)
         self._submit(job)
         self.pending.append(job)
         self._drain(MAX_INFLIGHT_SEGMENTS)
 
+    def _open_failed(self, job: _FileJob, err: OSError) -> None:
+        if isinstance(err, FileNotFoundError):
+            self.report.changed -= 1  # vanished since listed: it is recorded as deleted next time
+        else:
+            self._skip(job.abspath, err.strerror or str(err))
+
     def _submit(self, job: _FileJob) -> None:
+        if job.fd is None:
+            job.segments = [self.pool.submit(self._read_small, job.abspath)]
+            self.inflight += 1
+            return
         size = job.before.st_size
         sparse = job.before.st_blocks * 512 < size
         nblocks = (size + self.bs - 1) // self.bs
@@ -314,6 +327,22 @@ class Scanner:
                                          min(SEGMENT_BLOCKS, nblocks - first), size, sparse)
                         for first in range(0, nblocks, SEGMENT_BLOCKS)]
         self.inflight += len(job.segments)
+
+    def _read_small(self, abspath: bytes):
+        """Open, read, store and close a file of at most one segment, in a worker thread.
+
+        Returns (block ids, stat before, stat after, xattrs).
+        """
+        fd = os.open(abspath, _OPEN_FLAGS)
+        try:
+            before = os.fstat(fd)
+            xattrs = read_xattrs(fd)
+            size = before.st_size
+            nblocks = (size + self.bs - 1) // self.bs
+            ids = self._read_segment(fd, 0, nblocks, size, before.st_blocks * 512 < size)
+            return ids, before, os.fstat(fd), xattrs
+        finally:
+            os.close(fd)
 
     def _read_segment(self, fd: int, first: int, count: int, size: int, sparse: bool
                       ) -> list[bytes]:
@@ -336,22 +365,38 @@ class Scanner:
         while self.pending and self.inflight > limit:
             self._finish(self.pending.popleft())
 
+    def _collect(self, job: _FileJob) -> tuple[list[bytes], os.stat_result] | None:
+        """Wait for a job's reads; returns (block ids, stat after) or None if it failed."""
+        self.inflight -= len(job.segments)
+        if job.fd is None:
+            try:
+                ids, job.before, after, job.entry.xattrs = job.segments[0].result()
+            except OSError as err:
+                self._open_failed(job, err)
+                return None
+            return ids, after
+        ids = []
+        for f in job.segments:
+            ids.extend(f.result())
+        return ids, os.fstat(job.fd)
+
     def _finish(self, job: _FileJob) -> None:
         while True:
-            ids = []
-            for f in job.segments:
-                ids.extend(f.result())
-            self.inflight -= len(job.segments)
-            after = os.fstat(job.fd)
+            got = self._collect(job)
+            if got is None:
+                return
+            ids, after = got
             b = job.before
-            stable = (after.st_size, after.st_mtime_ns, after.st_ctime_ns) == (
-                b.st_size, b.st_mtime_ns, b.st_ctime_ns)
+            stable = (after.st_size, after.st_mtime_ns, after.st_ctime_ns, after.st_ino) == (
+                b.st_size, b.st_mtime_ns, b.st_ctime_ns, b.st_ino)
             if stable or job.tries >= RETRIES:
                 break
             job.tries += 1
-            job.before = after
+            if job.fd is not None:
+                job.before = after
             self._submit(job)
-        os.close(job.fd)
+        if job.fd is not None:
+            os.close(job.fd)
         e = job.entry
         if not stable:
             e.flags |= FLAG_UNSTABLE

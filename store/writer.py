@@ -57,6 +57,16 @@ def is_zero(data: bytes) -> bool:
     return data == _ZERO[:n] if n <= len(_ZERO) else data.count(0) == n
 
 
+def _put_sorted(txn, db, items: list[tuple[bytes, bytes]]) -> None:
+    """Put items in key order; append (pages filled, not split) when all sort last."""
+    if not items:
+        return
+    items.sort()
+    cur = txn.cursor(db=db)
+    append = not cur.last() or cur.key() < items[0][0]
+    cur.putmulti(items, append=append)
+
+
 class CommitBuilder:
     """Everything one commit of one volume will hold. Use once."""
 
@@ -144,16 +154,15 @@ class CommitBuilder:
             for pack_id, size, nrec in packs:
                 txn.put(pack_id, PACK_INFO.pack(size, nrec, t), db=dbs[DB_PACKS])
             put = txn.put
-            for bid, loc in self._new_blocks.items():
-                if loc is not None:
-                    put(bid, BLOCK_LOC.pack(*loc), db=dbs[DB_BLOCKS])
-            for path, enc in self._entries:
-                parent, name = split_path(path)
-                put(entry_key(vid, parent, name, t), enc, db=dbs[DB_ENTRIES])
-            for fid, bno, bid in self._blockvers:
-                put(blockver_key(vid, fid, bno, t), bid, db=dbs[DB_BLOCKVERS])
-            for dev, ino, fid in self._inodes:
-                put(inode_key(vid, dev, ino), U64.pack(fid), db=dbs[DB_INODES])
+            _put_sorted(txn, dbs[DB_BLOCKS], [(bid, BLOCK_LOC.pack(*loc))
+                                               for bid, loc in self._new_blocks.items()
+                                               if loc is not None])
+            _put_sorted(txn, dbs[DB_ENTRIES], [(entry_key(vid, *split_path(path), t), enc)
+                                                for path, enc in self._entries])
+            _put_sorted(txn, dbs[DB_BLOCKVERS], [(blockver_key(vid, fid, bno, t), bid)
+                                                  for fid, bno, bid in self._blockvers])
+            _put_sorted(txn, dbs[DB_INODES], [(inode_key(vid, dev, ino), U64.pack(fid))
+                                               for dev, ino, fid in self._inodes])
             record = dict(info, packs=len(packs), **self.stats)
             if label:
                 record["label"] = label
