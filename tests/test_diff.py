@@ -1,0 +1,92 @@
+"""``anytime diff`` of trees, text files and binary files, between instants and live."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from anytime.vfs.diff import differing_ranges, merge_ranges
+
+
+def test_differing_ranges_unit():
+    a = bytes(1000)
+    b = bytearray(a)
+    b[10:13] = b"xyz"
+    b[500] = 1
+    assert differing_ranges(a, bytes(b), 100) == [(110, 113), (600, 601)]
+    assert differing_ranges(b"abc", b"abcdef") == [(3, 6)]
+    assert differing_ranges(b"same", b"same") == []
+    assert merge_ranges([(0, 5), (5, 9), (20, 30)]) == [(0, 9), (20, 30)]
+
+
+@pytest.fixture
+def two_states(anytime, src_dir):
+    anytime("init", check=0)
+    (src_dir / "sub").mkdir()
+    (src_dir / "sub" / "inner.txt").write_text("inner\n")
+    (src_dir / "text.txt").write_text("alpha\nbeta\ngamma\n")
+    (src_dir / "blob.bin").write_bytes(os.urandom(400_000))
+    (src_dir / "gone.txt").write_text("bye\n")
+    (src_dir / "meta.txt").write_text("same\n")
+    (src_dir / "to-move").write_bytes(b"moving file\n")
+    anytime("snapshot", src_dir, "--label", "one", check=0)
+    (src_dir / "text.txt").write_text("alpha\nBETA\ngamma\n")
+    with open(src_dir / "blob.bin", "r+b") as f:
+        f.seek(200_000)
+        f.write(b"\xff" * 16)
+    os.unlink(src_dir / "gone.txt")
+    (src_dir / "new.txt").write_text("hello\n")
+    os.chmod(src_dir / "meta.txt", 0o600)
+    os.rename(src_dir / "to-move", src_dir / "sub" / "moved")
+    anytime("snapshot", src_dir, "--label", "two", check=0)
+    return src_dir
+
+
+def test_tree_diff_markers(anytime, two_states):
+    src = str(two_states)
+    out = anytime("diff", src, "--from", "one", "--to", "two", check=0).stdout.decode()
+    lines = set(out.splitlines())
+    assert f"M    {src}/text.txt" in lines
+    assert f"M    {src}/blob.bin" in lines
+    assert f"-    {src}/gone.txt" in lines
+    assert f"+    {src}/new.txt" in lines
+    assert f"U    {src}/meta.txt" in lines
+    assert f"R    {src}/to-move -> {src}/sub/moved" in lines
+    assert not any("inner.txt" in ln for ln in lines), "unchanged entries are not listed"
+
+
+def test_tree_diff_json_and_exit_code(anytime, two_states):
+    rows = json.loads(anytime("diff", two_states, "--from", "one", "--json", check=0).stdout)
+    assert {"change": "+", "path": f"{two_states}/new.txt"} in rows
+    anytime("diff", two_states, "--from", "one", "--exit-code", check=1)
+    anytime("diff", two_states, "--from", "two", "--exit-code", check=0)
+
+
+def test_text_file_unified_diff(anytime, two_states):
+    out = anytime("diff", two_states / "text.txt", "--from", "one", check=0).stdout.decode()
+    assert "-beta\n" in out and "+BETA\n" in out and out.startswith("---")
+
+
+def test_binary_file_ranges(anytime, two_states):
+    out = json.loads(anytime("diff", two_states / "blob.bin", "--from", "one", "--json",
+                             check=0).stdout)
+    assert out["kind"] == "binary"
+    assert out["ranges"] == [[200_000, 200_016]] or all(
+        200_000 <= s and e <= 200_016 for s, e in out["ranges"])
+
+
+def test_diff_against_live_tree(anytime, two_states):
+    (two_states / "live-only").write_text("x")
+    (two_states / "new.txt").write_text("hello again\n")
+    out = anytime("diff", two_states, "--from", "two", "--to", "live", check=0).stdout.decode()
+    lines = set(out.splitlines())
+    assert f"+    {two_states}/live-only" in lines
+    assert f"M    {two_states}/new.txt" in lines
+    assert not any("text.txt" in ln for ln in lines)
+
+
+def test_diff_bad_instant(anytime, two_states):
+    r = anytime("diff", two_states, "--from", "1999-01-01")
+    assert r.returncode == 14 and b"starts at" in r.stderr
