@@ -14,9 +14,9 @@ import sys
 
 from anytime.store.errors import AnytimeError, DestinationError
 
-from . import cmd_diff, cmd_labels, cmd_read, cmd_repo, cmd_restore
+from . import cmd_diff, cmd_labels, cmd_mount, cmd_read, cmd_repo, cmd_restore
 
-COMMANDS = [cmd_repo, cmd_read, cmd_diff, cmd_restore, cmd_labels]
+COMMANDS = [cmd_repo, cmd_read, cmd_diff, cmd_restore, cmd_labels, cmd_mount]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,1103 @@
+#!/usr/bin/env python3
+"""anytime side by side with restic and borg: one run, the same data, one table.
+
+Run it with the project's interpreter (it imports ``anytime`` to build the
+10^6-version repository):
+
+    .venv/bin/python bench/run.py [--only capture|mount|restore|versions ...]
+                                  [--scratch DIR] [--keep]
+
+Prints progress to stderr, a Markdown table to stdout, and writes
+``bench/out/results.json``. See bench/README.md for what each figure means.
+
+Every external command is timed with ``time.perf_counter`` around its whole run
+(process start included); peak memory is the ``ru_maxrss`` of that child alone,
+collected with ``os.wait4``. A tool or command that is missing gives "n/a" in the
+table, never a crash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from time import perf_counter, sleep
+
+MiB = 1 << 20
+BIG_BYTES = 550 * MiB
+BIG_NAME = "big.bin"
+SO_ROOTS = ("/usr/lib", "/usr/lib64", "/usr/local/lib", "/usr/libexec", "/opt")
+DIFF_FILES = 10
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "out"
+T_START = perf_counter()
+PEERS = ("restic", "borg")
+TOOLS = ("anytime",) + PEERS
+
+
+def log(msg: str) -> None:
+    print(f"[bench {perf_counter() - T_START:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+class BenchError(Exception):
+    """A step could not be measured; its figure becomes n/a with this note."""
+
+
+# --- running commands -----------------------------------------------------------------
+
+@dataclass
+class Res:
+    rc: int
+    secs: float
+    maxrss: int  # bytes
+    out: str = ""
+    err: str = ""
+    info: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0
+
+    def tail(self) -> str:
+        text = (self.err.strip() or self.out.strip()).splitlines()
+        return " | ".join(text[-3:])[:300]
+
+
+# A small process that starts the measured command and reports its wall time and
+# peak RSS. Linux counts the memory of the process a child was forked (or vforked)
+# from in the child's ru_maxrss, so a command started straight from this (big) bench
+# process would report the bench's own peak. Started from this launcher, the floor is
+# the launcher's few MB instead.
+LAUNCHER = r"""
+import os, sys, time
+out, argv = sys.argv[1], sys.argv[2:]
+t0 = time.perf_counter()
+try:
+    pid = os.posix_spawnp(argv[0], argv, os.environ)
+except OSError as e:
+    sys.stderr.write(f"{argv[0]}: {e}\n")
+    sys.exit(127)
+_, st, ru = os.wait4(pid, 0)
+t = time.perf_counter() - t0
+with open(out, "w") as f:
+    f.write(f"{t!r} {ru.ru_maxrss}")
+code = os.waitstatus_to_exitcode(st)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
+def run(cmd, env=None, cwd=None, timeout: float = 900, stdout_path=None,
+        keep_out: bool = True, rss: bool = False) -> Res:
+    """Run ``cmd`` to completion; wall time, exit code, and the child's own max RSS.
+
+    Output goes to temporary files, not pipes, so a daemonising child (a mount) that
+    keeps the descriptors open cannot hang us. With ``rss`` the command is started by
+    :data:`LAUNCHER`, which measures its time and peak memory itself (launcher start-up
+    excluded); otherwise ``maxrss`` is not meaningful.
+    """
+    if rss:
+        fd, stat_path = tempfile.mkstemp(prefix="bench-rss-")
+        os.close(fd)
+        try:
+            r = run([sys.executable, "-I", "-S", "-c", LAUNCHER, stat_path, *cmd], env=env,
+                    cwd=cwd, timeout=timeout, stdout_path=stdout_path, keep_out=keep_out)
+            with contextlib.suppress(OSError, ValueError):
+                secs, kib = open(stat_path).read().split()
+                r.secs, r.maxrss = float(secs), int(kib) * 1024
+            return r
+        finally:
+            os.unlink(stat_path)
+    with tempfile.TemporaryFile() as fo, tempfile.TemporaryFile() as fe:
+        dest = open(stdout_path, "wb") if stdout_path else fo  # noqa: SIM115
+        try:
+            t0 = perf_counter()
+            try:
+                p = subprocess.Popen(cmd, stdout=dest, stderr=fe, stdin=subprocess.DEVNULL,
+                                     env=env, cwd=cwd, start_new_session=True)
+            except OSError as e:
+                return Res(127, 0.0, 0, "", f"{cmd[0]}: {e}")
+
+            def _kill():
+                with contextlib.suppress(OSError):
+                    os.killpg(p.pid, signal.SIGKILL)
+
+            timer = threading.Timer(timeout, _kill)
+            timer.start()
+            try:
+                _, status, ru = os.wait4(p.pid, 0)
+            finally:
+                timer.cancel()
+            secs = perf_counter() - t0
+            p.returncode = os.waitstatus_to_exitcode(status)
+        finally:
+            if stdout_path:
+                dest.close()
+        out = err = ""
+        if keep_out:
+            fo.seek(0)
+            out = fo.read(1 << 20).decode(errors="replace")
+        fe.seek(0)
+        err = fe.read(1 << 16).decode(errors="replace")
+        return Res(p.returncode, secs, ru.ru_maxrss * 1024, out, err)
+
+
+def must(r: Res, what: str) -> Res:
+    if not r.ok:
+        raise BenchError(f"{what} failed (exit {r.rc}): {r.tail()}")
+    return r
+
+
+def at_epoch(ns: int) -> str:
+    """An instant as ``@SECONDS.NANOS``, exact (a float would round to ~200 ns)."""
+    return f"@{ns // 10**9}.{ns % 10**9:09d}"
+
+
+def du_bytes(path: Path) -> tuple[int, int]:
+    """(disk usage, apparent size) in bytes of everything under ``path``, like du -s."""
+    used = apparent = 0
+    seen = set()
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            try:
+                s = os.lstat(os.path.join(dirpath, name))
+            except OSError:
+                continue
+            if (s.st_dev, s.st_ino) in seen:
+                continue
+            seen.add((s.st_dev, s.st_ino))
+            used += s.st_blocks * 512
+            apparent += s.st_size
+    return used, apparent
+
+
+def tree_bytes(path: Path) -> tuple[int, int]:
+    """(regular files, their bytes) under ``path``: a cheap check that a copy is whole."""
+    n = total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                s = os.lstat(os.path.join(dirpath, f))
+            except OSError:
+                continue
+            if stat.S_ISREG(s.st_mode):
+                n += 1
+                total += s.st_size
+    return n, total
+
+
+def rmtree(path: Path) -> None:
+    if os.path.ismount(path):
+        force_unmount(path)
+    shutil.rmtree(path, ignore_errors=True)
+    if path.exists():  # e.g. read-only bits left by a restore
+        subprocess.run(["rm", "-rf", str(path)], check=False)
+
+
+def read_file(path: Path, chunk: int = MiB) -> tuple[int, float]:
+    """Sequential read in ``chunk`` requests; returns (bytes, seconds)."""
+    buf = bytearray(chunk)
+    total = 0
+    t0 = perf_counter()
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            n = f.readinto(buf)
+            if not n:
+                break
+            total += n
+    return total, perf_counter() - t0
+
+
+def force_unmount(path: Path) -> None:
+    for cmd in (["fusermount3", "-u", "-z"], ["fusermount", "-u", "-z"], ["umount", "-l"]):
+        if shutil.which(cmd[0]):
+            subprocess.run(cmd + [str(path)], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, check=False)
+            if not os.path.ismount(path):
+                return
+
+
+def wait_listable(path: Path, t0: float, timeout: float, proc=None) -> float:
+    """Seconds from ``t0`` to the first successful ``os.listdir(path)``."""
+    deadline = t0 + timeout
+    while True:
+        try:
+            os.listdir(path)
+            return perf_counter() - t0
+        except OSError:
+            pass
+        if proc is not None and proc.poll() is not None:
+            raise BenchError(f"mount process exited with {proc.returncode} before {path} "
+                             f"could be listed")
+        if perf_counter() > deadline:
+            raise BenchError(f"{path} not listable after {timeout:.0f} s")
+        sleep(0.002)
+
+
+# --- the tools ------------------------------------------------------------------------
+
+class Tool:
+    name = ""
+
+    def __init__(self, bench: Bench):
+        self.b = bench
+
+    def available(self) -> bool:
+        raise NotImplementedError
+
+    def has(self, what: str) -> bool:
+        return self.available()
+
+
+class Anytime(Tool):
+    name = "anytime"
+
+    def __init__(self, bench):
+        super().__init__(bench)
+        exe = Path(sys.executable).parent / "anytime"
+        self.exe = str(exe) if exe.exists() else shutil.which("anytime")
+        self._has: dict[str, bool] = {}
+
+    def available(self) -> bool:
+        return bool(self.exe)
+
+    def has(self, cmd: str) -> bool:
+        if not self.exe:
+            return False
+        if cmd not in self._has:
+            self._has[cmd] = run([self.exe, cmd, "--help"], timeout=60).ok
+        return self._has[cmd]
+
+    def env(self, repo: Path) -> dict:
+        return dict(os.environ, ANYTIME_REPO=str(repo))
+
+    def init(self, repo: Path) -> Res:
+        return must(run([self.exe, "init"], env=self.env(repo)), "anytime init")
+
+    def capture(self, repo: Path, src: Path, first: bool) -> Res:
+        r = must(run([self.exe, "snapshot", "--json", str(src)], env=self.env(repo), rss=True),
+                 "anytime snapshot")
+        with contextlib.suppress(ValueError):
+            r.info = json.loads(r.out)
+        return r
+
+    @contextlib.contextmanager
+    def mount(self, repo: Path, src: Path, mnt: Path, at: str = "now", target: str | None = None):
+        if not self.has("mount"):
+            raise BenchError("anytime has no 'mount' command yet")
+        t0 = perf_counter()
+        r = run([self.exe, "mount", target or str(src), str(mnt), "--at", at],
+                env=self.env(repo), timeout=120)
+        try:
+            must(r, "anytime mount")
+            secs = wait_listable(mnt, t0, 60)
+            yield mnt, secs
+        finally:
+            self.umount(repo, mnt)
+
+    def umount(self, repo: Path, mnt: Path) -> None:
+        if os.path.ismount(mnt) and self.has("umount"):
+            run([self.exe, "umount", str(mnt)], env=self.env(repo), timeout=60)
+        if os.path.ismount(mnt):
+            force_unmount(mnt)
+
+    def restore(self, repo: Path, src_path: Path, dest: Path) -> Res:
+        if not self.has("restore"):
+            raise BenchError("anytime has no 'restore' command yet")
+        return must(run([self.exe, "restore", str(src_path), "--at", "now", "--to", str(dest)],
+                        env=self.env(repo)), "anytime restore")
+
+    def restored_path(self, dest: Path, src_path: Path) -> Path:
+        return dest
+
+
+class Restic(Tool):
+    name = "restic"
+
+    def available(self) -> bool:
+        return bool(shutil.which("restic"))
+
+    def env(self, repo: Path) -> dict:
+        return dict(os.environ, RESTIC_REPOSITORY=str(repo), RESTIC_PASSWORD="bench",
+                    RESTIC_CACHE_DIR=str(self.b.scratch / "cache" / "restic"))
+
+    def init(self, repo: Path) -> Res:
+        return must(run(["restic", "init"], env=self.env(repo)), "restic init")
+
+    def capture(self, repo: Path, src: Path, first: bool) -> Res:
+        return must(run(["restic", "backup", "--quiet", str(src)], env=self.env(repo), rss=True),
+                    "restic backup")
+
+    @contextlib.contextmanager
+    def mount(self, repo: Path, src: Path, mnt: Path):
+        logf = tempfile.TemporaryFile()
+        t0 = perf_counter()
+        p = subprocess.Popen(["restic", "mount", str(mnt)], env=self.env(repo),
+                             stdout=logf, stderr=logf, stdin=subprocess.DEVNULL,
+                             start_new_session=True)
+        try:
+            latest = mnt / "snapshots" / "latest"
+            secs = wait_listable(latest, t0, 120, proc=p)
+            yield latest / str(src).lstrip("/"), secs
+        finally:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+                try:
+                    p.wait(15)
+                except subprocess.TimeoutExpired:
+                    force_unmount(mnt)
+                    p.kill()
+                    p.wait(15)
+            if os.path.ismount(mnt):
+                force_unmount(mnt)
+            logf.close()
+
+    def restore(self, repo: Path, src_path: Path, dest: Path) -> Res:
+        cmd = ["restic", "restore", "latest", "--target", str(dest)]
+        if src_path.is_file():
+            cmd += ["--include", str(src_path)]
+        return must(run(cmd, env=self.env(repo)), "restic restore")
+
+    def restored_path(self, dest: Path, src_path: Path) -> Path:
+        return dest / str(src_path).lstrip("/")
+
+
+class Borg(Tool):
+    name = "borg"
+
+    def available(self) -> bool:
+        return bool(shutil.which("borg"))
+
+    def env(self, repo: Path | None = None) -> dict:
+        return dict(os.environ, BORG_BASE_DIR=str(self.b.scratch / "cache" / "borg"),
+                    BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK="yes",
+                    BORG_RELOCATED_REPO_ACCESS_IS_OK="yes")
+
+    def init(self, repo: Path) -> Res:
+        return must(run(["borg", "init", "-e", "none", str(repo)], env=self.env()), "borg init")
+
+    def capture(self, repo: Path, src: Path, first: bool) -> Res:
+        archive = "a" if first else "b"
+        return must(run(["borg", "create", f"{repo}::{archive}", str(src)], env=self.env(),
+                        rss=True),
+                    "borg create")
+
+    @contextlib.contextmanager
+    def mount(self, repo: Path, src: Path, mnt: Path):
+        t0 = perf_counter()
+        r = run(["borg", "mount", f"{repo}::a", str(mnt)], env=self.env(), timeout=120)
+        try:
+            must(r, "borg mount")
+            secs = wait_listable(mnt, t0, 60)
+            yield mnt / str(src).lstrip("/"), secs
+        finally:
+            if os.path.ismount(mnt):
+                run(["borg", "umount", str(mnt)], env=self.env(), timeout=60)
+            if os.path.ismount(mnt):
+                force_unmount(mnt)
+
+    def restore(self, repo: Path, src_path: Path, dest: Path) -> Res:
+        dest.mkdir(parents=True, exist_ok=True)
+        cmd = ["borg", "extract", f"{repo}::a"]
+        if src_path.is_file():
+            cmd.append(str(src_path).lstrip("/"))
+        return must(run(cmd, env=self.env(), cwd=str(dest)), "borg extract")
+
+    def restored_path(self, dest: Path, src_path: Path) -> Path:
+        return dest / str(src_path).lstrip("/")
+
+
+# --- results --------------------------------------------------------------------------
+
+@dataclass
+class Row:
+    fig: str
+    what: str
+    corpus: str
+    unit: str  # s, MB, MB/s
+    values: dict  # tool -> float | None
+    goal: str  # human text
+    kind: str  # how the ratio and the goal are computed (see judge)
+    k: float = 0.0
+    ref: float | None = None  # baseline for kind "vs_ref"
+    ratio: float | None = None
+    met: bool | None = None
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def judge(self) -> None:
+        a = self.values.get("anytime")
+        peers = [self.values.get(p) for p in PEERS if self.values.get(p) is not None]
+        if a is None:
+            return
+        if self.kind == "le_min_peer":  # a / min(peers) <= k
+            if peers and min(peers) > 0:
+                self.ratio = a / min(peers)
+                self.met = self.ratio <= self.k
+        elif self.kind == "le_restic":  # a / restic <= k
+            r = self.values.get("restic")
+            if r:
+                self.ratio = a / r
+                self.met = self.ratio <= self.k
+        elif self.kind == "ge_max_peer":  # a / max(peers) >= k (rates)
+            if peers and max(peers) > 0:
+                self.ratio = a / max(peers)
+                self.met = self.ratio >= self.k
+        elif self.kind == "abs_le":  # a <= k (ratio vs smaller peer shown for context)
+            if peers and min(peers) > 0:
+                self.ratio = a / min(peers)
+            self.met = a <= self.k
+        elif self.kind == "abs_lt":
+            if peers and min(peers) > 0:
+                self.ratio = a / min(peers)
+            self.met = a < self.k
+        elif self.kind == "vs_ref":  # a / ref >= k (e.g. page-cache speed)
+            if self.ref:
+                self.ratio = a / self.ref
+                self.met = self.ratio >= self.k
+
+
+def fmt(v, unit: str) -> str:
+    if v is None:
+        return "n/a"
+    if unit == "s":
+        return f"{v:.3f} s" if v < 10 else f"{v:.1f} s"
+    if unit == "MB":
+        return f"{v / 1e6:.1f} MB"
+    if unit == "MB/s":
+        return f"{v:.0f} MB/s"
+    return f"{v}"
+
+
+# --- the benchmark --------------------------------------------------------------------
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.scratch = Path(args.scratch).resolve()
+        self.corpus = self.scratch / "corpus"
+        self.repos = self.scratch / "repos"
+        self.mnt = self.scratch / "mnt"
+        self.rest = self.scratch / "restore"
+        self.state_path = self.scratch / "state.json"
+        self.rows: list[Row] = []
+        self.notes: list[str] = []
+        self.tools = {t.name: t for t in (Anytime(self), Restic(self), Borg(self))}
+        self.state = self._load_state()
+        self.mount_seq = 0
+        self.extra: dict = {}
+
+    # state kept between --only runs (with --keep)
+    def _load_state(self) -> dict:
+        try:
+            return json.loads(self.state_path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def save_state(self) -> None:
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        self.state_path.write_text(json.dumps(self.state, indent=2))
+
+    def src(self, corpus: str) -> Path:
+        return self.corpus / corpus
+
+    def src_path(self, corpus: str) -> Path:
+        """What is restored/read: the stdlib tree, or the big file itself."""
+        return self.src("stdlib") if corpus == "stdlib" else self.src("bigfile") / BIG_NAME
+
+    def repo(self, tool: str, corpus: str) -> Path:
+        return self.repos / f"{tool}-{corpus}"
+
+    def avail(self, tool: str) -> bool:
+        return self.tools[tool].available()
+
+    def add(self, row: Row) -> Row:
+        row.judge()
+        self.rows.append(row)
+        return row
+
+    def note(self, msg: str) -> None:
+        log("NOTE: " + msg)
+        self.notes.append(msg)
+
+    # --- corpora ------------------------------------------------------------------
+    def build_corpora(self) -> None:
+        self.corpus.mkdir(parents=True, exist_ok=True)
+        std = self.src("stdlib")
+        done = self.corpus / "stdlib.done"
+        stdlib = Path(sysconfig.get_paths()["stdlib"])
+        if not done.exists():
+            rmtree(std)
+            std.mkdir(parents=True)
+            log(f"copying the standard library {stdlib} (without site-packages) to {std}")
+            items = [str(stdlib / n) for n in sorted(os.listdir(stdlib)) if n != "site-packages"]
+            must(run(["cp", "-a", "--", *items, str(std)]), "cp -a of the standard library")
+            done.write_text(str(stdlib))
+        big = self.src("bigfile") / BIG_NAME
+        bdone = self.corpus / "bigfile.done"
+        if not bdone.exists():
+            rmtree(self.src("bigfile"))
+            self.src("bigfile").mkdir(parents=True)
+            log(f"concatenating shared libraries into {big} ({BIG_BYTES // MiB} MiB)")
+            self._build_big(big)
+            bdone.write_text("ok")
+        log("reading both corpora once so every tool sees a warm source")
+        n, total = 0, 0
+        for dirpath, _dirs, files in os.walk(self.corpus):
+            for f in files:
+                p = os.path.join(dirpath, f)
+                if os.path.islink(p):
+                    continue
+                try:
+                    total += read_file(Path(p))[0]
+                    n += 1
+                except OSError:
+                    pass
+        entries = sum(len(d) + len(f) for _, d, f in os.walk(std))
+        files, fbytes = tree_bytes(std)
+        self.extra["corpora"] = {
+            "stdlib": {"source": str(stdlib), "entries": entries, "files": files,
+                       "bytes": fbytes},
+            "bigfile": {"bytes": big.stat().st_size},
+        }
+        log(f"corpora ready: stdlib {entries} entries, {fbytes / 1e6:.0f} MB; "
+            f"bigfile {big.stat().st_size / 1e6:.0f} MB")
+
+    def _build_big(self, big: Path) -> None:
+        seen = set()
+        written = 0
+        with open(big, "wb") as out:
+            for root in SO_ROOTS:
+                for dirpath, dirnames, files in os.walk(root):
+                    dirnames.sort()
+                    for f in sorted(files):
+                        if ".so" not in f:
+                            continue
+                        p = os.path.join(dirpath, f)
+                        try:
+                            s = os.lstat(p)
+                        except OSError:
+                            continue
+                        if not stat.S_ISREG(s.st_mode) or (s.st_dev, s.st_ino) in seen:
+                            continue
+                        seen.add((s.st_dev, s.st_ino))
+                        try:
+                            with open(p, "rb") as fin:
+                                data = fin.read(BIG_BYTES - written)
+                        except OSError:
+                            continue
+                        out.write(data)
+                        written += len(data)
+                        if written >= BIG_BYTES:
+                            return
+        if written < BIG_BYTES:
+            self.note(f"only {written / MiB:.0f} MiB of shared libraries found for bigfile")
+
+    # --- A, B, C, D: capture ------------------------------------------------------
+    def section_capture(self) -> None:
+        log("== capture (A first capture, B re-scan, C repository size, D peak memory)")
+        self.repos.mkdir(parents=True, exist_ok=True)
+        res: dict = {}
+        for corpus in ("stdlib", "bigfile"):
+            src = self.src(corpus)
+            for name, tool in self.tools.items():
+                repo = self.repo(name, corpus)
+                rmtree(repo)
+                r = res.setdefault((name, corpus), {})
+                if not tool.available():
+                    r["error"] = f"{name} is not installed"
+                    continue
+                try:
+                    if name != "borg":
+                        repo.parent.mkdir(parents=True, exist_ok=True)
+                    ri = tool.init(repo)
+                    r["init"] = ri.secs
+                    log(f"{name} {corpus}: first capture")
+                    r1 = tool.capture(repo, src, first=True)
+                    r["first"], r["rss"] = r1.secs, r1.maxrss
+                    r["size"], r["apparent"] = du_bytes(repo)
+                    log(f"{name} {corpus}: first {r1.secs:.2f} s, rss {r1.maxrss / 1e6:.0f} MB, "
+                        f"repo {r['size'] / 1e6:.1f} MB; re-scan")
+                    r2 = tool.capture(repo, src, first=False)
+                    r["rescan"], r["rescan_rss"] = r2.secs, r2.maxrss
+                    log(f"{name} {corpus}: re-scan {r2.secs:.2f} s")
+                    if name == "anytime":
+                        inst = [x.info.get("instant_ns") for x in (r1, r2)]
+                        self.state.setdefault("instants", {})[corpus] = inst
+                except BenchError as e:
+                    r["error"] = str(e)
+                    self.note(f"{name} {corpus}: {e}")
+        self.state["repos"] = {f"{t}-{c}": ("error" not in v) for (t, c), v in res.items()}
+        self.save_state()
+        self.extra["capture"] = {f"{t}-{c}": v for (t, c), v in res.items()}
+
+        def vals(corpus, key):
+            return {t: res.get((t, corpus), {}).get(key) for t in TOOLS}
+
+        for corpus in ("stdlib", "bigfile"):
+            self.add(Row("A", "first capture", corpus, "s", vals(corpus, "first"),
+                         "<= 0.5x faster peer", "le_min_peer", 0.5))
+        for corpus in ("stdlib", "bigfile"):
+            self.add(Row("B", "re-scan, nothing changed", corpus, "s", vals(corpus, "rescan"),
+                         "<= 0.25x faster peer", "le_min_peer", 0.25))
+        for corpus in ("stdlib", "bigfile"):
+            self.add(Row("C", "repository size after first capture (du)", corpus, "MB",
+                         vals(corpus, "size"), "<= smaller peer", "le_min_peer", 1.0))
+        for corpus in ("stdlib", "bigfile"):
+            self.add(Row("D", "peak RSS, first capture", corpus, "MB",
+                         vals(corpus, "rss"), "<= 100 MB", "abs_le", 100e6))
+        self.bigger_repo_rss()
+
+    def bigger_repo_rss(self) -> None:
+        """anytime's peak RSS when the repository already holds the other corpus."""
+        at = self.tools["anytime"]
+        val, note = None, ""
+        if at.available():
+            repo = self.repos / "anytime-both"
+            rmtree(repo)
+            try:
+                at.init(repo)
+                log("anytime both: bigfile into a fresh repo, then stdlib into the same repo")
+                at.capture(repo, self.src("bigfile"), True)
+                r = at.capture(repo, self.src("stdlib"), True)
+                val = r.maxrss
+                note = f"stdlib first capture into a repo already holding bigfile: {r.secs:.2f} s"
+                self.extra["both_repo"] = {"secs": r.secs, "rss": r.maxrss,
+                                           "size": du_bytes(repo)[0]}
+            except BenchError as e:
+                note = str(e)
+                self.note(f"anytime both-corpora repo: {e}")
+            finally:
+                rmtree(repo)
+        self.add(Row("D", "peak RSS, stdlib first capture, repo already holding bigfile",
+                     "both", "MB", {"anytime": val}, "<= 100 MB", "abs_le", 100e6, note=note))
+
+    def ensure_repos(self) -> None:
+        """Mount and restore need the capture repositories; build them if missing."""
+        want = [f"{t}-{c}" for t in TOOLS for c in ("stdlib", "bigfile") if self.avail(t)]
+        have = self.state.get("repos", {})
+        if all(have.get(k) and (self.repos / k).exists() for k in want):
+            return
+        log("capture repositories missing: running the capture section first")
+        self.section_capture()
+
+    # --- E, F: mounts -------------------------------------------------------------
+    def fresh_mnt(self, tool: str) -> Path:
+        self.mount_seq += 1
+        p = self.mnt / f"{tool}-{self.mount_seq}"
+        if os.path.ismount(p):
+            force_unmount(p)
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def section_mount(self) -> None:
+        log("== mount (E mount to first listing, F find / tar / reads through the mount)")
+        self.ensure_repos()
+        std, big = self.src("stdlib"), self.src("bigfile")
+        n_entries = self.extra.get("corpora", {}).get("stdlib", {}).get("entries")
+        keys = ["mount_stdlib", "mount_bigfile", "find", "tar", "cold", "second"]
+        m: dict[str, dict] = {k: {} for k in keys}
+        errs: dict[str, str] = {}
+        for name, tool in self.tools.items():
+            if not tool.available() or not self.state.get("repos", {}).get(f"{name}-stdlib"):
+                errs[name] = "not available"
+                continue
+            try:
+                repo = self.repo(name, "stdlib")
+                with tool.mount(repo, std, self.fresh_mnt(name)) as (root, secs):
+                    m["mount_stdlib"][name] = secs
+                    log(f"{name}: mounted stdlib in {secs:.3f} s; find")
+                    out = self.scratch / "find.out"
+                    r = must(run(["find", str(root), "-printf", r"%s %T@ %m\n"],
+                                 stdout_path=out, timeout=600), f"find through {name} mount")
+                    lines = sum(1 for _ in open(out, "rb"))
+                    out.unlink()
+                    m["find"][name] = r.secs
+                    log(f"{name}: find {r.secs:.2f} s, {lines} lines")
+                    if n_entries and lines != n_entries + 1:
+                        self.note(f"{name}: find through the mount printed {lines} lines, "
+                                  f"the tree has {n_entries + 1} entries")
+                with tool.mount(repo, std, self.fresh_mnt(name)) as (root, secs):
+                    m.setdefault("mount_stdlib_2", {})[name] = secs
+                    r = run(["bash", "-o", "pipefail", "-c",
+                             'tar -cf - -C "$1" . | cat > /dev/null', "tar", str(root)],
+                            timeout=900)
+                    if r.rc not in (0, 1):
+                        raise BenchError(f"tar through {name} mount failed: {r.tail()}")
+                    m["tar"][name] = r.secs
+                    log(f"{name}: tar {r.secs:.2f} s")
+            except BenchError as e:
+                errs[name] = str(e)
+                self.note(f"{name} stdlib mount: {e}")
+            try:
+                if not self.state.get("repos", {}).get(f"{name}-bigfile"):
+                    raise BenchError("no bigfile repository")
+                repo = self.repo(name, "bigfile")
+                with tool.mount(repo, big, self.fresh_mnt(name)) as (root, secs):
+                    m["mount_bigfile"][name] = secs
+                    n, s1 = read_file(root / BIG_NAME)
+                    n2, s2 = read_file(root / BIG_NAME)
+                    if n != BIG_BYTES and n != (big / BIG_NAME).stat().st_size:
+                        self.note(f"{name}: read {n} bytes of the big file through the mount")
+                    m["cold"][name] = n / s1 / 1e6
+                    m["second"][name] = n2 / s2 / 1e6
+                    log(f"{name}: mounted bigfile in {secs:.3f} s; cold read "
+                        f"{n / s1 / 1e6:.0f} MB/s, second read {n2 / s2 / 1e6:.0f} MB/s")
+            except BenchError as e:
+                errs[name] = str(e)
+                self.note(f"{name} bigfile mount: {e}")
+        n, s = read_file(big / BIG_NAME)
+        pagecache = n / s / 1e6
+        self.extra["mount"] = dict(m, errors=errs, pagecache_mbps=pagecache)
+        self.add(Row("E", "mount to first listing", "stdlib", "s", m["mount_stdlib"],
+                     "< 0.3 s", "abs_lt", 0.3))
+        self.add(Row("E", "mount to first listing", "bigfile", "s", m["mount_bigfile"],
+                     "< 0.3 s", "abs_lt", 0.3))
+        self.add(Row("F", "find -printf '%s %T@ %m' over the mount", "stdlib", "s", m["find"],
+                     "<= 0.5x faster peer", "le_min_peer", 0.5))
+        self.add(Row("F", "tar -cf - of the mounted tree", "stdlib", "s", m["tar"],
+                     "<= 0.5x faster peer", "le_min_peer", 0.5))
+        self.add(Row("F", "cold sequential read, fresh mount (1 MiB reads)", "bigfile", "MB/s",
+                     m["cold"], ">= 4x faster peer", "ge_max_peer", 4.0))
+        self.add(Row("F", "second read, same mount", "bigfile", "MB/s", m["second"],
+                     f"~page cache ({pagecache:.0f} MB/s; >= 0.5x)", "vs_ref", 0.5,
+                     ref=pagecache, note="ratio is vs page-cache read of the source file"))
+
+    # --- H: restore and diff ------------------------------------------------------
+    def section_restore(self) -> None:
+        log("== restore (H restore of the tree and of the big file, diff)")
+        self.ensure_repos()
+        self.rest.mkdir(parents=True, exist_ok=True)
+        for corpus in ("stdlib", "bigfile"):
+            src_path = self.src_path(corpus)
+            want = tree_bytes(src_path) if corpus == "stdlib" else (1, src_path.stat().st_size)
+            vals: dict = {}
+            notes = []
+            for name, tool in self.tools.items():
+                if not tool.available() or not self.state.get("repos", {}).get(f"{name}-{corpus}"):
+                    continue
+                dest = self.rest / f"{name}-{corpus}"
+                rmtree(dest)
+                try:
+                    log(f"{name}: restore {corpus}")
+                    r = tool.restore(self.repo(name, corpus), src_path, dest)
+                    vals[name] = r.secs
+                    got_path = tool.restored_path(dest, src_path)
+                    got = (tree_bytes(got_path) if corpus == "stdlib" else
+                           (1, got_path.stat().st_size if got_path.exists() else -1))
+                    log(f"{name}: restore {corpus} {r.secs:.2f} s "
+                        f"({got[0]} files, {got[1] / 1e6:.0f} MB)")
+                    if got != want:
+                        self.note(f"{name} restore {corpus}: got {got} (files, bytes), "
+                                  f"want {want}")
+                except BenchError as e:
+                    notes.append(f"{name}: {e}")
+                    self.note(f"{name} restore {corpus}: {e}")
+                finally:
+                    rmtree(dest)
+            self.add(Row("H", "restore (anytime restore / restic restore / borg extract)",
+                         corpus, "s", vals, "<= 0.5x restic", "le_restic", 0.5,
+                         note="; ".join(notes)))
+        self.diff_figure()
+
+    def diff_figure(self) -> None:
+        at = self.tools["anytime"]
+        val, note = None, ""
+        std = self.src("stdlib")
+        repo = self.repo("anytime", "stdlib")
+        changed: list[tuple[Path, bytes, int, int]] = []
+        try:
+            if not at.has("diff"):
+                raise BenchError("anytime has no 'diff' command yet")
+            t1 = (self.state.get("instants", {}).get("stdlib") or [None, None])[-1]
+            if not t1:
+                raise BenchError("instant of the stdlib snapshot unknown")
+            files = sorted(p for p in std.glob("*.py") if p.is_file())[:DIFF_FILES]
+            for p in files:
+                s = p.stat()
+                changed.append((p, p.read_bytes(), s.st_atime_ns, s.st_mtime_ns))
+                with open(p, "ab") as f:
+                    f.write(b"# changed by bench/run.py\n")
+            r2 = at.capture(repo, std, first=False)
+            t2 = r2.info.get("instant_ns")
+            if not t2:
+                raise BenchError("anytime snapshot --json gave no instant_ns")
+            cmd = [at.exe, "diff", str(std), "--from", at_epoch(t1), "--to", at_epoch(t2)]
+            r = run(cmd, env=at.env(repo))
+            if r.rc not in (0, 1):
+                raise BenchError(f"anytime diff failed (exit {r.rc}): {r.tail()}")
+            val = r.secs
+            lines = [ln for ln in r.out.splitlines() if ln.strip()]
+            note = f"{len(lines)} lines of output for {len(files)} changed files"
+            if len(lines) < len(files):
+                self.note(f"anytime diff printed {len(lines)} lines for {len(files)} "
+                          f"changed files")
+            log(f"anytime diff: {r.secs:.3f} s, {note}")
+        except BenchError as e:
+            note = str(e)
+            self.note(f"anytime diff: {e}")
+        finally:
+            for p, data, atime, mtime in changed:  # put the corpus back as it was
+                p.write_bytes(data)
+                os.utime(p, ns=(atime, mtime))
+            if changed:  # later re-scans must not count these files as changed
+                with contextlib.suppress(BenchError):
+                    r3 = at.capture(repo, std, first=False)
+                    self.state.setdefault("instants", {}).setdefault("stdlib", []).append(
+                        r3.info.get("instant_ns"))
+                    self.save_state()
+        self.add(Row("H", f"anytime diff of two snapshots, {DIFF_FILES} files changed",
+                     "stdlib", "s", {"anytime": val}, "< 1 s", "abs_lt", 1.0, note=note))
+
+    # --- G: 10^6 versions ---------------------------------------------------------
+    def section_versions(self) -> None:
+        n_commits, n_files = self.args.versions_commits, self.args.versions_files
+        total = n_commits * n_files
+        log(f"== versions (G: {n_commits} commits x {n_files} files = {total:,} versions)")
+        at = self.tools["anytime"]
+        repo = self.repos / "anytime-versions"
+        mount_v = restore_v = cat_v = rss_v = None
+        notes: list[str] = []
+        try:
+            info = self.build_versions_repo(repo, n_commits, n_files)
+        except Exception as e:  # noqa: BLE001 - any failure of the store API is a finding
+            traceback.print_exc()
+            self.note(f"building the versions repository failed: {e!r}")
+            info = None
+        if info:
+            self.extra["versions"] = {k: v for k, v in info.items() if k != "expect"}
+            target, t_past, expect = info["target"], info["t_past"], info["expect"]
+            at_text = at_epoch(t_past)
+            src = Path(info["source"])
+            # mount to first listing on the big-history repository
+            try:
+                with at.mount(repo, src, self.fresh_mnt("anytime"),
+                              target=info["volume"]) as (root, secs):
+                    mount_v = secs
+                    log(f"anytime: mounted the {total:,}-version volume in {secs:.3f} s")
+            except BenchError as e:
+                notes.append(f"mount: {e}")
+                self.note(f"anytime versions mount: {e}")
+            # one file back from a past instant
+            try:
+                if not at.has("restore"):
+                    raise BenchError("anytime has no 'restore' command yet")
+                dest = self.rest / "versions-one"
+                rmtree(dest)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                r = must(run([at.exe, "restore", target, "--at", at_text, "--to", str(dest)],
+                             env=at.env(repo)), "anytime restore")
+                restore_v = r.secs
+                got = dest.read_bytes() if dest.is_file() else None
+                if got != expect:
+                    self.note(f"restore of {target} at {at_text} gave {got!r:.60}, "
+                              f"want {expect!r:.60}")
+                rmtree(dest)
+                log(f"anytime: restore one file at a past instant {r.secs:.3f} s")
+            except (BenchError, OSError) as e:
+                notes.append(f"restore: {e}")
+                self.note(f"anytime versions restore: {e}")
+            try:
+                r = must(run([at.exe, "cat", target, "--at", at_text], env=at.env(repo)),
+                         "anytime cat")
+                cat_v = r.secs
+                if r.out.encode() != expect:
+                    self.note(f"cat of {target} at {at_text} gave {r.out!r:.60}, "
+                              f"want {expect!r:.60}")
+                log(f"anytime: cat one file at a past instant {r.secs:.3f} s")
+            except BenchError as e:
+                notes.append(f"cat: {e}")
+                self.note(f"anytime versions cat: {e}")
+            # peak memory of a capture into the big-history repository
+            try:
+                r = at.capture(repo, self.src("stdlib"), first=True)
+                rss_v = r.maxrss
+                log(f"anytime: stdlib snapshot into the {total:,}-version repo {r.secs:.2f} s, "
+                    f"rss {r.maxrss / 1e6:.0f} MB")
+                self.extra["versions"]["stdlib_capture_secs"] = r.secs
+            except BenchError as e:
+                self.note(f"anytime stdlib capture into versions repo: {e}")
+        if not self.args.keep:
+            rmtree(repo)
+        hist = f"{total:,} versions"
+        self.add(Row("G", f"mount to first listing, {hist}", "versions", "s",
+                     {"anytime": mount_v}, "< 0.3 s", "abs_lt", 0.3))
+        self.add(Row("G", f"restore one file from a past instant, {hist}", "versions", "s",
+                     {"anytime": restore_v}, "< 1 s", "abs_lt", 1.0))
+        self.add(Row("G", f"cat one file from a past instant, {hist}", "versions", "s",
+                     {"anytime": cat_v}, "< 1 s", "abs_lt", 1.0))
+        self.add(Row("D", f"peak RSS, stdlib first capture into the {hist} repo", "both",
+                     "MB", {"anytime": rss_v}, "<= 100 MB", "abs_le", 100e6))
+
+    def build_versions_repo(self, repo: Path, n_commits: int, n_files: int) -> dict:
+        """A volume with n_commits x n_files file versions, written with the store API."""
+        from anytime.store import clock
+        from anytime.store.format import KIND_DIR, KIND_FILE, Entry
+        from anytime.store.repo import Repository
+        from anytime.store.volumes import create_volume
+        from anytime.store.writer import CommitBuilder
+
+        rmtree(repo)
+        source = self.corpus / "versions"
+        source.mkdir(parents=True, exist_ok=True)
+        step = 60 * 10**9  # one commit a minute
+        base = clock.now_ns() - (n_commits + 10) * step
+        per_dir = 100
+        names = [(f"d{i // per_dir:03d}".encode(), f"f{i:05d}".encode()) for i in range(n_files)]
+        t0 = perf_counter()
+        r = Repository.init(str(repo))
+        try:
+            with r.writer_lock():
+                with r.env.begin(write=True) as txn:
+                    vol = create_volume(r, txn, "versions", str(source), r.block_size, base)
+                fids: list[int] = []
+                for c in range(n_commits):
+                    t = base + (c + 1) * step
+                    b = CommitBuilder(r, vol)
+                    if c == 0:
+                        dmeta = dict(mode=0o40755, nlink=2, atime_ns=t, mtime_ns=t, ctime_ns=t)
+                        b.put_entry(b"", Entry(KIND_DIR, **dmeta))
+                        for d in sorted({d for d, _ in names}):
+                            b.put_entry(d, Entry(KIND_DIR, **dmeta))
+                        fids = [b.new_file_id() for _ in names]
+                    for i, (d, f) in enumerate(names):
+                        data = b"file %d version %d\n" % (i, c)
+                        bid = b.store_block(data)
+                        b.put_block_version(fids[i], 0, bid)
+                        b.put_entry(d + b"/" + f, Entry(
+                            KIND_FILE, mode=0o100644, size=len(data), atime_ns=t, mtime_ns=t,
+                            ctime_ns=t, file_id=fids[i]))
+                    b.commit({"kind": "bench"}, instant=t)
+                    if (c + 1) % max(1, n_commits // 10) == 0:
+                        log(f"versions: {c + 1}/{n_commits} commits "
+                            f"({perf_counter() - t0:.1f} s)")
+        finally:
+            r.close()
+        pick_c = n_commits // 2
+        pick_i = min(n_files - 1, n_files // 2 + 7)
+        d, f = names[pick_i]
+        secs = perf_counter() - t0
+        log(f"versions repository built in {secs:.1f} s, {du_bytes(repo)[0] / 1e6:.0f} MB")
+        return {"build_secs": secs, "commits": n_commits, "files": n_files,
+                "versions": n_commits * n_files, "volume": "versions", "source": str(source),
+                "target": f"versions:{(d + b'/' + f).decode()}",
+                "t_past": base + (pick_c + 1) * step + step // 2,
+                "expect": b"file %d version %d\n" % (pick_i, pick_c),
+                "repo_bytes": du_bytes(repo)[0]}
+
+    # --- output -------------------------------------------------------------------
+    def table(self) -> str:
+        head = ("| fig | what | corpus | anytime | restic | borg | anytime / peer | goal | met |\n"
+                "| --- | --- | --- | ---: | ---: | ---: | ---: | --- | --- |")
+        lines = [head]
+        for r in self.rows:
+            met = {True: "yes", False: "**no**", None: "n/a"}[r.met]
+            ratio = "n/a" if r.ratio is None else f"{r.ratio:.2f}x"
+            cells = [fmt(r.values.get(t), r.unit) if t in r.values else "—" for t in TOOLS]
+            lines.append(f"| {r.fig} | {r.what} | {r.corpus} | " + " | ".join(cells)
+                         + f" | {ratio} | {r.goal} | {met} |")
+        return "\n".join(lines)
+
+    def write_json(self) -> Path:
+        OUT.mkdir(parents=True, exist_ok=True)
+        path = OUT / "results.json"
+        data = {
+            "machine": {"python": sys.version.split()[0], "platform": platform.platform(),
+                        "cpus": os.cpu_count(), "tools": self.versions()},
+            "scratch": str(self.scratch),
+            "total_secs": perf_counter() - T_START,
+            "rows": [{"figure": r.fig, "what": r.what, "corpus": r.corpus, "unit": r.unit,
+                      "values": r.values, "ratio": r.ratio, "goal": r.goal, "met": r.met,
+                      "note": r.note} for r in self.rows],
+            "notes": self.notes,
+            "details": self.extra,
+        }
+        path.write_text(json.dumps(data, indent=2, default=str))
+        return path
+
+    def versions(self) -> dict:
+        out = {}
+        for cmd in (["restic", "version"], ["borg", "--version"]):
+            if shutil.which(cmd[0]):
+                out[cmd[0]] = run(cmd, timeout=60).out.strip()
+        at = self.tools["anytime"]
+        if at.available():
+            r = run([sys.executable, "-c",
+                     "import importlib.metadata as m; print(m.version('anytime'))"], timeout=60)
+            out["anytime"] = r.out.strip()
+        return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--only", action="append",
+                    choices=["capture", "mount", "restore", "versions"],
+                    help="run only this part (repeatable); default: all")
+    ap.add_argument("--scratch", default=os.environ.get("ANYTIME_BENCH_SCRATCH",
+                                                         "/tmp/anytime-bench"),
+                    help="scratch directory for corpora, repositories, mounts "
+                         "(default /tmp/anytime-bench)")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the scratch directory (corpora and repositories) afterwards")
+    ap.add_argument("--versions-commits", type=int, default=1000, help=argparse.SUPPRESS)
+    ap.add_argument("--versions-files", type=int, default=1000, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    parts = args.only or ["capture", "mount", "restore", "versions"]
+
+    def _term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _term)
+    b = Bench(args)
+    missing = [t for t in TOOLS if not b.avail(t)]
+    if missing:
+        b.note(f"not installed: {', '.join(missing)} (their figures are n/a)")
+    for t in ("fusermount3", "find", "tar", "cp"):
+        if not shutil.which(t):
+            b.note(f"{t} not found")
+    log(f"scratch {b.scratch}; parts: {', '.join(parts)}")
+    try:
+        b.build_corpora()
+        order = ["capture", "mount", "restore", "versions"]
+        for part in order:
+            if part not in parts:
+                continue
+            try:
+                getattr(b, f"section_{part}")()
+            except BenchError as e:
+                b.note(f"{part}: {e}")
+            except Exception as e:  # noqa: BLE001 - keep going, report what we have
+                traceback.print_exc()
+                b.note(f"{part} crashed: {e!r}")
+    except KeyboardInterrupt:
+        b.note("interrupted")
+    finally:
+        for p in sorted(b.mnt.glob("*")) if b.mnt.exists() else []:
+            if os.path.ismount(p):
+                force_unmount(p)
+        path = b.write_json()
+        print(b.table())
+        if b.notes:
+            print("\nNotes:")
+            for n in b.notes:
+                print(f"- {n}")
+        print(f"\n({perf_counter() - T_START:.0f} s in all; JSON: {path})")
+        if not args.keep:
+            rmtree(b.scratch)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

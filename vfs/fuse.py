@@ -1,0 +1,304 @@
+"""The FUSE adapter (mfusepy on libfuse 3; WinFsp's FUSE layer on Windows): it only
+translates :class:`~anytime.vfs.namespace.Namespace` calls into FUSE replies.
+
+Caching: data of a node whose content can never change (``Node.stable``: a final view
+reached through a fixed name) is opened with ``keep_cache``, so the kernel serves re-reads
+from the page cache. Attribute and entry timeouts are per mount in libfuse's high-level
+API: long for a fixed mount at a final instant, short (1 s) for the time-travel root,
+where ``latest/`` must move forward.
+
+Threads: libfuse's multithreaded loop calls in here from several threads; each call uses
+its own short LMDB read transactions. The open-file table is guarded by a lock.
+
+Errors: a damaged block gives EIO for that read and one log line naming the file and
+the instant; any other unexpected exception gives EIO and a logged traceback. Nothing
+a reader does can stop the mount.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import functools
+import itertools
+import logging
+import os
+import re
+import sys
+import threading
+
+if sys.platform.startswith("linux"):
+    # libfuse 2 may be installed too; mfusepy reads this at import to pick the library.
+    os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
+
+import mfusepy  # noqa: E402
+
+from anytime.store.errors import DamagedData  # noqa: E402
+
+from .namespace import Namespace, Node  # noqa: E402
+
+log = logging.getLogger("anytime.mount")
+
+#: Kernel attribute/entry cache timeouts (seconds).
+FINAL_TIMEOUT = 86400.0
+LIVE_TIMEOUT = 1.0
+#: Largest read request: with the readahead raised to match, sequential reads arrive in
+#: 1 MiB requests (8 blocks of the default 128 KiB).
+MAX_READ = 1 << 20
+FUSE_READDIR_PLUS = 1
+FUSE_FILL_DIR_PLUS = 2
+
+
+def _s(b: bytes) -> str:
+    return b.decode("utf-8", "surrogateescape")
+
+
+def _b(s: str) -> bytes:
+    return s.encode("utf-8", "surrogateescape")
+
+
+def _erofs(*_args, **_kw):
+    raise mfusepy.FuseOSError(errno.EROFS)
+
+
+def _guard(fn):
+    """OSErrors pass through as errno; anything else is logged and becomes EIO."""
+
+    @functools.wraps(fn)
+    def wrapper(self, *args, **kw):
+        try:
+            return fn(self, *args, **kw)
+        except OSError:
+            raise
+        except DamagedData as e:
+            log.error("damaged data reading %s: %s", args[0] if args else "?", e)
+            raise mfusepy.FuseOSError(errno.EIO) from None
+        except Exception:
+            log.exception("unexpected error in %s(%r)", fn.__name__, args[:1])
+            raise mfusepy.FuseOSError(errno.EIO) from None
+
+    return wrapper
+
+
+class Adapter(mfusepy.Operations):
+    """FUSE operations over a Namespace. Read-only: every change fails with EROFS."""
+
+    use_ns = True
+
+    def __init__(self, ns: Namespace, mountpoint: str, on_ready=None):
+        self.ns = ns
+        self.mountpoint = mountpoint
+        self.on_ready = on_ready
+        self._handles: dict[int, Node] = {}
+        self._dirs: dict[int, list | None] = {}
+        self._next = itertools.count(1)
+        self._lock = threading.Lock()
+
+    # --- lifecycle ---------------------------------------------------------------------
+    def init_with_config(self, conn, config) -> None:
+        timeout = FINAL_TIMEOUT if self.ns.kernel_cacheable() else LIVE_TIMEOUT
+        if config is not None:
+            config.use_ino = 1
+            config.readdir_ino = 0
+            config.entry_timeout = timeout
+            config.attr_timeout = timeout
+            config.negative_timeout = timeout if self.ns.at is not None else LIVE_TIMEOUT
+            config.kernel_cache = 0  # decided per open (keep_cache)
+        if conn is not None:
+            conn.max_readahead = MAX_READ
+            if hasattr(conn, "max_read"):
+                conn.max_read = MAX_READ
+        if self.on_ready is not None:
+            # INIT is answered when this returns; the callback waits for that.
+            threading.Thread(target=self.on_ready, name="anytime-ready", daemon=True).start()
+
+    def destroy(self, path) -> None:
+        with self._lock:
+            if self._handles:
+                log.info("unmounted with %d files still open", len(self._handles))
+            self._handles.clear()
+
+    # --- lookups -----------------------------------------------------------------------
+    def _node(self, path: str) -> Node:
+        return self.ns.resolve(_b(path))
+
+    def _handle_node(self, fh) -> Node | None:
+        if fh is None:
+            return None
+        with self._lock:
+            return self._handles.get(fh.fh if hasattr(fh, "fh") else fh)
+
+    @_guard
+    def getattr(self, path, fh=None):
+        node = self._handle_node(fh) or self._node(path)
+        return self.ns.getattr(node)
+
+    def opendir(self, path):
+        fh = next(self._next)
+        with self._lock:
+            self._dirs[fh] = None
+        return fh
+
+    def releasedir(self, path, fh):
+        with self._lock:
+            self._dirs.pop(fh, None)
+        return 0
+
+    @_guard
+    def dir_items(self, path, fh) -> list[tuple[str, dict | None]]:
+        """The listing of an open directory, made once per opendir (readdir is called
+        again with offsets for long directories)."""
+        with self._lock:
+            items = self._dirs.get(fh)
+        if items is None:
+            items = [(".", None), ("..", None)] + [
+                (_s(name), attrs) for name, attrs in self.ns.listdir(self._node(path))]
+            with self._lock:
+                if fh in self._dirs:
+                    self._dirs[fh] = items
+        return items
+
+    def readdir(self, path, fh):  # plain mfusepy (libfuse 2): names and modes only
+        return [(name, attrs, 0) for name, attrs in self.dir_items(path, fh)]
+
+    @_guard
+    def readlink(self, path):
+        return _s(self.ns.readlink(self._node(path)))
+
+    @_guard
+    def listxattr(self, path):
+        return [_s(k) for k in self.ns.xattrs(self._node(path))]
+
+    @_guard
+    def getxattr(self, path, name, position=0):
+        val = self.ns.xattrs(self._node(path)).get(_b(name))
+        if val is None:
+            raise mfusepy.FuseOSError(errno.ENODATA)
+        return val
+
+    @_guard
+    def statfs(self, path):
+        bs = self.ns.vol.block_size
+        return {"f_bsize": bs, "f_frsize": bs, "f_blocks": 0, "f_bfree": 0, "f_bavail": 0,
+                "f_files": 0, "f_ffree": 0, "f_favail": 0, "f_namemax": 255}
+
+    # --- files -------------------------------------------------------------------------
+    @_guard
+    def open(self, path, fi):
+        if fi.flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT):
+            raise mfusepy.FuseOSError(errno.EROFS)
+        node = self._node(path)
+        if node.kind != "entry":
+            raise mfusepy.FuseOSError(errno.EISDIR)
+        fh = next(self._next)
+        with self._lock:
+            self._handles[fh] = node
+        fi.fh = fh
+        fi.keep_cache = 1 if node.stable else 0
+        return 0
+
+    def read(self, path, size, offset, fi):
+        with self._lock:
+            node = self._handles.get(fi.fh)
+        if node is None:
+            raise mfusepy.FuseOSError(errno.EBADF)
+        try:
+            return self.ns.read(node, offset, size)
+        except DamagedData as e:
+            log.error("damaged data: %s, bytes %d-%d: %s; the read got EIO",
+                      self.ns.describe(node), offset, offset + size, e)
+            raise mfusepy.FuseOSError(errno.EIO) from None
+        except OSError:
+            raise
+        except Exception:
+            log.exception("reading %s failed", self.ns.describe(node))
+            raise mfusepy.FuseOSError(errno.EIO) from None
+
+    def release(self, path, fi):
+        with self._lock:
+            self._handles.pop(fi.fh, None)
+        return 0
+
+    # --- read-only ---------------------------------------------------------------------
+    chmod = chown = create = link = mkdir = mknod = removexattr = rename = rmdir = \
+        setxattr = symlink = truncate = unlink = utimens = write = fallocate = _erofs
+
+
+class _PlusFUSE(mfusepy.FUSE):
+    """mfusepy.FUSE with readdirplus: when the kernel asks for it, listings carry full
+    attributes (and libfuse registers the entries), so ``ls -l`` and ``find`` need no
+    lookup per entry. mfusepy itself passes only st_mode and st_ino."""
+
+    def readdir_fuse_3(self, path, buf, filler, offset, fip, flags):
+        plus = bool(flags & FUSE_READDIR_PLUS)
+        items = self.operations.dir_items(None if path is None else _s(path), fip.contents.fh)
+        st = mfusepy.c_stat()
+        size = ctypes.sizeof(st)
+        # Non-zero offsets make libfuse pass entries through at once (with a lookup when
+        # FUSE_FILL_DIR_PLUS is set); with offset 0 it drops readdirplus attributes.
+        for i in range(offset, len(items)):
+            name, attrs = items[i]
+            ctypes.memset(ctypes.byref(st), 0, size)
+            full = False
+            if attrs:
+                mfusepy.set_st_attrs(st, attrs, use_ns=True)
+                full = "st_nlink" in attrs
+            fill = FUSE_FILL_DIR_PLUS if plus and full else 0
+            if filler(buf, _b(name), st if attrs else None, i + 1, fill) != 0:
+                break
+        return 0
+
+
+def mount_options(ns: Namespace) -> dict:
+    """Options for the FUSE mount (foreground: the CLI daemonizes itself)."""
+    opts = {"foreground": True, "ro": True, "fsname": f"anytime:{ns.vol.name}",
+            "use_ino": True}
+    if sys.platform == "win32":  # WinFsp: a drive letter, no Unix permission options
+        return opts
+    opts.update(subtype="anytime", default_permissions=True, max_read=MAX_READ,
+                max_threads=16, max_idle_threads=8,
+                noatime=True)
+    if os.geteuid() == 0:
+        opts["allow_other"] = True  # others may read what their original rights allow
+    return opts
+
+
+def serve(ns: Namespace, mountpoint: str, on_ready=None, debug: bool = False) -> None:
+    """Mount ``ns`` at ``mountpoint`` and serve requests until it is unmounted."""
+    opts = mount_options(ns)
+    if debug:
+        opts["debug"] = True
+    cls = _PlusFUSE if mfusepy.fuse_version_major == 3 else mfusepy.FUSE
+    cls(Adapter(ns, mountpoint, on_ready), mountpoint, raw_fi=True, **opts)
+
+
+def mount_device(mountpoint: str) -> str | None:
+    """``major:minor`` of the filesystem mounted at ``mountpoint`` (from mountinfo)."""
+    target = os.fsencode(os.path.realpath(mountpoint))
+    found = None
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            for line in f:
+                parts = line.split()
+                mnt = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), parts[4])
+                if mnt == target:
+                    found = parts[2].decode()  # the last (topmost) mount wins
+    except OSError:
+        return None
+    return found
+
+
+def raise_readahead(mountpoint: str, kb: int = MAX_READ // 1024) -> bool:
+    """Raise the mount's readahead so sequential reads arrive in MAX_READ requests.
+
+    Needs root (sysfs); without it reads stay at the kernel default (128 KiB)."""
+    dev = mount_device(mountpoint)
+    if dev is None:
+        return False
+    try:
+        with open(f"/sys/class/bdi/{dev}/read_ahead_kb", "w") as f:
+            f.write(str(kb))
+        return True
+    except OSError as e:
+        log.info("could not raise readahead of %s (%s): %s", mountpoint, dev, e)
+        return False
