@@ -8,6 +8,13 @@ Terms:
                on one large file).
   unstable     a file that kept changing while it was read: after ``RETRIES`` reads
                whose before/after stat differ, it is recorded with ``FLAG_UNSTABLE``.
+  recent       a file whose ctime is less than ``RECENT_NS`` before its read began.
+               write(2) stamps a file when it starts, so a write still copying data
+               when the read begins leaves the before and after stats equal. A recent
+               file is therefore read until two reads in a row give the same blocks
+               (the second read only hashes: its blocks are already stored). Limit: a
+               single write that began ``RECENT_NS`` before the read and stalls for
+               two whole reads goes unnoticed.
 
 A directory that vanishes or cannot be read keeps its previous versions (nothing is
 recorded as deleted for it); the snapshot is then partial. Paths are bytes throughout.
@@ -22,10 +29,12 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from anytime.store import timeline
+from anytime.store import clock, timeline
 from anytime.store.format import (
+    DB_INODES,
     FLAG_UNSTABLE,
     HOLE_ID,
+    INODE_VALUE,
     KIND_BLK,
     KIND_CHR,
     KIND_DELETED,
@@ -35,15 +44,15 @@ from anytime.store.format import (
     KIND_SOCK,
     KIND_SYMLINK,
     MAX_INSTANT,
-    U64,
     Entry,
     inode_key,
     join_path,
 )
 from anytime.store.writer import CommitBuilder
 
-SEGMENT_BLOCKS = 64
+SEGMENT_BLOCKS = 8
 RETRIES = 3
+RECENT_NS = 1_000_000_000
 MAX_INFLIGHT_SEGMENTS = 64
 _SEEK_DATA = getattr(os, "SEEK_DATA", 3)
 _SEEK_HOLE = getattr(os, "SEEK_HOLE", 4)
@@ -120,6 +129,8 @@ class _FileJob:
     existing: bool  # file_id already had blocks: diff against them
     segments: list[Future] = field(default_factory=list)
     tries: int = 1
+    started_ns: int = 0  # kernel time just before ``before`` was taken
+    last_ids: list[bytes] | None = None  # block ids of the previous read
 
 
 class Scanner:
@@ -286,13 +297,16 @@ class Scanner:
                 and old.src_dev == s.st_dev:
             fid, existing = old.file_id, True
         else:
+            # A path new to us whose inode we know: the same file renamed or linked here
+            # if it still has the size and mtime we recorded; otherwise the inode number
+            # was reused by a new file, which gets a new file id.
             v = self.txn.get(inode_key(self.vid, s.st_dev, s.st_ino),
-                             db=self.repo.dbs[b"inodes"])
-            if v is not None:
-                fid, existing = U64.unpack(v)[0], True
+                             db=self.repo.dbs[DB_INODES])
+            known = INODE_VALUE.unpack(v) if v is not None else None
+            if known is not None and known[1:] == (s.st_mtime_ns, s.st_size):
+                fid, existing = known[0], True
             else:
                 fid, existing = self.builder.new_file_id(), False
-                self.builder.map_inode(s.st_dev, s.st_ino, fid)
         if s.st_nlink > 1:
             self.hardlinks[key] = fid
         e.file_id = fid
@@ -304,6 +318,7 @@ class Scanner:
                 self._open_failed(job, err)
                 return
             e.xattrs = read_xattrs(abspath)
+            job.started_ns = clock.file_time_ns()
             job.before = os.fstat(job.fd)
         self._submit(job)
         self.pending.append(job)
@@ -331,16 +346,17 @@ class Scanner:
     def _read_small(self, abspath: bytes):
         """Open, read, store and close a file of at most one segment, in a worker thread.
 
-        Returns (block ids, stat before, stat after, xattrs).
+        Returns (block ids, stat before, stat after, xattrs, kernel time before).
         """
         fd = os.open(abspath, _OPEN_FLAGS)
         try:
+            started = clock.file_time_ns()
             before = os.fstat(fd)
             xattrs = read_xattrs(fd)
             size = before.st_size
             nblocks = (size + self.bs - 1) // self.bs
             ids = self._read_segment(fd, 0, nblocks, size, before.st_blocks * 512 < size)
-            return ids, before, os.fstat(fd), xattrs
+            return ids, before, os.fstat(fd), xattrs, started
         finally:
             os.close(fd)
 
@@ -370,7 +386,8 @@ class Scanner:
         self.inflight -= len(job.segments)
         if job.fd is None:
             try:
-                ids, job.before, after, job.entry.xattrs = job.segments[0].result()
+                ids, job.before, after, job.entry.xattrs, job.started_ns = \
+                    job.segments[0].result()
             except OSError as err:
                 self._open_failed(job, err)
                 return None
@@ -389,11 +406,14 @@ class Scanner:
             b = job.before
             stable = (after.st_size, after.st_mtime_ns, after.st_ctime_ns, after.st_ino) == (
                 b.st_size, b.st_mtime_ns, b.st_ctime_ns, b.st_ino)
+            if stable and _recent(job) and ids != job.last_ids:
+                stable = False  # a write may have been in flight: read until two agree
             if stable or job.tries >= RETRIES:
                 break
             job.tries += 1
+            job.last_ids = ids
             if job.fd is not None:
-                job.before = after
+                job.before, job.started_ns = after, clock.file_time_ns()
             self._submit(job)
         if job.fd is not None:
             os.close(job.fd)
@@ -421,6 +441,12 @@ class Scanner:
                 if new != HOLE_ID:
                     self.builder.put_block_version(job.file_id, i, new)
         self.builder.put_entry(job.path, e)
+        self.builder.map_inode(e.src_dev, e.src_ino, e.file_id, e.mtime_ns, e.size)
+
+
+def _recent(job: _FileJob) -> bool:
+    """True if the file changed less than RECENT_NS before its read began."""
+    return job.before.st_ctime_ns > job.started_ns - RECENT_NS
 
 
 def _all_hole(fd: int, off: int, n: int) -> bool:

@@ -24,6 +24,16 @@ def set_clock(fn: Callable[[], int] | None) -> None:
     _now = fn if fn is not None else time.time_ns
 
 
+def file_time_ns() -> int:
+    """The kernel's wall clock, the one it stamps file times with; never replaced.
+
+    Only for comparing with ``st_mtime``/``st_ctime`` ("was this file changed a moment
+    ago?"): a fake clock set for commit instants must not make every file look old or
+    new. Instants of commits come from :func:`now_ns`.
+    """
+    return time.clock_gettime_ns(time.CLOCK_REALTIME)
+
+
 def monotonic() -> float:
     """Seconds from a monotonic clock, for durations and timeouts only."""
     return time.monotonic()

@@ -32,7 +32,7 @@ BLOCK_ID_LEN = 32
 #: The id recorded for an all-zero block (a hole). No data is stored for it.
 HOLE_ID = bytes(BLOCK_ID_LEN)
 #: Default block size of a directory-tree volume (see docs/format.md for the measurement).
-DEFAULT_BLOCK_SIZE = 128 * 1024
+DEFAULT_BLOCK_SIZE = 1024 * 1024
 ZSTD_LEVEL = 4
 
 # --- LMDB databases ----------------------------------------------------------------
@@ -54,6 +54,8 @@ BLOCK_LOC = struct.Struct("<16sQIIB")
 #: packs value: size u64 | record count u32 | commit instant u64
 PACK_INFO = struct.Struct("<QIQ")
 
+#: inodes value: file id u64 | mtime i64 | size u64 (big-endian) of the version last recorded
+INODE_VALUE = struct.Struct(">QqQ")
 U32 = struct.Struct(">I")
 U64 = struct.Struct(">Q")
 MAX_INSTANT = 2**64 - 1

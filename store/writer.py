@@ -35,6 +35,7 @@ from .format import (
     DB_PACKS,
     DB_VOLUMES,
     HOLE_ID,
+    INODE_VALUE,
     PACK_INFO,
     U64,
     Entry,
@@ -78,7 +79,7 @@ class CommitBuilder:
         self._new_blocks: dict[bytes, tuple] = {}
         self._entries: list[tuple[bytes, bytes]] = []  # (path, encoded entry)
         self._blockvers: list[tuple[int, int, bytes]] = []
-        self._inodes: list[tuple[int, int, int]] = []
+        self._inodes: list[tuple[int, int, bytes]] = []
         self._local = threading.local()
         self.stats = {"blocks_new": 0, "bytes_new": 0, "bytes_stored": 0, "blocks_dup": 0}
         self.done = False
@@ -135,8 +136,9 @@ class CommitBuilder:
     def put_block_version(self, file_id: int, block_no: int, block_id: bytes) -> None:
         self._blockvers.append((file_id, block_no, block_id))
 
-    def map_inode(self, dev: int, ino: int, file_id: int) -> None:
-        self._inodes.append((dev, ino, file_id))
+    def map_inode(self, dev: int, ino: int, file_id: int, mtime_ns: int, size: int) -> None:
+        """Remember which file id source inode (dev, ino) holds, and its recorded state."""
+        self._inodes.append((dev, ino, INODE_VALUE.pack(file_id, mtime_ns, size)))
 
     @property
     def empty(self) -> bool:
@@ -161,8 +163,8 @@ class CommitBuilder:
                                                 for path, enc in self._entries])
             _put_sorted(txn, dbs[DB_BLOCKVERS], [(blockver_key(vid, fid, bno, t), bid)
                                                   for fid, bno, bid in self._blockvers])
-            _put_sorted(txn, dbs[DB_INODES], [(inode_key(vid, dev, ino), U64.pack(fid))
-                                               for dev, ino, fid in self._inodes])
+            _put_sorted(txn, dbs[DB_INODES], list({inode_key(vid, dev, ino): val
+                                                    for dev, ino, val in self._inodes}.items()))
             record = dict(info, packs=len(packs), **self.stats)
             if label:
                 record["label"] = label

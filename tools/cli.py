@@ -9,17 +9,25 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib
 import os
 import sys
 
 from anytime.store.errors import AnytimeError, DestinationError
 
-from . import cmd_diff, cmd_labels, cmd_mount, cmd_read, cmd_repo, cmd_restore
+#: Command modules, each with ``register(sub, common)``; ``COMMAND_MODULES`` maps a
+#: command name to its module so that one run imports only what it needs.
+MODULES = ["cmd_repo", "cmd_read", "cmd_diff", "cmd_restore", "cmd_labels", "cmd_mount"]
+COMMAND_MODULES = {
+    "init": "cmd_repo", "snapshot": "cmd_repo", "volumes": "cmd_repo",
+    "log": "cmd_read", "ls": "cmd_read", "cat": "cmd_read",
+    "diff": "cmd_diff", "restore": "cmd_restore",
+    "mark": "cmd_labels", "unmark": "cmd_labels", "find": "cmd_labels",
+    "mount": "cmd_mount", "umount": "cmd_mount",
+}
 
-COMMANDS = [cmd_repo, cmd_read, cmd_diff, cmd_restore, cmd_labels, cmd_mount]
 
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--repo", default=argparse.SUPPRESS,
                         help="repository directory (default: $ANYTIME_REPO, else "
@@ -28,13 +36,25 @@ def build_parser() -> argparse.ArgumentParser:
         prog="anytime", parents=[common],
         description="Continuous data protection: any volume, at any instant, as a drive.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for mod in COMMANDS:
-        mod.register(sub, common)
+    for name in [only] if only else MODULES:
+        importlib.import_module(f"anytime.tools.{name}").register(sub, common)
     return p
 
 
+def _command_in(argv: list[str]) -> str | None:
+    """The module of the command named in ``argv`` (None: parse with every command)."""
+    for i, a in enumerate(argv):
+        if a == "--repo":
+            continue
+        if i > 0 and argv[i - 1] == "--repo" or a.startswith("-"):
+            continue
+        return COMMAND_MODULES.get(a)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(_command_in(argv))
     args = parser.parse_args(argv)
     if not hasattr(args, "repo"):
         args.repo = None

@@ -23,7 +23,7 @@ def open_repo(args) -> Repository:
 def register(sub, common) -> None:
     p = sub.add_parser("init", parents=[common], help="create a repository")
     p.add_argument("--block-size", type=int, default=None,
-                   help="default block size of new volumes, in bytes (default 131072)")
+                   help="default block size of new volumes, in bytes (default 1048576)")
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("snapshot", parents=[common], help="capture a directory tree as one commit")

@@ -26,6 +26,7 @@ from anytime.store import timeline
 from anytime.store.format import (
     DB_INODES,
     HOLE_ID,
+    INODE_VALUE,
     KIND_BLK,
     KIND_CHR,
     KIND_DIR,
@@ -33,7 +34,6 @@ from anytime.store.format import (
     KIND_FILE,
     KIND_SOCK,
     KIND_SYMLINK,
-    U64,
     Entry,
     inode_key,
     join_path,
@@ -110,7 +110,7 @@ class LiveSide:
             with self.repo.read_txn() as txn:
                 v = txn.get(inode_key(self.view.vol.id, s.st_dev, s.st_ino),
                             db=self.repo.dbs[DB_INODES])
-            e.file_id = U64.unpack(v)[0] if v else 0
+            e.file_id = INODE_VALUE.unpack(v)[0] if v else 0
         return e
 
     def xattrs(self, path: bytes) -> dict[bytes, bytes]:

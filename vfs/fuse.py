@@ -43,7 +43,7 @@ log = logging.getLogger("anytime.mount")
 FINAL_TIMEOUT = 86400.0
 LIVE_TIMEOUT = 1.0
 #: Largest read request: with the readahead raised to match, sequential reads arrive in
-#: 1 MiB requests (8 blocks of the default 128 KiB).
+#: 1 MiB requests (one block of the default size).
 MAX_READ = 1 << 20
 FUSE_READDIR_PLUS = 1
 FUSE_FILL_DIR_PLUS = 2

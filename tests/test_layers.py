@@ -1,0 +1,78 @@
+"""The layers point one way: tools -> vfs -> store <- capture.
+
+``store`` imports no other part of anytime; ``vfs`` and ``capture`` import only
+``store``; ``tools`` may import them all. Checked by parsing every module's imports
+(including imports inside functions), so no module has to be importable for the test.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+#: package -> the anytime packages it may import (besides itself)
+ALLOWED = {
+    "store": set(),
+    "vfs": {"store"},
+    "capture": {"store"},
+    "tools": {"store", "vfs", "capture"},
+}
+
+
+def modules(package: str) -> list[Path]:
+    return sorted((ROOT / package).glob("*.py"))
+
+
+def anytime_imports(path: Path, package: str) -> set[str]:
+    """The anytime packages a module imports (relative imports resolved)."""
+    tree = ast.parse(path.read_bytes(), filename=str(path))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 1:
+                names = [f"anytime.{package}"]
+            elif node.level >= 2:  # from .. import x: a sibling package
+                mod = node.module or ""
+                names = [f"anytime.{mod}" if mod else f"anytime.{a.name}" for a in node.names]
+            else:
+                names = [node.module or ""]
+                if node.module == "anytime":
+                    names = [f"anytime.{a.name}" for a in node.names]
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "anytime":
+                found.add(parts[1] if len(parts) > 1 else "")
+            elif parts[0] in ALLOWED:  # "import store" would bypass the package name
+                found.add(parts[0])
+    return found
+
+
+def test_every_package_has_modules():
+    for package in ALLOWED:
+        assert modules(package), f"{package}/ has no modules"
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_layers_point_one_way(package):
+    bad = []
+    for path in modules(package):
+        used = anytime_imports(path, package) - {package}
+        wrong = used - ALLOWED[package]
+        if wrong:
+            bad.append(f"{path.relative_to(ROOT)} imports {', '.join(sorted(wrong))}")
+    assert not bad, (f"{package} may import only {sorted(ALLOWED[package]) or 'nothing'} "
+                     f"of anytime:\n" + "\n".join(bad))
+
+
+def test_the_checker_sees_violations(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    from anytime.vfs import view\n"
+                   "from anytime import capture\nfrom ..tools import cli\n")
+    assert anytime_imports(bad, "store") == {"vfs", "capture", "tools"}
