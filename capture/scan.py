@@ -53,7 +53,9 @@ from anytime.store.writer import CommitBuilder
 SEGMENT_BLOCKS = 8
 RETRIES = 3
 RECENT_NS = 1_000_000_000
-MAX_INFLIGHT_SEGMENTS = 64
+MAX_INFLIGHT_SEGMENTS = 128
+#: Files of one segment or less are handed to the workers this many at a time.
+BATCH_FILES = 16
 _SEEK_DATA = getattr(os, "SEEK_DATA", 3)
 _SEEK_HOLE = getattr(os, "SEEK_HOLE", 4)
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
@@ -129,6 +131,7 @@ class _FileJob:
     existing: bool  # file_id already had blocks: diff against them
     segments: list[Future] = field(default_factory=list)
     tries: int = 1
+    batch_index: int = 0
     started_ns: int = 0  # kernel time just before ``before`` was taken
     last_ids: list[bytes] | None = None  # block ids of the previous read
 
@@ -149,6 +152,7 @@ class Scanner:
         self.report = ScanReport(volume=vol.name)
         self.pending: deque[_FileJob] = deque()
         self.inflight = 0
+        self._batch: list[_FileJob] = []
         self.hardlinks: dict[tuple[int, int], int] = {}
         self.txn = None
         try:
@@ -331,9 +335,13 @@ class Scanner:
             self._skip(job.abspath, err.strerror or str(err))
 
     def _submit(self, job: _FileJob) -> None:
-        if job.fd is None:
-            job.segments = [self.pool.submit(self._read_small, job.abspath)]
+        if job.fd is None:  # small files go to the workers in batches (fewer hand-offs)
+            job.segments = []
+            job.batch_index = len(self._batch)
+            self._batch.append(job)
             self.inflight += 1
+            if len(self._batch) >= BATCH_FILES:
+                self._flush_batch()
             return
         size = job.before.st_size
         sparse = job.before.st_blocks * 512 < size
@@ -342,6 +350,23 @@ class Scanner:
                                          min(SEGMENT_BLOCKS, nblocks - first), size, sparse)
                         for first in range(0, nblocks, SEGMENT_BLOCKS)]
         self.inflight += len(job.segments)
+
+    def _flush_batch(self) -> None:
+        if self._batch:
+            fut = self.pool.submit(self._read_batch, [j.abspath for j in self._batch])
+            for j in self._batch:
+                j.segments = [fut]
+            self._batch = []
+
+    def _read_batch(self, paths: list[bytes]) -> list:
+        """:meth:`_read_small` for each path; an OSError is returned in its place."""
+        out = []
+        for p in paths:
+            try:
+                out.append(self._read_small(p))
+            except OSError as err:
+                out.append(err)
+        return out
 
     def _read_small(self, abspath: bytes):
         """Open, read, store and close a file of at most one segment, in a worker thread.
@@ -383,15 +408,17 @@ class Scanner:
 
     def _collect(self, job: _FileJob) -> tuple[list[bytes], os.stat_result] | None:
         """Wait for a job's reads; returns (block ids, stat after) or None if it failed."""
-        self.inflight -= len(job.segments)
         if job.fd is None:
-            try:
-                ids, job.before, after, job.entry.xattrs, job.started_ns = \
-                    job.segments[0].result()
-            except OSError as err:
-                self._open_failed(job, err)
+            self.inflight -= 1
+            if not job.segments:
+                self._flush_batch()
+            res = job.segments[0].result()[job.batch_index]
+            if isinstance(res, OSError):
+                self._open_failed(job, res)
                 return None
+            ids, job.before, after, job.entry.xattrs, job.started_ns = res
             return ids, after
+        self.inflight -= len(job.segments)
         ids = []
         for f in job.segments:
             ids.extend(f.result())

@@ -33,7 +33,7 @@ BLOCK_ID_LEN = 32
 HOLE_ID = bytes(BLOCK_ID_LEN)
 #: Default block size of a directory-tree volume (see docs/format.md for the measurement).
 DEFAULT_BLOCK_SIZE = 1024 * 1024
-ZSTD_LEVEL = 4
+ZSTD_LEVEL = 3
 
 # --- LMDB databases ----------------------------------------------------------------
 DB_META = b"meta"

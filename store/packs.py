@@ -71,7 +71,7 @@ class PackWriter:
             if self._fd is None:
                 self._open()
             offset = self._size
-            os.write(self._fd, header + stored)
+            os.writev(self._fd, (header, stored))
             self._size += len(header) + len(stored)
             self._records += 1
             pack_id = self._id
