@@ -16,6 +16,7 @@ import json
 import os
 import secrets
 import threading
+from collections import OrderedDict
 from contextlib import contextmanager
 
 import lmdb
@@ -59,6 +60,33 @@ def locate(repo: str | None = None) -> str:
     return os.path.abspath(repo or os.environ.get("ANYTIME_REPO") or default_location())
 
 
+class BlockCache:
+    """A small thread-safe LRU of decompressed blocks, bounded in bytes."""
+
+    def __init__(self, max_bytes: int = 16 << 20):
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[bytes, bytes] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, block_id: bytes) -> bytes | None:
+        with self._lock:
+            data = self._items.get(block_id)
+            if data is not None:
+                self._items.move_to_end(block_id)
+            return data
+
+    def put(self, block_id: bytes, data: bytes) -> None:
+        with self._lock:
+            if block_id in self._items or len(data) > self.max_bytes // 4:
+                return
+            self._items[block_id] = data
+            self._bytes += len(data)
+            while self._bytes > self.max_bytes:
+                _, old = self._items.popitem(last=False)
+                self._bytes -= len(old)
+
+
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -84,6 +112,7 @@ class Repository:
         with self.env.begin(write=True) as txn:
             self.dbs = {name: self.env.open_db(name, txn=txn) for name in ALL_DBS}
         self.packs = PackReader(root)
+        self.cache = BlockCache()
         self._local = threading.local()
 
     # --- opening ---------------------------------------------------------------------
@@ -165,7 +194,19 @@ class Repository:
         return None if loc is None else BLOCK_LOC.unpack(loc)
 
     def read_block(self, txn, block_id: bytes) -> bytes:
-        """The plaintext of a stored block (checksum verified)."""
+        """The plaintext of a stored block (checksum verified).
+
+        The last few blocks read are kept decompressed (:class:`BlockCache`): the kernel
+        often asks for one block in several requests (a small first read, then
+        readahead), and each would otherwise decompress the whole block again.
+        """
+        data = self.cache.get(block_id)
+        if data is None:
+            data = self._read_block(txn, block_id)
+            self.cache.put(block_id, data)
+        return data
+
+    def _read_block(self, txn, block_id: bytes) -> bytes:
         loc = self.block_location(txn, block_id)
         if loc is None:
             raise DamagedData(f"block {block_id.hex()[:16]} is referenced but not in the "
