@@ -7,6 +7,11 @@ from the page cache. Attribute and entry timeouts are per mount in libfuse's hig
 API: long for a fixed mount at a final instant, short (1 s) for the time-travel root,
 where ``latest/`` must move forward.
 
+A mount fixed at a final instant (``--at``) answers the first OPEN with ENOSYS, so the
+kernel stops sending OPEN/RELEASE altogether (FUSE_CAP_NO_OPEN_SUPPORT) and keeps file
+data cached; reads then arrive by path, resolved once and cached. This halves the round
+trips of tools that read many small files (tar, cp -a).
+
 Threads: libfuse's multithreaded loop calls in here from several threads; each call uses
 its own short LMDB read transactions. The open-file table is guarded by a lock.
 
@@ -45,6 +50,8 @@ LIVE_TIMEOUT = 1.0
 #: Largest read request: with the readahead raised to match, sequential reads arrive in
 #: 1 MiB requests (one block of the default size).
 MAX_READ = 1 << 20
+#: Resolved paths kept by a final mount (entries; cleared when full).
+NODE_CACHE = 200_000
 FUSE_READDIR_PLUS = 1
 FUSE_FILL_DIR_PLUS = 2
 
@@ -93,6 +100,10 @@ class Adapter(mfusepy.Operations):
         self._dirs: dict[int, list | None] = {}
         self._next = itertools.count(1)
         self._lock = threading.Lock()
+        # A mount whose every file is final needs no OPEN/RELEASE round trips, and its
+        # paths resolve to the same node forever (cached here).
+        self.no_open = ns.kernel_cacheable()
+        self._nodes: dict[str, Node] | None = {} if self.no_open else None
 
     # --- lifecycle ---------------------------------------------------------------------
     def init_with_config(self, conn, config) -> None:
@@ -120,7 +131,16 @@ class Adapter(mfusepy.Operations):
 
     # --- lookups -----------------------------------------------------------------------
     def _node(self, path: str) -> Node:
-        return self.ns.resolve(_b(path))
+        cache = self._nodes
+        if cache is None:
+            return self.ns.resolve(_b(path))
+        node = cache.get(path)
+        if node is None:
+            node = self.ns.resolve(_b(path))
+            if len(cache) > NODE_CACHE:
+                cache.clear()
+            cache[path] = node
+        return node
 
     def _handle_node(self, fh) -> Node | None:
         if fh is None:
@@ -134,6 +154,8 @@ class Adapter(mfusepy.Operations):
         return self.ns.getattr(node)
 
     def opendir(self, path):
+        # (ENOSYS here would save the OPENDIR round trip, but libfuse 3.14's high-level
+        # readdir then dereferences a missing directory handle and crashes.)
         fh = next(self._next)
         with self._lock:
             self._dirs[fh] = None
@@ -190,6 +212,10 @@ class Adapter(mfusepy.Operations):
         node = self._node(path)
         if node.kind != "entry":
             raise mfusepy.FuseOSError(errno.EISDIR)
+        if self.no_open:
+            # Every file of this mount is final: ENOSYS tells the kernel to stop sending
+            # OPEN/RELEASE at all (FUSE_CAP_NO_OPEN_SUPPORT); reads then come by path.
+            raise mfusepy.FuseOSError(errno.ENOSYS)
         fh = next(self._next)
         with self._lock:
             self._handles[fh] = node
@@ -201,7 +227,9 @@ class Adapter(mfusepy.Operations):
         with self._lock:
             node = self._handles.get(fi.fh)
         if node is None:
-            raise mfusepy.FuseOSError(errno.EBADF)
+            if not self.no_open:
+                raise mfusepy.FuseOSError(errno.EBADF)
+            node = self._node(path)
         try:
             return self.ns.read(node, offset, size)
         except DamagedData as e:
