@@ -11,8 +11,9 @@ compared with what exists at its destination, giving one :class:`Action` each:
              without a policy the restore stops before changing anything
   delete     an entry at the destination that did not exist at T (only with --delete)
 
-Files are written to a temporary name in the destination directory and renamed into
-place, so a reader sees the old file or the restored one, never a mix. Every block is
+A file that replaces an existing one is written to a temporary name in the destination
+directory and renamed into place, so a reader sees the old file or the restored one,
+never a mix; a file where nothing existed is written under its own name. Every block is
 checked against its block id (keyed BLAKE3) before it is written. All-zero blocks are
 left as holes. On failure (a full or read-only disk), temporary files and everything
 this restore created are removed; files it had already replaced stay replaced (each
@@ -232,9 +233,16 @@ class Restorer:
 
     def _write_file(self, a: Action) -> None:
         e = a.entry
-        tmp = self._tmpname(a.dest)
+        if a.op == "create":
+            # Nothing is there: write in place (O_EXCL); a failure removes it with the
+            # rest of what this restore created.
+            tmp = a.dest
+            self._created.append(a.dest)
+        else:
+            tmp = self._tmpname(a.dest)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
+            end = 0
             bs, key, vid = self.view.bs, self.repo.block_key, self.view.vol.id
             n = (e.size + bs - 1) // bs
             with self.repo.read_txn() as txn:
@@ -248,12 +256,15 @@ class Restorer:
                                           f"its id; run 'anytime check'")
                     want = min(bs, e.size - i * bs)
                     os.pwrite(fd, data[:want], i * bs)
+                    end = i * bs + want
                     self.bytes_done += want
-            os.ftruncate(fd, e.size)
+            if end < e.size:  # trailing hole
+                os.ftruncate(fd, e.size)
             self._set_meta_fd(fd, e)
         finally:
             os.close(fd)
-        self._place(tmp, a)
+        if tmp != a.dest:
+            self._place(tmp, a)
         if self.progress:
             self.progress.bytes_done(self.bytes_done, self.bytes_total)
 
