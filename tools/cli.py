@@ -13,13 +13,13 @@ import importlib
 import os
 import sys
 
-from anytime.store.errors import AnytimeError, DestinationError
+from anytime.store.errors import AnytimeError, DestinationError, RepositoryFormatError
 
 #: Command modules, each with ``register(sub, common)``; ``COMMAND_MODULES`` maps a
 #: command name to its module so that one run imports only what it needs.
 MODULES = ["cmd_repo", "cmd_read", "cmd_diff", "cmd_restore", "cmd_labels", "cmd_mount"]
 COMMAND_MODULES = {
-    "init": "cmd_repo", "snapshot": "cmd_repo", "volumes": "cmd_repo",
+    "init": "cmd_repo", "snapshot": "cmd_repo", "volumes": "cmd_repo", "check": "cmd_repo",
     "log": "cmd_read", "ls": "cmd_read", "cat": "cmd_read",
     "diff": "cmd_diff", "restore": "cmd_restore",
     "mark": "cmd_labels", "unmark": "cmd_labels", "find": "cmd_labels",
@@ -79,6 +79,18 @@ def main(argv: list[str] | None = None) -> int:
         else:
             err = AnytimeError(f"{e.strerror or e}"
                                f"{': ' + os.fsdecode(e.filename) if e.filename else ''}")
+        print(f"anytime: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except Exception as e:
+        import lmdb
+
+        if not isinstance(e, lmdb.Error):
+            raise
+        full = "space" in str(e).lower()
+        err = (DestinationError("no space left on the repository's disk; free space and run "
+                                "the command again (nothing was committed)") if full else
+               RepositoryFormatError(f"the repository index could not be used: {e}; "
+                                     f"run 'anytime check'"))
         print(f"anytime: error: {err}", file=sys.stderr)
         return err.exit_code
 

@@ -35,6 +35,12 @@ def register(sub, common) -> None:
     p.add_argument("--after-hook", help="command run after committing")
     p.set_defaults(func=cmd_snapshot)
 
+    p = sub.add_parser("check", parents=[common],
+                       help="verify packs and index (read-only)")
+    p.add_argument("--read-data", action="store_true",
+                   help="also decompress every block and verify it against its id")
+    p.set_defaults(func=cmd_check)
+
     p = sub.add_parser("volumes", parents=[common], help="list protected volumes")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_volumes)
@@ -92,6 +98,21 @@ def cmd_snapshot(args) -> int:
         raise PartialError(f"the snapshot is partial: {len(report.skipped)} entries could not "
                            f"be read and keep their previous versions:\n  " + "\n  ".join(
                                f"{p}: {r}" for p, r in report.skipped))
+    return 0
+
+
+def cmd_check(args) -> int:
+    from anytime.store.check import check
+    from anytime.store.errors import DamagedData
+
+    with open_repo(args) as repo:
+        rep = check(repo, read_data=args.read_data)
+    print(f"{rep.packs} packs, {rep.blocks} blocks, {rep.block_versions} block versions "
+          f"checked; {rep.leftover_packs} uncommitted pack files (reclaimed by the next "
+          f"snapshot)")
+    if rep.problems:
+        raise DamagedData(f"{len(rep.problems)} problems:\n  " + "\n  ".join(rep.problems[:50]))
+    print("no problems found")
     return 0
 
 
