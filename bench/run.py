@@ -63,10 +63,10 @@ class Res:
     rc: int
     secs: float
     maxrss: int  # bytes
-    maxanon: int = 0  # bytes: peak private (anonymous) memory, when measured
     out: str = ""
     err: str = ""
     info: dict = field(default_factory=dict)
+    maxanon: int = 0  # bytes: peak private (anonymous) memory, when measured
 
     @property
     def ok(self) -> bool:
