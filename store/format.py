@@ -34,6 +34,12 @@ HOLE_ID = bytes(BLOCK_ID_LEN)
 #: Default block size of a directory-tree volume (see docs/format.md for the measurement).
 DEFAULT_BLOCK_SIZE = 1024 * 1024
 ZSTD_LEVEL = 3
+#: Blocks of at least ZSTD_LARGE_MIN bytes are compressed with these parameters instead
+#: of ZSTD_LEVEL: level 3's "dfast" strategy with larger hash and chain tables, which on
+#: 1 MiB blocks of binaries gives 1% smaller output for 8% more time (docs/format.md).
+ZSTD_LARGE_MIN = 512 * 1024
+ZSTD_LARGE_PARAMS = {"window_log": 20, "hash_log": 19, "chain_log": 19, "search_log": 1,
+                     "min_match": 5, "target_length": 0, "strategy": 2}
 
 # --- LMDB databases ----------------------------------------------------------------
 DB_META = b"meta"

@@ -38,6 +38,8 @@ from .format import (
     INODE_VALUE,
     PACK_INFO,
     U64,
+    ZSTD_LARGE_MIN,
+    ZSTD_LARGE_PARAMS,
     Entry,
     blockver_key,
     commit_key,
@@ -85,11 +87,19 @@ class CommitBuilder:
         self.done = False
 
     # --- blocks (any thread) -----------------------------------------------------------
-    def _cctx(self) -> zstandard.ZstdCompressor:
-        c = getattr(self._local, "cctx", None)
+    def _cctx(self, size: int) -> zstandard.ZstdCompressor:
+        """This thread's compressor for a block of ``size`` bytes (one per thread: a
+        compressor is not thread-safe)."""
+        large = size >= ZSTD_LARGE_MIN
+        c = getattr(self._local, "large" if large else "small", None)
         if c is None:
-            c = self._local.cctx = zstandard.ZstdCompressor(
-                level=self.repo.zstd_level, write_content_size=False)
+            if large:
+                params = zstandard.ZstdCompressionParameters(write_content_size=0,
+                                                             **ZSTD_LARGE_PARAMS)
+                c = self._local.large = zstandard.ZstdCompressor(compression_params=params)
+            else:
+                c = self._local.small = zstandard.ZstdCompressor(
+                    level=self.repo.zstd_level, write_content_size=False)
         return c
 
     def block_id(self, data: bytes) -> bytes:
@@ -114,7 +124,7 @@ class CommitBuilder:
                 del self._new_blocks[bid]
                 self.stats["blocks_dup"] += 1
             return bid
-        z = self._cctx().compress(data)
+        z = self._cctx(len(data)).compress(data)
         codec, stored = (CODEC_ZSTD, z) if len(z) < len(data) else (CODEC_RAW, data)
         pack_id, offset = self.packw.append(bid, codec, len(data), stored)
         with self._lock:
