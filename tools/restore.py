@@ -50,6 +50,8 @@ from anytime.vfs.instants import format_instant
 from anytime.vfs.view import View
 
 POLICIES = ("overwrite", "skip", "keep-both")
+#: Files of more blocks than this are written in parallel segments of this many blocks.
+SEGMENT = 8
 
 
 @dataclass
@@ -202,8 +204,12 @@ class Restorer:
                 files.append(a)
             else:
                 others.append(a)
+        big = [a for a in files if a.entry.size > SEGMENT * self.view.bs]
+        small = [a for a in files if a.entry.size <= SEGMENT * self.view.bs]
         with ThreadPoolExecutor(self.workers) as pool:
-            for fut in [pool.submit(self._write_file, a) for a in files]:
+            for a in big:  # one at a time, its segments in parallel
+                self._write_file(a, pool)
+            for fut in [pool.submit(self._write_file, a) for a in small]:
                 fut.result()
         for a in others:
             self._write_other(a)
@@ -231,7 +237,9 @@ class Restorer:
         if not a.existed or a.op == "keep-both":
             self._created.append(a.dest)
 
-    def _write_file(self, a: Action) -> None:
+    def _write_file(self, a: Action, pool: ThreadPoolExecutor | None = None) -> None:
+        """Write one file; with ``pool``, its blocks are fetched and written in parallel
+        segments (for large files, called from the main thread)."""
         e = a.entry
         if a.op == "create":
             # Nothing is there: write in place (O_EXCL); a failure removes it with the
@@ -242,22 +250,17 @@ class Restorer:
             tmp = self._tmpname(a.dest)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            end = 0
-            bs, key, vid = self.view.bs, self.repo.block_key, self.view.vol.id
+            bs = self.view.bs
             n = (e.size + bs - 1) // bs
             with self.repo.read_txn() as txn:
-                ids = timeline.blocks_at(self.repo, txn, vid, e.file_id, 0, n, self.view.instant)
-                for i, bid in enumerate(ids):
-                    if bid == HOLE_ID:
-                        continue
-                    data = self.repo.read_block(txn, bid)
-                    if blake3.blake3(data, key=key).digest() != bid:
-                        raise DamagedData(f"block {i} of {os.fsdecode(a.path)} does not match "
-                                          f"its id; run 'anytime check'")
-                    want = min(bs, e.size - i * bs)
-                    os.pwrite(fd, data[:want], i * bs)
-                    end = i * bs + want
-                    self.bytes_done += want
+                ids = timeline.blocks_at(self.repo, txn, self.view.vol.id, e.file_id, 0, n,
+                                         self.view.instant)
+            if pool is None:
+                end = self._write_blocks(fd, a, ids, 0, n)
+            else:
+                futs = [pool.submit(self._write_blocks, fd, a, ids, i, min(i + SEGMENT, n))
+                        for i in range(0, n, SEGMENT)]
+                end = max([f.result() for f in futs] or [0])
             if end < e.size:  # trailing hole
                 os.ftruncate(fd, e.size)
             self._set_meta_fd(fd, e)
@@ -267,6 +270,26 @@ class Restorer:
             self._place(tmp, a)
         if self.progress:
             self.progress.bytes_done(self.bytes_done, self.bytes_total)
+
+    def _write_blocks(self, fd: int, a: Action, ids: list[bytes], first: int, stop: int) -> int:
+        """Write blocks [first, stop) of a file, each checked against its id; returns the
+        end offset of the last block written (0 if all were holes)."""
+        bs, key, size = self.view.bs, self.repo.block_key, a.entry.size
+        end = 0
+        with self.repo.read_txn() as txn:
+            for i in range(first, stop):
+                bid = ids[i]
+                if bid == HOLE_ID:
+                    continue
+                data = self.repo.read_block(txn, bid)
+                if blake3.blake3(data, key=key).digest() != bid:
+                    raise DamagedData(f"block {i} of {os.fsdecode(a.path)} does not match "
+                                      f"its id; run 'anytime check'")
+                want = min(bs, size - i * bs)
+                os.pwrite(fd, data[:want] if want < len(data) else data, i * bs)
+                end = i * bs + want
+                self.bytes_done += want
+        return end
 
     def _write_other(self, a: Action) -> None:
         e = a.entry
