@@ -35,18 +35,15 @@ from anytime.store.format import (
     FLAG_UNSTABLE,
     HOLE_ID,
     INODE_VALUE,
-    KIND_BLK,
-    KIND_CHR,
     KIND_DELETED,
     KIND_DIR,
-    KIND_FIFO,
     KIND_FILE,
-    KIND_SOCK,
     KIND_SYMLINK,
     MAX_INSTANT,
     Entry,
     inode_key,
     join_path,
+    kind_of,
 )
 from anytime.store.writer import CommitBuilder
 
@@ -59,12 +56,6 @@ BATCH_FILES = 16
 _SEEK_DATA = getattr(os, "SEEK_DATA", 3)
 _SEEK_HOLE = getattr(os, "SEEK_HOLE", 4)
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-
-
-def kind_of(mode: int) -> int:
-    return {st_.S_IFREG: KIND_FILE, st_.S_IFDIR: KIND_DIR, st_.S_IFLNK: KIND_SYMLINK,
-            st_.S_IFIFO: KIND_FIFO, st_.S_IFCHR: KIND_CHR, st_.S_IFBLK: KIND_BLK,
-            st_.S_IFSOCK: KIND_SOCK}.get(st_.S_IFMT(mode), KIND_FILE)
 
 
 def read_xattrs(path: bytes | int) -> dict[bytes, bytes]:
@@ -85,11 +76,7 @@ def read_xattrs(path: bytes | int) -> dict[bytes, bytes]:
 
 
 def entry_from_stat(s: os.stat_result, kind: int) -> Entry:
-    return Entry(kind=kind, mode=s.st_mode, uid=s.st_uid, gid=s.st_gid, nlink=s.st_nlink,
-                 size=s.st_size if kind in (KIND_FILE, KIND_SYMLINK) else 0,
-                 atime_ns=s.st_atime_ns, mtime_ns=s.st_mtime_ns, ctime_ns=s.st_ctime_ns,
-                 rdev=s.st_rdev if kind in (KIND_CHR, KIND_BLK) else 0,
-                 src_dev=s.st_dev, src_ino=s.st_ino)
+    return Entry.from_stat(s, kind)
 
 
 def unchanged(prev: Entry | None, s: os.stat_result, kind: int) -> bool:

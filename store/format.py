@@ -8,6 +8,7 @@ volume root is ``b""``.
 
 from __future__ import annotations
 
+import stat as st_
 import struct
 from dataclasses import dataclass, field
 
@@ -204,6 +205,26 @@ class Entry:
     @property
     def deleted(self) -> bool:
         return self.kind == KIND_DELETED
+
+    @classmethod
+    def from_stat(cls, s, kind: int | None = None) -> Entry:
+        """The entry an ``os.lstat`` result describes (no xattrs, target or file id)."""
+        kind = kind_of(s.st_mode) if kind is None else kind
+        return cls(kind=kind, mode=s.st_mode, uid=s.st_uid, gid=s.st_gid, nlink=s.st_nlink,
+                   size=s.st_size if kind in (KIND_FILE, KIND_SYMLINK) else 0,
+                   atime_ns=s.st_atime_ns, mtime_ns=s.st_mtime_ns, ctime_ns=s.st_ctime_ns,
+                   rdev=s.st_rdev if kind in (KIND_CHR, KIND_BLK) else 0,
+                   src_dev=s.st_dev, src_ino=s.st_ino)
+
+
+_IFMT_KIND = {st_.S_IFREG: KIND_FILE, st_.S_IFDIR: KIND_DIR, st_.S_IFLNK: KIND_SYMLINK,
+              st_.S_IFIFO: KIND_FIFO, st_.S_IFCHR: KIND_CHR, st_.S_IFBLK: KIND_BLK,
+              st_.S_IFSOCK: KIND_SOCK}
+
+
+def kind_of(mode: int) -> int:
+    """The entry kind of an ``st_mode``."""
+    return _IFMT_KIND.get(st_.S_IFMT(mode), KIND_FILE)
 
 
 DELETED = Entry(KIND_DELETED)

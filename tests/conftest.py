@@ -109,3 +109,27 @@ def anytime(repo_dir) -> Callable[..., subprocess.CompletedProcess]:
         return r
 
     return run
+
+
+@pytest.fixture
+def loop_fs(tmp_path):
+    """``loop_fs(megabytes)`` mounts a fresh ext4 filesystem of that size on a loop device
+    and returns its mountpoint (unmounted at teardown). Needs root; skips otherwise."""
+    if os.geteuid() != 0 or not shutil.which("mkfs.ext4"):
+        pytest.skip("needs root and mkfs.ext4 to loop-mount a small filesystem")
+    mounted = []
+
+    def make(megabytes: int) -> Path:
+        img, mnt = tmp_path / f"fs{len(mounted)}.img", tmp_path / f"fs{len(mounted)}"
+        mnt.mkdir()
+        subprocess.run(["truncate", "-s", f"{megabytes}M", str(img)], check=True)
+        subprocess.run(["mkfs.ext4", "-q", "-F", str(img)], check=True)
+        r = subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], capture_output=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot loop-mount here: {r.stderr.decode().strip()}")
+        mounted.append(mnt)
+        return mnt
+
+    yield make
+    for mnt in mounted:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -4,25 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 
 import pytest
 
 
 @pytest.fixture
-def small_fs(tmp_path):
-    """A 24 MiB ext4 filesystem on a loop device (root only)."""
-    if os.geteuid() != 0 or not shutil.which("mkfs.ext4"):
-        pytest.skip("needs root and mkfs.ext4 to loop-mount a small filesystem")
-    img, mnt = tmp_path / "fs.img", tmp_path / "fs"
-    mnt.mkdir()
-    subprocess.run(["truncate", "-s", "24M", str(img)], check=True)
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(img)], check=True)
-    r = subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot loop-mount here: {r.stderr.decode().strip()}")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+def small_fs(loop_fs):
+    return loop_fs(24)
 
 
 def test_full_repository_disk(anytime, src_dir, small_fs):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 
 import pytest
@@ -132,20 +131,8 @@ def test_restore_errors_are_plain(anytime, src_dir, tmp_path, captured):
 
 
 @pytest.fixture
-def small_disk(tmp_path):
-    """A 4 MiB ext4 filesystem on a loop device."""
-    if os.geteuid() != 0 or not shutil.which("mkfs.ext4"):
-        pytest.skip("needs root and mkfs.ext4 to loop-mount a small filesystem")
-    img = tmp_path / "small.img"
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["truncate", "-s", "4M", str(img)], check=True)
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(img)], check=True)
-    r = subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot loop-mount here: {r.stderr.decode().strip()}")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+def small_disk(loop_fs):
+    return loop_fs(4)
 
 
 def test_full_destination_disk_leaves_it_as_it_was(anytime, src_dir, small_disk):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import re
-import stat as st_
 from dataclasses import dataclass
 
 import blake3
@@ -27,12 +26,8 @@ from anytime.store.format import (
     DB_INODES,
     HOLE_ID,
     INODE_VALUE,
-    KIND_BLK,
-    KIND_CHR,
     KIND_DIR,
-    KIND_FIFO,
     KIND_FILE,
-    KIND_SOCK,
     KIND_SYMLINK,
     Entry,
     inode_key,
@@ -41,9 +36,6 @@ from anytime.store.format import (
 
 from .view import View
 
-_KINDS = {st_.S_IFREG: KIND_FILE, st_.S_IFDIR: KIND_DIR, st_.S_IFLNK: KIND_SYMLINK,
-          st_.S_IFIFO: KIND_FIFO, st_.S_IFCHR: KIND_CHR, st_.S_IFBLK: KIND_BLK,
-          st_.S_IFSOCK: KIND_SOCK}
 _NONZERO = bytes([0] + [1] * 255)
 _ZERO = bytes(1 << 20)
 
@@ -98,12 +90,8 @@ class LiveSide:
         return os.path.join(self.root, path) if path else self.root
 
     def _entry(self, abspath: bytes, s: os.stat_result) -> Entry:
-        kind = _KINDS.get(st_.S_IFMT(s.st_mode), KIND_FILE)
-        e = Entry(kind=kind, mode=s.st_mode, uid=s.st_uid, gid=s.st_gid, nlink=s.st_nlink,
-                  size=s.st_size if kind in (KIND_FILE, KIND_SYMLINK) else 0,
-                  atime_ns=s.st_atime_ns, mtime_ns=s.st_mtime_ns, ctime_ns=s.st_ctime_ns,
-                  rdev=s.st_rdev if kind in (KIND_CHR, KIND_BLK) else 0,
-                  src_dev=s.st_dev, src_ino=s.st_ino)
+        e = Entry.from_stat(s)
+        kind = e.kind
         if kind == KIND_SYMLINK:
             e.target = os.readlink(abspath)
         if kind == KIND_FILE:
