@@ -63,14 +63,21 @@ def long_line(name: bytes, e: Entry) -> bytes:
     return head + name + tail + b"\n"
 
 
+def lookup_at(repo, args):
+    """(target, view, entry) of ``args.path`` at ``args.at``; PathNotFound if absent then."""
+    target = resolve_target(repo, args.path)
+    view = view_for(repo, target, args.at)
+    e = view.lookup(target.path)
+    if e is None:
+        raise PathNotFound(f"{target.display} does not exist at "
+                           f"{format_instant(view.instant)}; 'anytime log {args.path}' "
+                           f"shows when it existed")
+    return target, view, e
+
+
 def cmd_ls(args) -> int:
     with open_repo(args) as repo:
-        target = resolve_target(repo, args.path)
-        view = view_for(repo, target, args.at)
-        e = view.lookup(target.path)
-        if e is None:
-            raise PathNotFound(f"{target.display} does not exist at "
-                               f"{format_instant(view.instant)}")
+        target, view, e = lookup_at(repo, args)
         out = sys.stdout.buffer
         if e.kind != KIND_DIR:
             name = os.path.basename(target.path) or target.path
@@ -83,13 +90,7 @@ def cmd_ls(args) -> int:
 
 def cmd_cat(args) -> int:
     with open_repo(args) as repo:
-        target = resolve_target(repo, args.path)
-        view = view_for(repo, target, args.at)
-        e = view.lookup(target.path)
-        if e is None:
-            raise PathNotFound(f"{target.display} does not exist at "
-                               f"{format_instant(view.instant)}; 'anytime log "
-                               f"{args.path}' shows when it existed")
+        target, view, e = lookup_at(repo, args)
         if e.kind == KIND_DIR:
             raise PathNotFound(f"{target.display} is a directory; use 'anytime ls'")
         out = sys.stdout.buffer
