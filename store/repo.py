@@ -68,6 +68,7 @@ class BlockCache:
         self._items: OrderedDict[bytes, bytes] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
+        self._loading: dict[bytes, threading.Event] = {}
 
     def get(self, block_id: bytes) -> bytes | None:
         with self._lock:
@@ -75,6 +76,31 @@ class BlockCache:
             if data is not None:
                 self._items.move_to_end(block_id)
             return data
+
+    def get_or_load(self, block_id: bytes, load) -> bytes:
+        """The cached block, or ``load()``'s result; concurrent callers for one block wait
+        for a single load instead of decompressing it twice."""
+        while True:
+            with self._lock:
+                data = self._items.get(block_id)
+                if data is not None:
+                    self._items.move_to_end(block_id)
+                    return data
+                event = self._loading.get(block_id)
+                mine = event is None
+                if mine:
+                    event = self._loading[block_id] = threading.Event()
+            if not mine:
+                event.wait()
+                continue  # loaded (or the load failed and we try ourselves)
+            try:
+                data = load()
+                self.put(block_id, data)
+                return data
+            finally:
+                with self._lock:
+                    del self._loading[block_id]
+                event.set()
 
     def put(self, block_id: bytes, data: bytes) -> None:
         with self._lock:
@@ -200,11 +226,7 @@ class Repository:
         often asks for one block in several requests (a small first read, then
         readahead), and each would otherwise decompress the whole block again.
         """
-        data = self.cache.get(block_id)
-        if data is None:
-            data = self._read_block(txn, block_id)
-            self.cache.put(block_id, data)
-        return data
+        return self.cache.get_or_load(block_id, lambda: self._read_block(txn, block_id))
 
     def _read_block(self, txn, block_id: bytes) -> bytes:
         loc = self.block_location(txn, block_id)
