@@ -139,7 +139,7 @@ class Repository:
             self.dbs = {name: self.env.open_db(name, txn=txn) for name in ALL_DBS}
         self.packs = PackReader(root)
         self.cache = BlockCache()
-        self._local = threading.local()
+        self._dctx_pool: list[zstandard.ZstdDecompressor] = []
 
     # --- opening ---------------------------------------------------------------------
     @classmethod
@@ -209,11 +209,21 @@ class Repository:
         """A read transaction: a consistent view of the index; keep it short."""
         return self.env.begin(buffers=False)
 
-    def _dctx(self) -> zstandard.ZstdDecompressor:
-        d = getattr(self._local, "dctx", None)
-        if d is None:
-            d = self._local.dctx = zstandard.ZstdDecompressor()
-        return d
+    def _decompress(self, stored: bytes, raw_len: int) -> bytes:
+        """zstd-decompress with a pooled decompressor (one per concurrent caller).
+
+        A pool rather than thread-locals: FUSE calls arrive on libfuse's threads, which
+        get a fresh Python thread state for every callback, so a thread-local would be
+        rebuilt on each read."""
+        pool = self._dctx_pool
+        try:
+            d = pool.pop()
+        except IndexError:
+            d = zstandard.ZstdDecompressor()
+        try:
+            return d.decompress(stored, max_output_size=raw_len)
+        finally:
+            pool.append(d)
 
     def block_location(self, txn, block_id: bytes) -> tuple[bytes, int, int, int, int] | None:
         loc = txn.get(block_id, db=self.dbs[DB_BLOCKS])
@@ -237,7 +247,7 @@ class Repository:
         codec, raw_len, stored = self.packs.read_record(pack_id, offset, stored_len, block_id)
         if codec == CODEC_ZSTD:
             try:
-                data = self._dctx().decompress(stored, max_output_size=raw_len)
+                data = self._decompress(stored, raw_len)
             except zstandard.ZstdError as e:
                 raise DamagedData(f"block {block_id.hex()[:16]} does not decompress: {e}") from None
         else:

@@ -252,10 +252,35 @@ class Adapter(mfusepy.Operations):
         setxattr = symlink = truncate = unlink = utimens = write = fallocate = _erofs
 
 
+_pinned: set[int] = set()
+_pinned_lock = threading.Lock()
+
+
+def _pin_thread_state() -> None:
+    """Keep a Python thread state on this libfuse thread for good.
+
+    ctypes enters every callback from a foreign thread with PyGILState_Ensure and leaves
+    with PyGILState_Release, which creates and destroys a thread state each time (and
+    with it every threading.local). One extra, never released Ensure per thread keeps
+    the state alive: a cheaper callback, and thread-locals that last. At most
+    ``max_threads`` states are kept."""
+    tid = threading.get_native_id()
+    if tid in _pinned:
+        return
+    with _pinned_lock:
+        if tid not in _pinned:
+            ctypes.pythonapi.PyGILState_Ensure()
+            _pinned.add(tid)
+
+
 class _PlusFUSE(mfusepy.FUSE):
     """mfusepy.FUSE with readdirplus: when the kernel asks for it, listings carry full
     attributes (and libfuse registers the entries), so ``ls -l`` and ``find`` need no
     lookup per entry. mfusepy itself passes only st_mode and st_ino."""
+
+    def _wrapper(self, func, *args, **kwargs):
+        _pin_thread_state()
+        return super()._wrapper(func, *args, **kwargs)
 
     def readdir_fuse_3(self, path, buf, filler, offset, fip, flags):
         plus = bool(flags & FUSE_READDIR_PLUS)
