@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -1070,6 +1071,30 @@ class Bench:
         return out
 
 
+def median_rows(runs: list[list[Row]]) -> list[Row]:
+    """One row per figure: each tool's median over the runs that measured it."""
+    order: list[tuple] = []
+    seen: dict[tuple, list[Row]] = {}
+    for rows in runs:
+        for row in rows:
+            key = (row.fig, row.what, row.corpus)
+            if key not in seen:
+                order.append(key)
+                seen[key] = []
+            seen[key].append(row)
+    out = []
+    for key in order:
+        rows = seen[key]
+        values = {}
+        for tool in rows[0].values:
+            got = sorted(r.values.get(tool) for r in rows if r.values.get(tool) is not None)
+            values[tool] = got[len(got) // 2] if got else None
+        row = dataclasses.replace(rows[0], values=values, ratio=None, met=None)
+        row.judge()
+        out.append(row)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", action="append",
@@ -1081,6 +1106,10 @@ def main(argv=None) -> int:
                          "(default /tmp/anytime-bench)")
     ap.add_argument("--keep", action="store_true",
                     help="keep the scratch directory (corpora and repositories) afterwards")
+    ap.add_argument("--runs", type=int, default=3,
+                    help="repeat the capture, mount and restore parts this many times and "
+                         "report the median of each figure (default 3; this VM's timings "
+                         "vary by 10-30%% from run to run)")
     ap.add_argument("--versions-commits", type=int, default=1000, help=argparse.SUPPRESS)
     ap.add_argument("--versions-files", type=int, default=1000, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -1101,16 +1130,27 @@ def main(argv=None) -> int:
     try:
         b.build_corpora()
         order = ["capture", "mount", "restore", "versions"]
-        for part in order:
-            if part not in parts:
-                continue
-            try:
-                getattr(b, f"section_{part}")()
-            except BenchError as e:
-                b.note(f"{part}: {e}")
-            except Exception as e:  # noqa: BLE001 - keep going, report what we have
-                traceback.print_exc()
-                b.note(f"{part} crashed: {e!r}")
+        runs: list[list[Row]] = []
+        try:
+            for i in range(max(1, args.runs)):
+                b.rows = []
+                for part in order:
+                    if part not in parts or (part == "versions" and i > 0):
+                        continue
+                    log(f"run {i + 1}/{args.runs}: {part}")
+                    try:
+                        getattr(b, f"section_{part}")()
+                    except BenchError as e:
+                        b.note(f"{part}: {e}")
+                    except Exception as e:  # noqa: BLE001 - keep going, report what we have
+                        traceback.print_exc()
+                        b.note(f"{part} crashed: {e!r}")
+                runs.append(b.rows)
+        finally:
+            b.rows = median_rows(runs)
+            if len(runs) > 1:
+                b.note(f"each figure is the median of {len(runs)} runs (the 10^6-version "
+                       f"figures: one run)")
     except KeyboardInterrupt:
         b.note("interrupted")
     finally:
