@@ -52,6 +52,8 @@ from anytime.vfs.view import View
 POLICIES = ("overwrite", "skip", "keep-both")
 #: Files of more blocks than this are written in parallel segments of this many blocks.
 SEGMENT = 8
+#: Smaller files go to the writing threads this many at a time.
+BATCH_FILES = 16
 
 
 @dataclass
@@ -78,6 +80,7 @@ class Restorer:
         self._tmp: set[bytes] = set()
         self.bytes_total = 0
         self.bytes_done = 0
+        self._owner = (os.geteuid(), os.getegid())
 
     # --- planning ----------------------------------------------------------------------
     def plan(self, path: bytes, dest: bytes) -> list[Action]:
@@ -87,11 +90,15 @@ class Restorer:
         self._plan(path, dest, e)
         return self.actions
 
-    def _plan(self, path: bytes, dest: bytes, e: Entry) -> None:
-        try:
-            d = os.lstat(dest)
-        except FileNotFoundError:
-            d = None
+    def _plan(self, path: bytes, dest: bytes, e: Entry, fresh: bool = False) -> None:
+        """Plan ``e`` at ``dest``; ``fresh``: its parent is created by this restore, so
+        nothing can exist there yet (no lstat needed)."""
+        d = None
+        if not fresh:
+            try:
+                d = os.lstat(dest)
+            except FileNotFoundError:
+                pass
         if e.kind == KIND_DIR:
             if d is not None and not st_.S_ISDIR(d.st_mode):
                 self._conflict(path, dest, e)
@@ -101,7 +108,8 @@ class Restorer:
                                        st_.S_ISDIR(d.st_mode)))
             children = self.view.listdir(path)
             for name, child in children:
-                self._plan(join_path(path, name), os.path.join(dest, name), child)
+                self._plan(join_path(path, name), os.path.join(dest, name), child,
+                           fresh=d is None)
             if self.delete and d is not None and st_.S_ISDIR(d.st_mode):
                 keep = {n for n, _ in children}
                 for name in sorted(os.listdir(dest)):
@@ -209,7 +217,8 @@ class Restorer:
         with ThreadPoolExecutor(self.workers) as pool:
             for a in big:  # one at a time, its segments in parallel
                 self._write_file(a, pool)
-            for fut in [pool.submit(self._write_file, a) for a in small]:
+            batches = [small[i:i + BATCH_FILES] for i in range(0, len(small), BATCH_FILES)]
+            for fut in [pool.submit(self._write_files, b) for b in batches]:
                 fut.result()
         for a in others:
             self._write_other(a)
@@ -236,6 +245,10 @@ class Restorer:
         self._tmp.discard(tmp)
         if not a.existed or a.op == "keep-both":
             self._created.append(a.dest)
+
+    def _write_files(self, actions: list[Action]) -> None:
+        for a in actions:
+            self._write_file(a)
 
     def _write_file(self, a: Action, pool: ThreadPoolExecutor | None = None) -> None:
         """Write one file; with ``pool``, its blocks are fetched and written in parallel
@@ -312,10 +325,11 @@ class Restorer:
                 os.setxattr(fd, k, v)
             except OSError:
                 pass
-        try:
-            os.fchown(fd, e.uid, e.gid)
-        except PermissionError:
-            pass
+        if (e.uid, e.gid) != self._owner:  # a new file already has ours
+            try:
+                os.fchown(fd, e.uid, e.gid)
+            except PermissionError:
+                pass
         os.fchmod(fd, st_.S_IMODE(e.mode))
         os.utime(fd, ns=(e.atime_ns, e.mtime_ns))
 
