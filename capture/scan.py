@@ -25,6 +25,7 @@ from __future__ import annotations
 import errno
 import os
 import stat as st_
+import sys
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -50,6 +51,8 @@ from anytime.store.writer import CommitBuilder
 SEGMENT_BLOCKS = 8
 RETRIES = 3
 RECENT_NS = 1_000_000_000
+#: GIL switch interval while scanning (seconds; CPython's default is 0.005).
+SWITCH_INTERVAL = 0.0005
 MAX_INFLIGHT_SEGMENTS = 128
 #: Files of one segment or less are handed to the workers this many at a time.
 BATCH_FILES = 16
@@ -111,14 +114,15 @@ class ScanReport:
 class _FileJob:
     path: bytes  # relative to the volume root
     abspath: bytes
-    entry: Entry
+    entry: Entry | None  # None until a probe job's first read
     fd: int | None  # open by the main thread for files of more than one segment
-    before: os.stat_result
+    before: os.stat_result | None
     file_id: int
     existing: bool  # file_id already had blocks: diff against them
     segments: list[Future] = field(default_factory=list)
     tries: int = 1
     batch_index: int = 0
+    probe: bool = False  # a new path not yet stat'ed by the main thread
     started_ns: int = 0  # kernel time just before ``before`` was taken
     last_ids: list[bytes] | None = None  # block ids of the previous read
 
@@ -134,7 +138,9 @@ class Scanner:
         self.bs = vol.block_size
         self.progress = progress
         self.builder = CommitBuilder(repo, vol)
-        self.pool = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 2,
+        # One worker more than cores: while one waits on a read or the pack lock, the
+        # cores stay busy compressing (measured: 0.64 s vs 0.76 s on the stdlib tree).
+        self.pool = ThreadPoolExecutor(max_workers=workers or (os.cpu_count() or 2) + 1,
                                        thread_name_prefix="anytime-read")
         self.report = ScanReport(volume=vol.name)
         self.pending: deque[_FileJob] = deque()
@@ -150,6 +156,16 @@ class Scanner:
 
     # --- walking -------------------------------------------------------------------------
     def run(self, info: dict, label: str | None = None) -> ScanReport:
+        # The walking thread makes a system call per entry and must get the GIL back
+        # quickly from the compressing threads: a short switch interval does that.
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(SWITCH_INTERVAL)
+        try:
+            return self._run(info, label)
+        finally:
+            sys.setswitchinterval(interval)
+
+    def _run(self, info: dict, label: str | None) -> ScanReport:
         try:
             with self.repo.read_txn() as txn:
                 self.txn = txn
@@ -216,6 +232,13 @@ class Scanner:
                 return
         for de in children:
             name = de.name
+            if name not in before and de.is_file(follow_symlinks=False):
+                # A new regular file (by d_type): nothing to compare with, so a worker
+                # opens and stats it; the main thread need not lstat it first.
+                seen.add(name)
+                self.report.files += 1
+                self._record_new_file(join_path(rel, name), de.path)
+                continue
             try:
                 cs = de.stat(follow_symlinks=False)
             except FileNotFoundError:
@@ -274,6 +297,29 @@ class Scanner:
         self.report.changed += 1
 
     # --- files ---------------------------------------------------------------------------
+    def _record_new_file(self, rel: bytes, abspath: bytes) -> None:
+        """A path with no previous version that looks like a regular file: read it in a
+        worker straight away (see :meth:`_read_small` with ``probe``)."""
+        self.report.changed += 1
+        job = _FileJob(rel, abspath, None, None, None, 0, False, probe=True)
+        self._submit(job)
+        self.pending.append(job)
+        self._drain(MAX_INFLIGHT_SEGMENTS)
+
+    def _file_id_for(self, s: os.stat_result, old: Entry | None) -> tuple[int, bool]:
+        """(file id, whether it already has blocks) for a file about to be recorded."""
+        if old is not None and old.kind == KIND_FILE and old.src_ino == s.st_ino \
+                and old.src_dev == s.st_dev:
+            return old.file_id, True
+        # A path new to us whose inode we know: the same file renamed or linked here if
+        # it still has the size and mtime we recorded; otherwise the inode number was
+        # reused by a new file, which gets a new file id.
+        v = self.txn.get(inode_key(self.vid, s.st_dev, s.st_ino), db=self.repo.dbs[DB_INODES])
+        known = INODE_VALUE.unpack(v) if v is not None else None
+        if known is not None and known[1:] == (s.st_mtime_ns, s.st_size):
+            return known[0], True
+        return self.builder.new_file_id(), False
+
     def _record_file(self, rel: bytes, abspath: bytes, s: os.stat_result,
                      old: Entry | None) -> None:
         self.report.changed += 1
@@ -284,20 +330,7 @@ class Scanner:
             e.xattrs = read_xattrs(abspath)
             self.builder.put_entry(rel, e)
             return
-        if old is not None and old.kind == KIND_FILE and old.src_ino == s.st_ino \
-                and old.src_dev == s.st_dev:
-            fid, existing = old.file_id, True
-        else:
-            # A path new to us whose inode we know: the same file renamed or linked here
-            # if it still has the size and mtime we recorded; otherwise the inode number
-            # was reused by a new file, which gets a new file id.
-            v = self.txn.get(inode_key(self.vid, s.st_dev, s.st_ino),
-                             db=self.repo.dbs[DB_INODES])
-            known = INODE_VALUE.unpack(v) if v is not None else None
-            if known is not None and known[1:] == (s.st_mtime_ns, s.st_size):
-                fid, existing = known[0], True
-            else:
-                fid, existing = self.builder.new_file_id(), False
+        fid, existing = self._file_id_for(s, old)
         if s.st_nlink > 1:
             self.hardlinks[key] = fid
         e.file_id = fid
@@ -316,6 +349,17 @@ class Scanner:
         self._drain(MAX_INFLIGHT_SEGMENTS)
 
     def _open_failed(self, job: _FileJob, err: OSError) -> None:
+        if job.probe and err.errno == errno.ELOOP:  # became a symlink since it was listed
+            try:
+                s = os.lstat(job.abspath)
+            except OSError:
+                pass
+            else:
+                self.report.files -= 1
+                self.report.others += 1
+                self._record_other(job.path, job.abspath, s, kind_of(s.st_mode))
+                self.report.changed -= 1
+                return
         if isinstance(err, FileNotFoundError):
             self.report.changed -= 1  # vanished since listed: it is recorded as deleted next time
         else:
@@ -340,30 +384,37 @@ class Scanner:
 
     def _flush_batch(self) -> None:
         if self._batch:
-            fut = self.pool.submit(self._read_batch, [j.abspath for j in self._batch])
+            fut = self.pool.submit(self._read_batch, [(j.abspath, j.probe)
+                                                      for j in self._batch])
             for j in self._batch:
                 j.segments = [fut]
             self._batch = []
 
-    def _read_batch(self, paths: list[bytes]) -> list:
-        """:meth:`_read_small` for each path; an OSError is returned in its place."""
+    def _read_batch(self, paths: list[tuple[bytes, bool]]) -> list:
+        """:meth:`_read_small` for each (path, probe); an OSError is returned in its place."""
         out = []
-        for p in paths:
+        for p, probe in paths:
             try:
-                out.append(self._read_small(p))
+                out.append(self._read_small(p, probe))
             except OSError as err:
                 out.append(err)
         return out
 
-    def _read_small(self, abspath: bytes):
+    def _read_small(self, abspath: bytes, probe: bool = False):
         """Open, read, store and close a file of at most one segment, in a worker thread.
 
-        Returns (block ids, stat before, stat after, xattrs, kernel time before).
+        Returns (block ids, stat before, stat after, xattrs, kernel time before). With
+        ``probe`` (a new path the main thread did not stat), a file that is not a plain
+        regular file of at most one segment with one link is not read: ``("defer",
+        stat)`` hands it back to the main thread's full path.
         """
         fd = os.open(abspath, _OPEN_FLAGS)
         try:
             started = clock.file_time_ns()
             before = os.fstat(fd)
+            if probe and (not st_.S_ISREG(before.st_mode) or before.st_nlink > 1
+                          or before.st_size > SEGMENT_BLOCKS * self.bs):
+                return "defer", before
             xattrs = read_xattrs(fd)
             size = before.st_size
             nblocks = (size + self.bs - 1) // self.bs
@@ -403,7 +454,23 @@ class Scanner:
             if isinstance(res, OSError):
                 self._open_failed(job, res)
                 return None
-            ids, job.before, after, job.entry.xattrs, job.started_ns = res
+            if res[0] == "defer":
+                self.report.changed -= 1  # counted again by the full path
+                s = res[1]
+                if st_.S_ISREG(s.st_mode):
+                    self._record_file(job.path, job.abspath, s, None)
+                else:
+                    self.report.files -= 1
+                    self.report.others += 1
+                    self._record_other(job.path, job.abspath, s, kind_of(s.st_mode))
+                return None
+            ids, job.before, after, xattrs, job.started_ns = res
+            if job.probe:  # first read of a new path: now we know what it is
+                job.probe = False
+                job.file_id, job.existing = self._file_id_for(job.before, None)
+                job.entry = entry_from_stat(job.before, KIND_FILE)
+                job.entry.file_id = job.file_id
+            job.entry.xattrs = xattrs
             return ids, after
         self.inflight -= len(job.segments)
         ids = []
