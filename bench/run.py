@@ -1119,6 +1119,14 @@ def main(argv=None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _term)
+    # Byte-compile anytime as a regular install would: an editable install under
+    # PYTHONDONTWRITEBYTECODE=1 would otherwise recompile every module on every run.
+    import anytime.store
+
+    pkg_root = Path(anytime.store.__file__).resolve().parent.parent
+    subprocess.run([sys.executable, "-m", "compileall", "-q", *(str(pkg_root / d) for d in
+                    ("store", "capture", "vfs", "tools"))], check=False,
+                   stdout=subprocess.DEVNULL)
     b = Bench(args)
     missing = [t for t in TOOLS if not b.avail(t)]
     if missing:
