@@ -90,3 +90,16 @@ def test_diff_against_live_tree(anytime, two_states):
 def test_diff_bad_instant(anytime, two_states):
     r = anytime("diff", two_states, "--from", "1999-01-01")
     assert r.returncode == 14 and b"starts at" in r.stderr
+
+
+def test_change_deep_inside_an_unchanged_directory(anytime, src_dir):
+    """A file rewritten in place leaves its directory's entry unchanged; diff still sees it."""
+    anytime("init", check=0)
+    (src_dir / "a" / "b").mkdir(parents=True)
+    (src_dir / "a" / "b" / "f.txt").write_text("one\n")
+    anytime("snapshot", src_dir, "--label", "before", check=0)
+    with open(src_dir / "a" / "b" / "f.txt", "r+") as f:
+        f.write("two\n")
+    anytime("snapshot", src_dir, check=0)
+    out = anytime("diff", src_dir, "--from", "before", check=0).stdout.decode()
+    assert out.splitlines() == [f"M    {src_dir}/a/b/f.txt"]

@@ -8,9 +8,11 @@ Terms:
            ``R`` moved (same file id, or the same source inode for directories).
 
 Content is never read to diff trees: two versions of a file are compared by their
-block ids (index only). Only the live side hashes a file, and only when its size and
-times differ from the stored version. Unchanged entries (the same stored version)
-are skipped at once.
+entries and, when those differ, by their block ids (index only). Only the live side
+hashes a file, and only when its size and times differ from the stored version. Every
+directory is listed at both instants (listings are index lookups); a future format
+could record per-directory subtree versions to skip unchanged subtrees without listing
+them.
 """
 
 from __future__ import annotations
@@ -206,7 +208,9 @@ class TreeDiff:
                 eb = news.get(name)
                 if eb is None:
                     self._one_sided(join_path(opath, name), ea, True)
-                elif ea != eb:
+                elif ea != eb or ea.kind == KIND_DIR:
+                    # (an unchanged directory entry says nothing about its contents: a
+                    # file inside may have changed in place)
                     self._compare(join_path(opath, name), join_path(npath, name), ea, eb)
             for name, eb in news.items():
                 if name not in olds:
