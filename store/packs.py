@@ -87,6 +87,11 @@ class PackWriter:
         self.finished.append((self._id, self._size, self._records))
         self._fd = None
 
+    def closed(self) -> list[tuple[bytes, int, int]]:
+        """Packs closed (and fsynced) so far: (pack id, size, records)."""
+        with self.lock:
+            return list(self.finished)
+
     def sync(self) -> list[tuple[bytes, int, int]]:
         """Close the open pack and make every pack written durable; returns them all."""
         with self.lock:
@@ -100,14 +105,17 @@ class PackWriter:
                 os.close(fd)
         return list(self.finished)
 
-    def abort(self) -> None:
-        """Drop every pack written by this writer (nothing references them)."""
+    def abort(self, keep: set[bytes] = frozenset()) -> None:
+        """Drop the packs written by this writer that nothing references (all but
+        ``keep``, packs already indexed)."""
         with self.lock:
             if self._fd is not None:
                 os.close(self._fd)
                 self.finished.append((self._id, self._size, self._records))
                 self._fd = None
             for pack_id, _, _ in self.finished:
+                if pack_id in keep:
+                    continue
                 try:
                     os.unlink(pack_path(self.root, pack_id))
                 except FileNotFoundError:

@@ -15,6 +15,7 @@ import fcntl
 import json
 import os
 import secrets
+import shutil
 import threading
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -276,6 +277,7 @@ class Repository:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
             self.reclaim_leftover_packs()
+            shutil.rmtree(os.path.join(self.root, "tmp"), ignore_errors=True)
             yield
         finally:
             os.close(fd)

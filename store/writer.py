@@ -15,7 +15,9 @@ compression release the GIL); everything else from the thread that owns the buil
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import threading
 
 import blake3
@@ -41,18 +43,21 @@ from .format import (
     ZSTD_LARGE_MIN,
     ZSTD_LARGE_PARAMS,
     Entry,
-    blockver_key,
+    blockver_prefix,
     commit_key,
-    entry_key,
+    entry_prefix,
     inode_key,
     label_key,
     split_path,
     vol_key,
 )
 from .packs import PackWriter
+from .spill import SortedSpill
 from .volumes import Volume, put_volume
 
 _ZERO = bytes(16 * 1024 * 1024)
+#: New blocks held in memory before those in closed packs are indexed early.
+FLUSH_BLOCKS = 65_536
 
 
 def is_zero(data: bytes) -> bool:
@@ -60,14 +65,17 @@ def is_zero(data: bytes) -> bool:
     return data == _ZERO[:n] if n <= len(_ZERO) else data.count(0) == n
 
 
-def _put_sorted(txn, db, items: list[tuple[bytes, bytes]]) -> None:
-    """Put items in key order; append (pages filled, not split) when all sort last."""
-    if not items:
+def _put_sorted(txn, db, items, suffix: bytes = b"") -> None:
+    """Put key-sorted ``items`` (each key extended by ``suffix``); append (pages filled,
+    not split) when they all sort after the database's last key."""
+    it = iter(items)
+    first = next(it, None)
+    if first is None:
         return
-    items.sort()
     cur = txn.cursor(db=db)
-    append = not cur.last() or cur.key() < items[0][0]
-    cur.putmulti(items, append=append)
+    append = not cur.last() or cur.key() < first[0] + suffix
+    cur.putmulti(itertools.chain([(first[0] + suffix, first[1])],
+                                 ((k + suffix, v) for k, v in it)), append=append)
 
 
 class CommitBuilder:
@@ -79,9 +87,13 @@ class CommitBuilder:
         self.packw = PackWriter(repo.root, repo.pack_target)
         self._lock = threading.Lock()
         self._new_blocks: dict[bytes, tuple] = {}
-        self._entries: list[tuple[bytes, bytes]] = []  # (path, encoded entry)
-        self._blockvers: list[tuple[int, int, bytes]] = []
-        self._inodes: list[tuple[int, int, bytes]] = []
+        tmp = os.path.join(repo.root, "tmp")
+        # keys without the commit instant (appended at commit), values encoded
+        self._entries = SortedSpill(tmp)
+        self._blockvers = SortedSpill(tmp)
+        self._inodes = SortedSpill(tmp)
+        self._flushed_packs: set[bytes] = set()
+        self._flush_lock = threading.Lock()
         self._local = threading.local()
         self.stats = {"blocks_new": 0, "bytes_new": 0, "bytes_stored": 0, "blocks_dup": 0}
         self.done = False
@@ -132,7 +144,41 @@ class CommitBuilder:
             self.stats["blocks_new"] += 1
             self.stats["bytes_new"] += len(data)
             self.stats["bytes_stored"] += len(stored)
+            flush = len(self._new_blocks) >= FLUSH_BLOCKS
+        if flush:
+            self._flush_blocks()
         return bid
+
+    def _flush_blocks(self) -> None:
+        """Index the new blocks of packs already closed (and fsynced), then forget them,
+        so memory does not grow with the size of a commit.
+
+        Their packs are listed in ``packs`` with commit instant 0 until the commit
+        rewrites them. If the process dies before committing, these blocks stay indexed
+        but referenced by no commit: a later snapshot dedups against them, and prune
+        reclaims them."""
+        if not self._flush_lock.acquire(blocking=False):
+            return  # another thread is flushing
+        try:
+            closed = {p: (size, n) for p, size, n in self.packw.closed()}
+            with self._lock:
+                todo = [(bid, loc) for bid, loc in self._new_blocks.items()
+                        if loc is not None and loc[0] in closed]
+            if not todo:
+                return
+            dbs = self.repo.dbs
+            with self.repo.env.begin(write=True) as txn:
+                for pack_id, (size, n) in closed.items():
+                    if pack_id not in self._flushed_packs:
+                        txn.put(pack_id, PACK_INFO.pack(size, n, 0), db=dbs[DB_PACKS])
+                _put_sorted(txn, dbs[DB_BLOCKS], sorted((bid, BLOCK_LOC.pack(*loc))
+                                                        for bid, loc in todo))
+            self._flushed_packs.update(closed)
+            with self._lock:
+                for bid, _ in todo:
+                    del self._new_blocks[bid]
+        finally:
+            self._flush_lock.release()
 
     # --- timeline records (owner thread) ---------------------------------------------
     def new_file_id(self) -> int:
@@ -141,18 +187,19 @@ class CommitBuilder:
         return fid
 
     def put_entry(self, path: bytes, entry: Entry) -> None:
-        self._entries.append((path, entry.encode()))
+        self._entries.add(entry_prefix(self.vol.id, *split_path(path)), entry.encode())
 
     def put_block_version(self, file_id: int, block_no: int, block_id: bytes) -> None:
-        self._blockvers.append((file_id, block_no, block_id))
+        self._blockvers.add(blockver_prefix(self.vol.id, file_id, block_no), block_id)
 
     def map_inode(self, dev: int, ino: int, file_id: int, mtime_ns: int, size: int) -> None:
         """Remember which file id source inode (dev, ino) holds, and its recorded state."""
-        self._inodes.append((dev, ino, INODE_VALUE.pack(file_id, mtime_ns, size)))
+        self._inodes.add(inode_key(self.vol.id, dev, ino),
+                         INODE_VALUE.pack(file_id, mtime_ns, size))
 
     @property
     def empty(self) -> bool:
-        return not (self._entries or self._blockvers)
+        return not (len(self._entries) or len(self._blockvers))
 
     # --- commit --------------------------------------------------------------------------
     def commit(self, info: dict, label: str | None = None, instant: int | None = None) -> int:
@@ -166,15 +213,13 @@ class CommitBuilder:
             for pack_id, size, nrec in packs:
                 txn.put(pack_id, PACK_INFO.pack(size, nrec, t), db=dbs[DB_PACKS])
             put = txn.put
-            _put_sorted(txn, dbs[DB_BLOCKS], [(bid, BLOCK_LOC.pack(*loc))
-                                               for bid, loc in self._new_blocks.items()
-                                               if loc is not None])
-            _put_sorted(txn, dbs[DB_ENTRIES], [(entry_key(vid, *split_path(path), t), enc)
-                                                for path, enc in self._entries])
-            _put_sorted(txn, dbs[DB_BLOCKVERS], [(blockver_key(vid, fid, bno, t), bid)
-                                                  for fid, bno, bid in self._blockvers])
-            _put_sorted(txn, dbs[DB_INODES], list({inode_key(vid, dev, ino): val
-                                                    for dev, ino, val in self._inodes}.items()))
+            _put_sorted(txn, dbs[DB_BLOCKS], sorted(
+                (bid, BLOCK_LOC.pack(*loc)) for bid, loc in self._new_blocks.items()
+                if loc is not None))
+            suffix = U64.pack(t)
+            _put_sorted(txn, dbs[DB_ENTRIES], self._entries.items(), suffix)
+            _put_sorted(txn, dbs[DB_BLOCKVERS], self._blockvers.items(), suffix)
+            _put_sorted(txn, dbs[DB_INODES], self._inodes.items())
             record = dict(info, packs=len(packs), **self.stats)
             if label:
                 record["label"] = label
@@ -185,8 +230,14 @@ class CommitBuilder:
             self.vol.next_file_id = max(self.vol.next_file_id, stored.next_file_id)
             put_volume(repo, txn, self.vol)
         self.done = True
+        self._close_spills()
         return t
 
     def abort(self) -> None:
         if not self.done:
-            self.packw.abort()
+            self.packw.abort(keep=self._flushed_packs)
+        self._close_spills()
+
+    def _close_spills(self) -> None:
+        for spill in (self._entries, self._blockvers, self._inodes):
+            spill.close()
