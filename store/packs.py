@@ -87,6 +87,11 @@ class PackWriter:
         self.finished.append((self._id, self._size, self._records))
         self._fd = None
 
+    def rotate(self) -> None:
+        """Close (and fsync) the open pack now; the next append starts a new one."""
+        with self.lock:
+            self._close()
+
     def closed(self) -> list[tuple[bytes, int, int]]:
         """Packs closed (and fsynced) so far: (pack id, size, records)."""
         with self.lock:

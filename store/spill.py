@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Iterator
 
 _LENS = struct.Struct("<II")
-DEFAULT_LIMIT = 200_000
+DEFAULT_LIMIT = 50_000
 
 
 class SortedSpill:

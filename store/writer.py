@@ -150,8 +150,8 @@ class CommitBuilder:
         return bid
 
     def _flush_blocks(self) -> None:
-        """Index the new blocks of packs already closed (and fsynced), then forget them,
-        so memory does not grow with the size of a commit.
+        """Close the open pack, index the new blocks of closed (fsynced) packs, then
+        forget them, so memory does not grow with the size of a commit.
 
         Their packs are listed in ``packs`` with commit instant 0 until the commit
         rewrites them. If the process dies before committing, these blocks stay indexed
@@ -160,6 +160,7 @@ class CommitBuilder:
         if not self._flush_lock.acquire(blocking=False):
             return  # another thread is flushing
         try:
+            self.packw.rotate()  # so that every pending block is in a durable pack
             closed = {p: (size, n) for p, size, n in self.packw.closed()}
             with self._lock:
                 todo = [(bid, loc) for bid, loc in self._new_blocks.items()
