@@ -114,11 +114,6 @@ class CommitBuilder:
                     level=self.repo.zstd_level, write_content_size=False)
         return c
 
-    def block_id(self, data: bytes) -> bytes:
-        if is_zero(data):
-            return HOLE_ID
-        return blake3.blake3(data, key=self.repo.block_key).digest()
-
     def store_block(self, data: bytes) -> bytes:
         """Store ``data`` unless an identical block exists; returns its block id."""
         if is_zero(data):
@@ -197,10 +192,6 @@ class CommitBuilder:
         """Remember which file id source inode (dev, ino) holds, and its recorded state."""
         self._inodes.add(inode_key(self.vol.id, dev, ino),
                          INODE_VALUE.pack(file_id, mtime_ns, size))
-
-    @property
-    def empty(self) -> bool:
-        return not (len(self._entries) or len(self._blockvers))
 
     # --- commit --------------------------------------------------------------------------
     def commit(self, info: dict, label: str | None = None, instant: int | None = None) -> int:
