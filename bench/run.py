@@ -1174,6 +1174,8 @@ def main(argv=None) -> int:
         print(f"\n({perf_counter() - T_START:.0f} s in all; JSON: {path})")
         if not args.keep:
             rmtree(b.scratch)
+        if str(b.rest).startswith("/dev/shm/"):
+            rmtree(b.rest)
     return 0
 
 
