@@ -32,3 +32,21 @@ def test_check_counts_leftover_packs(anytime, repo_dir, src_dir):
     assert b"1 uncommitted pack files" in r.stdout
     anytime("snapshot", src_dir, check=0)
     assert not stray.exists(), "the next writer reclaims packs no commit references"
+
+
+def test_a_second_writer_is_refused_while_one_runs(anytime, repo_dir, src_dir):
+    """Two snapshots at once: the second exits 11 with a plain message; readers go on."""
+    import fcntl
+
+    anytime("init", check=0)
+    (src_dir / "a").write_text("x")
+    anytime("snapshot", src_dir, check=0)
+    with open(repo_dir / "lock", "r+") as f:  # hold the writer lock as a snapshot would
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.write("pid 4242")
+        f.flush()
+        r = anytime("snapshot", src_dir)
+        assert r.returncode == 11 and b"pid 4242" in r.stderr
+        assert anytime("cat", src_dir / "a", check=0).stdout == b"x", "readers never wait"
+        assert anytime("mark", src_dir, "during", check=0).returncode == 0
+    anytime("snapshot", src_dir, check=0)
