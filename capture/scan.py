@@ -8,6 +8,9 @@ Terms:
                on one large file).
   unstable     a file that kept changing while it was read: after ``RETRIES`` reads
                whose before/after stat differ, it is recorded with ``FLAG_UNSTABLE``.
+  probe        a path with no previous version that d_type says is a regular file: the
+               walking thread does not stat it; a worker opens, stats and reads it (or
+               hands it back when it is large, hardlinked or not a regular file).
   recent       a file whose ctime is less than ``RECENT_NS`` before its read began.
                write(2) stamps a file when it starts, so a write still copying data
                when the read begins leaves the before and after stats equal. A recent
