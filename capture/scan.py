@@ -50,6 +50,7 @@ from anytime.store.format import (
     join_path,
     kind_of,
 )
+from anytime.store.localfs import read_xattrs
 from anytime.store.writer import CommitBuilder
 
 SEGMENT_BLOCKS = 8
@@ -63,27 +64,6 @@ BATCH_FILES = 16
 _SEEK_DATA = getattr(os, "SEEK_DATA", 3)
 _SEEK_HOLE = getattr(os, "SEEK_HOLE", 4)
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-
-
-def read_xattrs(path: bytes | int) -> dict[bytes, bytes]:
-    """Extended attributes (POSIX ACLs included) of a path, not following symlinks, or of
-    an open descriptor."""
-    try:
-        names = os.listxattr(path, follow_symlinks=isinstance(path, int))
-    except OSError:
-        return {}
-    out = {}
-    for n in names:
-        try:
-            out[n.encode("utf-8", "surrogateescape")] = os.getxattr(
-                path, n, follow_symlinks=isinstance(path, int))
-        except OSError:
-            continue
-    return out
-
-
-def entry_from_stat(s: os.stat_result, kind: int) -> Entry:
-    return Entry.from_stat(s, kind)
 
 
 def unchanged(prev: Entry | None, s: os.stat_result, kind: int) -> bool:
@@ -221,7 +201,7 @@ class Scanner:
             self._skip(abspath, e.strerror or str(e))
             return
         if not unchanged(prev, s, KIND_DIR):
-            e = entry_from_stat(s, KIND_DIR)
+            e = Entry.from_stat(s, KIND_DIR)
             e.xattrs = read_xattrs(abspath)
             self.builder.put_entry(rel, e)
             self.report.changed += 1
@@ -290,7 +270,7 @@ class Scanner:
             self._delete(join_path(rel, name), old)
 
     def _record_other(self, rel: bytes, abspath: bytes, s: os.stat_result, kind: int) -> None:
-        e = entry_from_stat(s, kind)
+        e = Entry.from_stat(s, kind)
         if kind == KIND_SYMLINK:
             try:
                 e.target = os.readlink(abspath)
@@ -328,7 +308,7 @@ class Scanner:
     def _record_file(self, rel: bytes, abspath: bytes, s: os.stat_result,
                      old: Entry | None) -> None:
         self.report.changed += 1
-        e = entry_from_stat(s, KIND_FILE)
+        e = Entry.from_stat(s, KIND_FILE)
         key = (s.st_dev, s.st_ino)
         if s.st_nlink > 1 and key in self.hardlinks:
             e.file_id = self.hardlinks[key]
@@ -479,7 +459,7 @@ class Scanner:
             if job.probe:  # first read of a new path: now we know what it is
                 job.probe = False
                 job.file_id, job.existing = self._file_id_for(job.before, None)
-                job.entry = entry_from_stat(job.before, KIND_FILE)
+                job.entry = Entry.from_stat(job.before, KIND_FILE)
                 job.entry.file_id = job.file_id
             job.entry.xattrs = xattrs
             return ids, after

@@ -15,9 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-import blake3
-
-from .format import DB_BLOCKS, DB_BLOCKVERS, HOLE_ID
+from .format import DB_BLOCKS, DB_BLOCKVERS, HOLE_ID, block_id
 from .packs import iter_records, pack_path
 
 
@@ -59,7 +57,7 @@ def check(repo, read_data: bool = False, progress=None) -> CheckReport:
                 except Exception as e:  # noqa: BLE001 - reported, the check goes on
                     rep.problems.append(str(e))
                     continue
-                if blake3.blake3(data, key=repo.block_key).digest() != bid:
+                if block_id(repo.block_key, data) != bid:
                     rep.problems.append(f"block {bytes(bid).hex()[:16]} does not match its id")
         blocks_db = repo.dbs[DB_BLOCKS]
         for _key, bid in txn.cursor(db=repo.dbs[DB_BLOCKVERS]):

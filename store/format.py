@@ -1,7 +1,7 @@
 """Byte layouts of everything the repository writes: the constants named in docs/format.md.
 
-Nothing here does I/O. Keys sort in the order lookups need (big-endian integers),
-values are little-endian structs. Names are bytes everywhere: a path inside a volume
+Nothing here does I/O; :func:`block_id` defines how a block is named. Keys sort in the
+order lookups need (big-endian integers), values are little-endian structs. Names are bytes everywhere: a path inside a volume
 is the bytes of its components joined by ``b"/"``, without a leading slash; the
 volume root is ``b""``.
 """
@@ -11,6 +11,8 @@ from __future__ import annotations
 import stat as st_
 import struct
 from dataclasses import dataclass, field
+
+import blake3
 
 FORMAT_VERSION = 1
 #: Feature flags this program understands; a repository listing another is refused.
@@ -34,6 +36,20 @@ BLOCK_ID_LEN = 32
 HOLE_ID = bytes(BLOCK_ID_LEN)
 #: Default block size of a directory-tree volume (see docs/format.md for the measurement).
 DEFAULT_BLOCK_SIZE = 1024 * 1024
+_ZERO = bytes(16 * 1024 * 1024)
+
+
+def is_zero(data: bytes) -> bool:
+    """True for an all-zero block (a hole), compared in C."""
+    n = len(data)
+    return data == _ZERO[:n] if n <= len(_ZERO) else data.count(0) == n
+
+
+def block_id(key: bytes, data: bytes) -> bytes:
+    """The id that names ``data`` in a repository whose block key is ``key``."""
+    return HOLE_ID if is_zero(data) else blake3.blake3(data, key=key).digest()
+
+
 ZSTD_LEVEL = 3
 #: Blocks of at least ZSTD_LARGE_MIN bytes are compressed with these parameters instead
 #: of ZSTD_LEVEL: level 3's "dfast" strategy with larger tables and shorter matches,

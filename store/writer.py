@@ -20,7 +20,6 @@ import json
 import os
 import threading
 
-import blake3
 import zstandard
 
 from . import clock
@@ -43,6 +42,7 @@ from .format import (
     ZSTD_LARGE_MIN,
     ZSTD_LARGE_PARAMS,
     Entry,
+    block_id,
     blockver_prefix,
     commit_key,
     entry_prefix,
@@ -55,14 +55,8 @@ from .packs import PackWriter
 from .spill import SortedSpill
 from .volumes import Volume, put_volume
 
-_ZERO = bytes(16 * 1024 * 1024)
 #: New blocks held in memory before those in closed packs are indexed early.
 FLUSH_BLOCKS = 65_536
-
-
-def is_zero(data: bytes) -> bool:
-    n = len(data)
-    return data == _ZERO[:n] if n <= len(_ZERO) else data.count(0) == n
 
 
 def _put_sorted(txn, db, items, suffix: bytes = b"") -> None:
@@ -116,9 +110,9 @@ class CommitBuilder:
 
     def store_block(self, data: bytes) -> bytes:
         """Store ``data`` unless an identical block exists; returns its block id."""
-        if is_zero(data):
-            return HOLE_ID
-        bid = blake3.blake3(data, key=self.repo.block_key).digest()
+        bid = block_id(self.repo.block_key, data)
+        if bid == HOLE_ID:
+            return bid
         with self._lock:
             if bid in self._new_blocks:
                 self.stats["blocks_dup"] += 1

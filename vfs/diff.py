@@ -21,12 +21,8 @@ import os
 import re
 from dataclasses import dataclass
 
-import blake3
-
-from anytime.store import timeline
 from anytime.store.format import (
     DB_INODES,
-    HOLE_ID,
     INODE_VALUE,
     KIND_DIR,
     KIND_FILE,
@@ -35,11 +31,11 @@ from anytime.store.format import (
     inode_key,
     join_path,
 )
+from anytime.store.localfs import file_block_ids, read_xattrs
 
 from .view import View
 
 _NONZERO = bytes([0] + [1] * 255)
-_ZERO = bytes(1 << 20)
 
 
 @dataclass
@@ -69,11 +65,8 @@ class ViewSide:
     def listdir(self, path: bytes) -> dict[bytes, Entry]:
         return dict(self.view.listdir(path))
 
-    def block_ids(self, e: Entry) -> list[bytes]:
-        n = (e.size + self.view.bs - 1) // self.view.bs
-        with self.repo.read_txn() as txn:
-            return timeline.blocks_at(self.repo, txn, self.view.vol.id, e.file_id, 0, n,
-                                      self.view.instant)
+    def block_ids(self, path: bytes, e: Entry) -> list[bytes]:
+        return self.view.block_ids(e, 0, e.size)[1]
 
     def read_block(self, path: bytes, e: Entry, block_no: int) -> bytes:
         bs = self.view.bs
@@ -91,33 +84,24 @@ class LiveSide:
     def _abs(self, path: bytes) -> bytes:
         return os.path.join(self.root, path) if path else self.root
 
-    def _entry(self, abspath: bytes, s: os.stat_result) -> Entry:
+    def _entry(self, txn, abspath: bytes, s: os.stat_result) -> Entry:
         e = Entry.from_stat(s)
-        kind = e.kind
-        if kind == KIND_SYMLINK:
+        if e.kind == KIND_SYMLINK:
             e.target = os.readlink(abspath)
-        if kind == KIND_FILE:
-            with self.repo.read_txn() as txn:
-                v = txn.get(inode_key(self.view.vol.id, s.st_dev, s.st_ino),
-                            db=self.repo.dbs[DB_INODES])
+        if e.kind == KIND_FILE:
+            v = txn.get(inode_key(self.view.vol.id, s.st_dev, s.st_ino),
+                        db=self.repo.dbs[DB_INODES])
             e.file_id = INODE_VALUE.unpack(v)[0] if v else 0
         return e
 
     def xattrs(self, path: bytes) -> dict[bytes, bytes]:
-        from_path = self._abs(path)
-        out = {}
-        try:
-            for n in os.listxattr(from_path, follow_symlinks=False):
-                out[n.encode("utf-8", "surrogateescape")] = os.getxattr(
-                    from_path, n, follow_symlinks=False)
-        except OSError:
-            pass
-        return out
+        return read_xattrs(self._abs(path))
 
     def lookup(self, path: bytes) -> Entry | None:
         try:
             p = self._abs(path)
-            return self._entry(p, os.lstat(p))
+            with self.repo.read_txn() as txn:
+                return self._entry(txn, p, os.lstat(p))
         except FileNotFoundError:
             return None
 
@@ -127,10 +111,10 @@ class LiveSide:
             it = os.scandir(self._abs(path))
         except OSError:
             return out
-        with it:
+        with it, self.repo.read_txn() as txn:
             for de in it:
                 try:
-                    out[de.name] = self._entry(de.path, de.stat(follow_symlinks=False))
+                    out[de.name] = self._entry(txn, de.path, de.stat(follow_symlinks=False))
                 except OSError:
                     continue
         return out
@@ -141,18 +125,8 @@ class LiveSide:
             f.seek(block_no * bs)
             return f.read(bs)
 
-    def block_ids(self, e: Entry, path: bytes) -> list[bytes]:
-        key = self.repo.block_key
-        bs = self.view.bs
-        ids = []
-        with open(self._abs(path), "rb") as f:
-            while True:
-                data = f.read(bs)
-                if not data:
-                    break
-                zero = data == _ZERO[:len(data)]
-                ids.append(HOLE_ID if zero else blake3.blake3(data, key=key).digest())
-        return ids
+    def block_ids(self, path: bytes, e: Entry) -> list[bytes]:
+        return file_block_ids(self._abs(path), self.view.bs, self.repo.block_key)
 
 
 def _same_meta(a: Entry, b: Entry) -> bool:
@@ -246,11 +220,9 @@ class TreeDiff:
         return None if meta_same else "U"
 
     def _same_blocks(self, path: bytes, a: Entry, b: Entry) -> bool:
-        if not self.live and a.file_id == b.file_id and a.encode() == b.encode():
+        if not self.live and a == b:  # the same stored version
             return True
-        ids_a = self.old.block_ids(a)
-        ids_b = self.new.block_ids(b, path) if self.live else self.new.block_ids(b)
-        return ids_a == ids_b
+        return self.old.block_ids(path, a) == self.new.block_ids(path, b)
 
     def _match_moves(self) -> None:
         def ident(e: Entry):
@@ -319,8 +291,8 @@ def merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
 def binary_ranges(old: ViewSide, new, opath: bytes, npath: bytes, a: Entry, b: Entry
                   ) -> list[tuple[int, int]]:
     """Changed byte ranges between two versions of a file; equal blocks are not read."""
-    ids_a = old.block_ids(a)
-    ids_b = new.block_ids(b, npath) if isinstance(new, LiveSide) else new.block_ids(b)
+    ids_a = old.block_ids(opath, a)
+    ids_b = new.block_ids(npath, b)
     ranges = []
     bs = old.view.bs
     for i in range(max(len(ids_a), len(ids_b))):
