@@ -6,7 +6,7 @@ import json
 import os
 import sys
 
-from anytime.store.errors import DestinationError, PathNotFound, UsageError
+from anytime.store.errors import DestinationError, PathNotFound
 from anytime.vfs.instants import format_instant
 
 from .cmd_repo import open_repo
@@ -51,19 +51,18 @@ def destination(target, args) -> bytes:
 
 
 def cmd_restore(args) -> int:
-    if args.delete and not (args.in_place or args.dest):
-        raise UsageError("--delete needs --to or --in-place")
     with open_repo(args) as repo:
         target = resolve_target(repo, args.path)
         view = view_for(repo, target, args.at)
-        if view.lookup(target.path) is None:
+        entry = view.lookup(target.path)
+        if entry is None:
             raise PathNotFound(f"{target.display} does not exist at "
                                f"{format_instant(view.instant)}; 'anytime log {args.path}' "
                                f"shows when it existed")
         dest = destination(target, args)
         progress = Progress(enabled=None if not (args.json or args.dry_run) else False)
         r = Restorer(view, policy=args.policy, delete=args.delete, progress=progress)
-        r.plan(target.path, dest)
+        r.plan(target.path, dest, entry)
         conflicts = r.conflicts
         if conflicts and not args.dry_run:
             listed = "\n  ".join(os.fsdecode(a.dest) for a in conflicts[:20])

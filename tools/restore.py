@@ -30,10 +30,7 @@ import stat as st_
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import blake3
-
-from anytime.store import timeline
-from anytime.store.errors import DamagedData, DestinationError
+from anytime.store.errors import DamagedData, DestinationError, PathNotFound
 from anytime.store.format import (
     HOLE_ID,
     KIND_BLK,
@@ -44,8 +41,10 @@ from anytime.store.format import (
     KIND_SOCK,
     KIND_SYMLINK,
     Entry,
+    block_id,
     join_path,
 )
+from anytime.store.localfs import file_block_ids
 from anytime.vfs.instants import format_instant
 from anytime.vfs.view import View
 
@@ -83,10 +82,13 @@ class Restorer:
         self._owner = (os.geteuid(), os.getegid())
 
     # --- planning ----------------------------------------------------------------------
-    def plan(self, path: bytes, dest: bytes) -> list[Action]:
-        e = self.view.lookup(path)
+    def plan(self, path: bytes, dest: bytes, e: Entry | None = None) -> list[Action]:
+        """Plan restoring ``path`` (whose entry ``e`` the caller may have looked up) to
+        ``dest``."""
+        e = e or self.view.lookup(path)
         if e is None:
-            raise FileNotFoundError(path)
+            raise PathNotFound(f"{self.view.vol.name}:/{os.fsdecode(path)} does not exist at "
+                               f"{format_instant(self.view.instant)}")
         self._plan(path, dest, e)
         return self.actions
 
@@ -146,25 +148,11 @@ class Restorer:
                 return False
             if d.st_mtime_ns == e.mtime_ns:
                 return True
-            return self._hash_file(dest) == self._stored_ids(e)
+            return (file_block_ids(dest, self.view.bs, self.repo.block_key)
+                    == self.view.block_ids(e, 0, e.size)[1])
         if kind == KIND_SYMLINK:
             return st_.S_ISLNK(d.st_mode) and os.readlink(dest) == e.target
         return st_.S_IFMT(d.st_mode) == st_.S_IFMT(e.mode) and d.st_rdev == e.rdev
-
-    def _stored_ids(self, e: Entry) -> list[bytes]:
-        n = (e.size + self.view.bs - 1) // self.view.bs
-        with self.repo.read_txn() as txn:
-            return timeline.blocks_at(self.repo, txn, self.view.vol.id, e.file_id, 0, n,
-                                      self.view.instant)
-
-    def _hash_file(self, path: bytes) -> list[bytes]:
-        ids, bs, key = [], self.view.bs, self.repo.block_key
-        zero = bytes(bs)
-        with open(path, "rb") as f:
-            while data := f.read(bs):
-                ids.append(HOLE_ID if data == zero[:len(data)]
-                           else blake3.blake3(data, key=key).digest())
-        return ids
 
     @property
     def conflicts(self) -> list[Action]:
@@ -228,9 +216,9 @@ class Restorer:
             self._place(tmp, a)
         for a in self.actions:
             if a.op == "meta":
-                self._set_meta_path(a.dest, a.entry)
+                self._set_meta(a.dest, a.entry)
         for a in reversed(dirs):
-            self._set_meta_path(a.dest, a.entry)
+            self._set_meta(a.dest, a.entry)
 
     def _tmpname(self, dest: bytes) -> bytes:
         tmp = os.path.join(os.path.dirname(dest), b".anytime-" + secrets.token_hex(8).encode()
@@ -263,11 +251,8 @@ class Restorer:
             tmp = self._tmpname(a.dest)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            bs = self.view.bs
-            n = (e.size + bs - 1) // bs
-            with self.repo.read_txn() as txn:
-                ids = timeline.blocks_at(self.repo, txn, self.view.vol.id, e.file_id, 0, n,
-                                         self.view.instant)
+            ids = self.view.block_ids(e, 0, e.size)[1]
+            n = len(ids)
             if pool is None:
                 end = self._write_blocks(fd, a, ids, 0, n)
             else:
@@ -276,7 +261,7 @@ class Restorer:
                 end = max([f.result() for f in futs] or [0])
             if end < e.size:  # trailing hole
                 os.ftruncate(fd, e.size)
-            self._set_meta_fd(fd, e)
+            self._set_meta(fd, e, new=True)
         finally:
             os.close(fd)
         if tmp != a.dest:
@@ -295,7 +280,7 @@ class Restorer:
                 if bid == HOLE_ID:
                     continue
                 data = self.repo.read_block(txn, bid)
-                if blake3.blake3(data, key=key).digest() != bid:
+                if block_id(key, data) != bid:
                     raise DamagedData(f"block {i} of {os.fsdecode(a.path)} does not match "
                                       f"its id; run 'anytime check'")
                 want = min(bs, size - i * bs)
@@ -316,37 +301,28 @@ class Restorer:
         elif e.kind == KIND_SOCK:
             self._tmp.discard(tmp)
             return  # sockets belong to running programs; nothing to restore
-        self._set_meta_path(tmp, e)
+        self._set_meta(tmp, e)
         self._place(tmp, a)
 
-    def _set_meta_fd(self, fd: int, e: Entry) -> None:
+    def _set_meta(self, target: bytes | int, e: Entry, new: bool = False) -> None:
+        """xattrs, owner, mode and times of ``e`` on an open descriptor or a path (a
+        symlink itself, not what it points to). ``new``: a file this restore created,
+        which already has our owner."""
+        path = not isinstance(target, int)
+        kw = {"follow_symlinks": False} if path else {}
         for k, v in e.xattrs.items():
             try:
-                os.setxattr(fd, k, v)
+                os.setxattr(target, k, v, **kw)
             except OSError:
                 pass
-        if (e.uid, e.gid) != self._owner:  # a new file already has ours
+        if not (new and (e.uid, e.gid) == self._owner):
             try:
-                os.fchown(fd, e.uid, e.gid)
+                os.chown(target, e.uid, e.gid, **kw)
             except PermissionError:
                 pass
-        os.fchmod(fd, st_.S_IMODE(e.mode))
-        os.utime(fd, ns=(e.atime_ns, e.mtime_ns))
-
-    def _set_meta_path(self, path: bytes, e: Entry) -> None:
-        link = e.kind == KIND_SYMLINK
-        for k, v in e.xattrs.items():
-            try:
-                os.setxattr(path, k, v, follow_symlinks=False)
-            except OSError:
-                pass
-        try:
-            os.chown(path, e.uid, e.gid, follow_symlinks=False)
-        except PermissionError:
-            pass
-        if not link:
-            os.chmod(path, st_.S_IMODE(e.mode))
-        os.utime(path, ns=(e.atime_ns, e.mtime_ns), follow_symlinks=False)
+        if e.kind != KIND_SYMLINK:
+            os.chmod(target, st_.S_IMODE(e.mode))
+        os.utime(target, ns=(e.atime_ns, e.mtime_ns), **kw)
 
     def _remove(self, path: bytes) -> None:
         if os.path.isdir(path) and not os.path.islink(path):
