@@ -239,6 +239,10 @@ _IFMT_KIND = {st_.S_IFREG: KIND_FILE, st_.S_IFDIR: KIND_DIR, st_.S_IFLNK: KIND_S
               st_.S_IFSOCK: KIND_SOCK}
 
 
+#: The file-type bits of each entry kind (inverse of kind_of).
+IFMT_OF_KIND = {kind: ifmt for ifmt, kind in _IFMT_KIND.items()}
+
+
 def kind_of(mode: int) -> int:
     """The entry kind of an ``st_mode``."""
     return _IFMT_KIND.get(st_.S_IFMT(mode), KIND_FILE)

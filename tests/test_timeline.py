@@ -262,3 +262,16 @@ def test_many_commits_lookup_each_instant(repo):
                 assert e is None
             else:
                 assert e.size == i
+
+
+def test_last_alive_steps_back_over_deletions(repo):
+    vol = new_volume(repo)
+    commit(repo, "vol", 10, [(b"", d()), (b"a", f(1, size=5)), (b"ab", f(2))])
+    commit(repo, "vol", 20, [(b"a", f(1, size=7))])
+    commit(repo, "vol", 30, [(b"a", DELETED)])
+    commit(repo, "vol", 40, [(b"a", DELETED)])
+    with repo.read_txn() as txn:
+        t, e = timeline.last_alive(repo, txn, vol.id, b"a")
+        assert (t, e.size) == (20, 7)
+        assert timeline.last_alive(repo, txn, vol.id, b"ab")[0] == 10
+        assert timeline.last_alive(repo, txn, vol.id, b"zz") is None

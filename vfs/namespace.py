@@ -42,20 +42,13 @@ import xxhash
 from anytime.store import clock, timeline
 from anytime.store.errors import InstantError
 from anytime.store.format import (
-    DB_ENTRIES,
     HOLE_ID,
-    KIND_BLK,
-    KIND_CHR,
+    IFMT_OF_KIND,
     KIND_DIR,
-    KIND_FIFO,
     KIND_FILE,
-    KIND_SOCK,
     KIND_SYMLINK,
     MAX_INSTANT,
-    U64,
     Entry,
-    entry_prefix,
-    split_path,
 )
 from anytime.store.volumes import Volume, get_volume_by_id
 
@@ -78,10 +71,6 @@ _SLOT_SHIFT = 40
 _FID_MASK = (1 << _SLOT_SHIFT) - 1
 _HASH_BIT = 1 << (_SLOT_SHIFT - 1)
 _HASH_MASK = _HASH_BIT - 1
-
-_KIND_IFMT = {KIND_FILE: st.S_IFREG, KIND_DIR: st.S_IFDIR, KIND_SYMLINK: st.S_IFLNK,
-              KIND_FIFO: st.S_IFIFO, KIND_CHR: st.S_IFCHR, KIND_BLK: st.S_IFBLK,
-              KIND_SOCK: st.S_IFSOCK}
 
 
 def _enoent(what: bytes) -> FileNotFoundError:
@@ -235,25 +224,8 @@ class Namespace:
         if not inner:
             e = self.view(MAX_INSTANT).lookup(b"")
             return (self.vol.horizon, e) if e else None
-        parent, name = split_path(inner)
-        prefix = entry_prefix(self._vol.id, parent, name)
         with self.repo.read_txn() as txn:
-            cur = txn.cursor(db=self.repo.dbs[DB_ENTRIES])
-            if not cur.set_range(prefix + b"\xff" * 9):
-                if not cur.last():
-                    return None
-            else:
-                if not cur.prev():
-                    return None
-            while True:
-                key = cur.key()
-                if len(key) != len(prefix) + 8 or not key.startswith(prefix):
-                    return None
-                e = Entry.decode(cur.value())
-                if not e.deleted:
-                    return U64.unpack(key[-8:])[0], e
-                if not cur.prev():
-                    return None
+            return timeline.last_alive(self.repo, txn, self._vol.id, inner)
 
     def _versions(self, path: bytes, rest: list[bytes]) -> Node:
         inner = b""
@@ -412,7 +384,7 @@ class Namespace:
             size = len(e.target)
         elif e.kind != KIND_FILE:
             size = 0
-        return {"st_mode": _KIND_IFMT.get(e.kind, 0) | st.S_IMODE(e.mode), "st_ino": ino,
+        return {"st_mode": IFMT_OF_KIND.get(e.kind, 0) | st.S_IMODE(e.mode), "st_ino": ino,
                 "st_nlink": e.nlink, "st_uid": e.uid, "st_gid": e.gid, "st_size": size,
                 "st_atime": e.atime_ns, "st_mtime": e.mtime_ns, "st_ctime": e.ctime_ns,
                 "st_rdev": e.rdev, "st_blksize": view.bs,

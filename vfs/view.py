@@ -5,7 +5,7 @@ filesystem; the CLI, the FUSE/WinFsp adapter and the web page only translate it.
 
 A :class:`View` holds no LMDB transaction between calls: each call opens a short read
 transaction, so a view may be shared by threads and never blocks the writer. A view
-at or before the volume's horizon never changes (``final``).
+at or before the volume's horizon never changes (the namespace calls it final).
 """
 
 from __future__ import annotations
@@ -29,10 +29,6 @@ class View:
         self.vol = vol
         self.instant = instant
         self.bs = vol.block_size
-
-    @property
-    def final(self) -> bool:
-        return self.instant <= self.vol.horizon
 
     def lookup(self, path: bytes) -> Entry | None:
         with self.repo.read_txn() as txn:
