@@ -16,7 +16,7 @@ from anytime.store.format import FLAG_UNSTABLE, KIND_DELETED, KIND_DIR, KIND_SYM
 from anytime.vfs.instants import format_instant
 
 from .cmd_repo import open_repo
-from .target import resolve_target, view_for
+from .target import lookup_at, resolve_target
 
 
 def register(sub, common) -> None:
@@ -61,18 +61,6 @@ def long_line(name: bytes, e: Entry) -> bytes:
             f"{group_name(e.gid):<8} {size:>12} {mt} ").encode()
     tail = b" -> " + e.target if e.kind == KIND_SYMLINK else b""
     return head + name + tail + b"\n"
-
-
-def lookup_at(repo, args):
-    """(target, view, entry) of ``args.path`` at ``args.at``; PathNotFound if absent then."""
-    target = resolve_target(repo, args.path)
-    view = view_for(repo, target, args.at)
-    e = view.lookup(target.path)
-    if e is None:
-        raise PathNotFound(f"{target.display} does not exist at "
-                           f"{format_instant(view.instant)}; 'anytime log {args.path}' "
-                           f"shows when it existed")
-    return target, view, e
 
 
 def cmd_ls(args) -> int:

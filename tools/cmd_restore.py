@@ -6,13 +6,13 @@ import json
 import os
 import sys
 
-from anytime.store.errors import DestinationError, PathNotFound
+from anytime.store.errors import DestinationError
 from anytime.vfs.instants import format_instant
 
 from .cmd_repo import open_repo
 from .progress import Progress
 from .restore import Restorer
-from .target import resolve_target, view_for
+from .target import lookup_at
 
 
 def register(sub, common) -> None:
@@ -52,13 +52,7 @@ def destination(target, args) -> bytes:
 
 def cmd_restore(args) -> int:
     with open_repo(args) as repo:
-        target = resolve_target(repo, args.path)
-        view = view_for(repo, target, args.at)
-        entry = view.lookup(target.path)
-        if entry is None:
-            raise PathNotFound(f"{target.display} does not exist at "
-                               f"{format_instant(view.instant)}; 'anytime log {args.path}' "
-                               f"shows when it existed")
+        target, view, entry = lookup_at(repo, args)
         dest = destination(target, args)
         progress = Progress(enabled=None if not (args.json or args.dry_run) else False)
         r = Restorer(view, policy=args.policy, delete=args.delete, progress=progress)

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 
 from anytime.store import timeline
-from anytime.store.errors import BeforeHistory, NotProtected, UnknownVolume
+from anytime.store.errors import BeforeHistory, NotProtected, PathNotFound, UnknownVolume
 from anytime.store.volumes import Volume, find_by_source, get_volume
 from anytime.vfs.instants import format_instant, parse_instant
 from anytime.vfs.view import View, norm
@@ -75,3 +75,15 @@ def resolve_instant(repo, vol: Volume, text: str | None, strict: bool = True) ->
 
 def view_for(repo, target: Target, at: str | None) -> View:
     return View(repo, target.vol, resolve_instant(repo, target.vol, at))
+
+
+def lookup_at(repo, args):
+    """(target, view, entry) of ``args.path`` at ``args.at``; PathNotFound if absent then."""
+    target = resolve_target(repo, args.path)
+    view = view_for(repo, target, args.at)
+    e = view.lookup(target.path)
+    if e is None:
+        raise PathNotFound(f"{target.display} does not exist at "
+                           f"{format_instant(view.instant)}; 'anytime log {args.path}' "
+                           f"shows when it existed")
+    return target, view, e
