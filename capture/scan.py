@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from anytime.store import clock, timeline
 from anytime.store.format import (
     DB_INODES,
+    FLAG_DENSE,
     FLAG_UNSTABLE,
     HOLE_ID,
     INODE_VALUE,
@@ -496,6 +497,8 @@ class Scanner:
             if self.progress:
                 self.progress.warn(f"{os.fsdecode(job.abspath)} kept changing while read; "
                                    f"recorded as unstable")
+        if HOLE_ID not in ids:
+            e.flags |= FLAG_DENSE
         # the entry describes what was read: the stat the last read began with
         s = job.before
         e.size, e.mtime_ns, e.ctime_ns = s.st_size, s.st_mtime_ns, s.st_ctime_ns

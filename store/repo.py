@@ -69,7 +69,7 @@ class BlockCache:
         self._items: OrderedDict[bytes, bytes] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
-        self._loading: dict[bytes, threading.Event] = {}
+        self._loading: dict[bytes, threading.Lock] = {}
 
     def get(self, block_id: bytes) -> bytes | None:
         with self._lock:
@@ -80,20 +80,27 @@ class BlockCache:
 
     def get_or_load(self, block_id: bytes, load) -> bytes:
         """The cached block, or ``load()``'s result; concurrent callers for one block wait
-        for a single load instead of decompressing it twice."""
+        for a single load instead of decompressing it twice.
+
+        A load in flight is a held lock in ``_loading``; waiters block on it, then look
+        in the cache again (a failed load leaves nothing, and the next caller tries)."""
         while True:
             with self._lock:
                 data = self._items.get(block_id)
                 if data is not None:
                     self._items.move_to_end(block_id)
                     return data
-                event = self._loading.get(block_id)
-                mine = event is None
-                if mine:
-                    event = self._loading[block_id] = threading.Event()
+                busy = self._loading.get(block_id)
+                if busy is None:
+                    busy = self._loading[block_id] = threading.Lock()
+                    busy.acquire()
+                    mine = True
+                else:
+                    mine = False
             if not mine:
-                event.wait()
-                continue  # loaded (or the load failed and we try ourselves)
+                with busy:  # wait for the loader to finish
+                    pass
+                continue
             try:
                 data = load()
                 self.put(block_id, data)
@@ -101,7 +108,7 @@ class BlockCache:
             finally:
                 with self._lock:
                     del self._loading[block_id]
-                event.set()
+                busy.release()
 
     def put(self, block_id: bytes, data: bytes) -> None:
         with self._lock:

@@ -18,7 +18,7 @@ import pytest
 from conftest import anytime_command
 
 from anytime.store import timeline
-from anytime.store.format import HOLE_ID, MAX_INSTANT
+from anytime.store.format import FLAG_DENSE, HOLE_ID, MAX_INSTANT
 from anytime.store.repo import Repository
 from anytime.store.volumes import get_volume
 from anytime.vfs.view import View
@@ -260,6 +260,7 @@ def test_sparse_file(anytime, repo, repo_dir, src_dir):
         with v.repo.read_txn() as txn:
             stored = list(timeline.block_versions(v.repo, txn, v.vol.id, e.file_id))
         assert len(stored) == len(want), "holes take no block versions"
+        assert not e.flags & FLAG_DENSE, "a file with holes is not marked dense"
 
 
 # --- xattrs and ACLs -----------------------------------------------------------------------

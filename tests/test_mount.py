@@ -202,6 +202,8 @@ def test_instants_are_exact(anytime, src_dir, two_instants, mnt_dirs):
             assert a.st_ino == b.st_ino and a.st_nlink == 2
             s = os.stat(mp / "sparse.img")
             assert s.st_blocks * 512 < s.st_size  # holes are reported as holes
+            s = os.stat(mp / "docs" / "report.txt")  # dense: its size, in 512-byte units
+            assert s.st_blocks == (s.st_size + 511) // 512 and s.st_size == 300_000
 
 
 def test_time_travel_root(anytime, src_dir, two_instants, mnt_dirs):
@@ -384,6 +386,33 @@ def test_mount_errors(anytime, src_dir, two_instants, tmp_path):
     anytime("mount", "nosuchvolume", empty, check=12)
     anytime("mount", "src", empty, "--at", "1990-01-01", check=14)
     assert not os.path.ismount(empty)
+
+
+def test_stat_packer_writes_what_mfusepy_writes():
+    """The one-call stat writer of listings gives the same bytes as mfusepy's setattr
+    loop, fields absent from the dict included (zero), negative times included."""
+    import ctypes
+
+    import mfusepy
+
+    from anytime.vfs.fuse import StatPacker, fill_stat
+
+    packer = StatPacker()
+    assert packer.usable
+    full = {"st_mode": stat.S_IFREG | 0o640, "st_ino": (7 << 40) | 123456789,
+            "st_nlink": 3, "st_uid": 4_000_000_000, "st_gid": 5, "st_size": 2**40 + 1,
+            "st_atime": 1_700_000_000_123_456_789, "st_mtime": -1_500_000_001,
+            "st_ctime": 0, "st_rdev": 0x0801, "st_blksize": 1 << 20, "st_blocks": 2**31 + 5}
+    for attrs in (full, {"st_mode": stat.S_IFDIR | 0o555, "st_ino": 42}):
+        want = mfusepy.c_stat()
+        mfusepy.set_st_attrs(want, attrs, use_ns=True)
+        got = mfusepy.c_stat()
+        ctypes.memset(ctypes.byref(got), 0xAB, ctypes.sizeof(got))  # stale bytes go
+        fill_stat(got, attrs)
+        assert bytes(got) == bytes(want)
+        if attrs is full:
+            assert (got.st_mtimespec.tv_sec, got.st_mtimespec.tv_nsec) == (-2, 499_999_999)
+            assert got.st_ino == full["st_ino"] and got.st_size == full["st_size"]
 
 
 def test_mount_is_fast(anytime, src_dir, two_instants, mnt_dirs):

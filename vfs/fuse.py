@@ -29,6 +29,7 @@ import itertools
 import logging
 import os
 import re
+import struct
 import sys
 import threading
 
@@ -273,10 +274,79 @@ def _pin_thread_state() -> None:
             _pinned.add(tid)
 
 
+class StatPacker:
+    """Writes a whole ``struct stat`` (mfusepy's ``c_stat``) from an attribute dict in one
+    ``struct.pack_into``, instead of one ctypes attribute store per field
+    (``mfusepy.set_st_attrs``): listings fill one stat per entry.
+
+    The layout is read from ``c_stat``'s fields, so it follows the platform's. Integer
+    fields take the dict's ``st_*`` value (0 when absent); ``st_Xtimespec`` fields take
+    ``st_Xtime`` in nanoseconds. ``usable`` is False if a field has another shape; then
+    use ``mfusepy.set_st_attrs``."""
+
+    _CODES = {(1, True): "b", (1, False): "B", (2, True): "h", (2, False): "H",
+              (4, True): "i", (4, False): "I", (8, True): "q", (8, False): "Q"}
+
+    def __init__(self, cstat=None):
+        cstat = cstat or mfusepy.c_stat
+        self.size = ctypes.sizeof(cstat)
+        fmt, pos, self._fields = ["="], 0, []
+        self.usable = True
+        for name, ctype in cstat._fields_:
+            offset = getattr(cstat, name).offset
+            subs = [(name, ctype, offset, None)]
+            if name.endswith("timespec"):  # st_atimespec -> st_atime (ns): sec, nsec
+                subs = [(name[:-4], ftype, offset + getattr(ctype, f).offset, part)
+                        for part, (f, ftype) in enumerate(ctype._fields_)]
+            for key, ftype, off, part in subs:
+                tcode = getattr(ftype, "_type_", None)
+                code = self._CODES.get((ctypes.sizeof(ftype), tcode in "bhilq"), None) \
+                    if isinstance(tcode, str) else None
+                if code is None or off < pos:
+                    if key.startswith("st_"):
+                        self.usable = False
+                    continue  # padding, reserved arrays: left zero
+                if off > pos:
+                    fmt.append(f"{off - pos}x")
+                fmt.append(code)
+                pos = off + ctypes.sizeof(ftype)
+                self._fields.append((key, part))
+        if self.size > pos:
+            fmt.append(f"{self.size - pos}x")
+        self._struct = struct.Struct("".join(fmt))
+        self.usable = self.usable and self._struct.size == self.size
+        self._keys = [key for key, _ in self._fields]
+        self._split = [i for i, (_, part) in enumerate(self._fields) if part == 0]
+        if any(self._fields[i + 1] != (key, 1) for i in self._split
+               for key in [self._fields[i][0]]):
+            self.usable = False  # tv_sec not followed by its tv_nsec
+
+    def pack_into(self, buf, attrs: dict) -> None:
+        """Fill ``buf`` (a writable buffer of ``size`` bytes) from ``attrs``."""
+        get = attrs.get
+        vals = [get(key, 0) for key in self._keys]
+        for i in self._split:  # a time in ns at i: seconds at i, nanoseconds at i + 1
+            vals[i], vals[i + 1] = divmod(vals[i], 1_000_000_000)
+        self._struct.pack_into(buf, 0, *vals)
+
+
+_STAT = StatPacker()
+
+
+def fill_stat(st, attrs: dict) -> None:
+    """Write ``attrs`` over the whole ``c_stat`` ``st`` (absent fields zero)."""
+    if _STAT.usable:
+        _STAT.pack_into(memoryview(st).cast("B"), attrs)
+    else:
+        ctypes.memset(ctypes.byref(st), 0, ctypes.sizeof(st))
+        mfusepy.set_st_attrs(st, attrs, use_ns=True)
+
+
 class _PlusFUSE(mfusepy.FUSE):
     """mfusepy.FUSE with readdirplus: when the kernel asks for it, listings carry full
     attributes (and libfuse registers the entries), so ``ls -l`` and ``find`` need no
-    lookup per entry. mfusepy itself passes only st_mode and st_ino."""
+    lookup per entry. mfusepy itself passes only st_mode and st_ino. Stats are written
+    with one :class:`StatPacker` call each, listings and getattr alike."""
 
     def _wrapper(self, func, *args, **kwargs):
         _pin_thread_state()
@@ -286,19 +356,23 @@ class _PlusFUSE(mfusepy.FUSE):
         plus = bool(flags & FUSE_READDIR_PLUS)
         items = self.operations.dir_items(None if path is None else _s(path), fip.contents.fh)
         st = mfusepy.c_stat()
-        size = ctypes.sizeof(st)
         # Non-zero offsets make libfuse pass entries through at once (with a lookup when
         # FUSE_FILL_DIR_PLUS is set); with offset 0 it drops readdirplus attributes.
         for i in range(offset, len(items)):
             name, attrs = items[i]
-            ctypes.memset(ctypes.byref(st), 0, size)
             full = False
             if attrs:
-                mfusepy.set_st_attrs(st, attrs, use_ns=True)
+                fill_stat(st, attrs)
                 full = "st_nlink" in attrs
             fill = FUSE_FILL_DIR_PLUS if plus and full else 0
             if filler(buf, _b(name), st if attrs else None, i + 1, fill) != 0:
                 break
+        return 0
+
+    def fgetattr(self, path, buf, fip) -> int:
+        fh = fip.contents if fip else None
+        attrs = self.operations.getattr(None if path is None else _s(path), fh)
+        fill_stat(buf.contents, attrs)
         return 0
 
 
