@@ -48,6 +48,7 @@ from anytime.store.format import (
     MAX_INSTANT,
     Entry,
     inode_key,
+    inode_prefix,
     join_path,
     kind_of,
 )
@@ -134,6 +135,7 @@ class Scanner:
         self._batch: list[_FileJob] = []
         self.hardlinks: dict[tuple[int, int], int] = {}
         self.txn = None
+        self.inodes_known = True  # does the index hold inode records of this volume?
         try:
             rs = os.stat(repo.root)
             self.exclude = {(rs.st_dev, rs.st_ino)}
@@ -155,6 +157,10 @@ class Scanner:
         try:
             with self.repo.read_txn() as txn:
                 self.txn = txn
+                # A first snapshot knows no inodes: no lookup per new file.
+                cur = txn.cursor(db=self.repo.dbs[DB_INODES])
+                prefix = inode_prefix(self.vid)
+                self.inodes_known = cur.set_range(prefix) and cur.key().startswith(prefix)
                 self._scan_root()
                 self._drain(0)
             self.txn = None
@@ -300,7 +306,10 @@ class Scanner:
         # A path new to us whose inode we know: the same file renamed or linked here if
         # it still has the size and mtime we recorded; otherwise the inode number was
         # reused by a new file, which gets a new file id.
-        v = self.txn.get(inode_key(self.vid, s.st_dev, s.st_ino), db=self.repo.dbs[DB_INODES])
+        v = None
+        if self.inodes_known:
+            v = self.txn.get(inode_key(self.vid, s.st_dev, s.st_ino),
+                             db=self.repo.dbs[DB_INODES])
         known = INODE_VALUE.unpack(v) if v is not None else None
         if known is not None and known[1:] == (s.st_mtime_ns, s.st_size):
             return known[0], True

@@ -120,8 +120,13 @@ def label_key(vol: int, name: bytes) -> bytes:
     return U32.pack(vol) + name
 
 
+def inode_prefix(vol: int) -> bytes:
+    """Prefix of every inode record of volume ``vol``."""
+    return U32.pack(vol)
+
+
 def inode_key(vol: int, dev: int, ino: int) -> bytes:
-    return U32.pack(vol) + U64.pack(dev & (2**64 - 1)) + U64.pack(ino)
+    return inode_prefix(vol) + U64.pack(dev & (2**64 - 1)) + U64.pack(ino)
 
 
 def split_path(path: bytes) -> tuple[bytes, bytes]:

@@ -206,6 +206,24 @@ def test_hostile_names_come_back_exactly(anytime, repo, src_dir):
     assert long.endswith(b" \xc3(.txt\n")
 
 
+def test_a_renamed_file_keeps_its_file_id(anytime, repo, repo_dir, src_dir):
+    """The stat cache follows a rename by inode: no new file id, nothing read again."""
+    data = os.urandom(200_000)
+    (src_dir / "old.bin").write_bytes(data)
+    (src_dir / "keep.txt").write_text("stays")
+    snap(anytime, src_dir)
+    with view_at(repo_dir, "src") as v:
+        fid = v.lookup(b"old.bin").file_id
+    os.rename(src_dir / "old.bin", src_dir / "new.bin")
+    s = snap(anytime, src_dir)
+    assert s["bytes_read"] == len(data)  # read to check it, but
+    assert js(anytime("log", "src", "--json"))[-1]["new_bytes"] == 0  # nothing stored
+    with view_at(repo_dir, "src") as v:
+        assert v.lookup(b"new.bin").file_id == fid
+        assert v.lookup(b"old.bin") is None
+    assert anytime("cat", src_dir / "new.bin", check=0).stdout == data
+
+
 # --- hardlinks ----------------------------------------------------------------------------
 def test_hardlinks_are_recorded_as_links(anytime, repo, repo_dir, src_dir):
     data = os.urandom(300_000)
