@@ -394,11 +394,10 @@ class Namespace:
     def allocated_512(self, view: View, e: Entry) -> int:
         """st_blocks: 512-byte units of the blocks that are not holes at this instant.
 
-        Files recorded without holes (``FLAG_DENSE``; with one link, whose blocks only
-        this path's versions change) cost nothing. Otherwise small files (one block)
-        cost one seek; bigger ones are counted once per
-        (file, instant) and cached. Files over 65,536 blocks are reported as fully
-        allocated rather than walked."""
+        Files recorded without holes (``FLAG_DENSE``, with one link: only this path's
+        versions change their blocks) cost nothing. Otherwise small files (one block)
+        cost one seek; bigger ones are counted once per (file, instant) and cached.
+        Files over 65,536 blocks are reported as fully allocated rather than walked."""
         nblocks = (e.size + view.bs - 1) // view.bs
         full = (e.size + 511) // 512
         if nblocks == 0 or nblocks > 65536 or (e.flags & FLAG_DENSE and e.nlink == 1):
