@@ -731,6 +731,10 @@ class Bench:
     def section_mount(self) -> None:
         log("== mount (E mount to first listing, F find / tar / reads through the mount)")
         self.ensure_repos()
+        # The captures just wrote about 1 GB: let writeback finish first (pages stay
+        # cached), or it competes with the first mounts for CPU (seen: cold reads at
+        # half speed in the first two runs only).
+        os.sync()
         std, big = self.src("stdlib"), self.src("bigfile")
         n_entries = self.extra.get("corpora", {}).get("stdlib", {}).get("entries")
         keys = ["mount_stdlib", "mount_bigfile", "find", "tar", "cold", "second"]
