@@ -120,6 +120,16 @@ def label_key(vol: int, name: bytes) -> bytes:
     return U32.pack(vol) + name
 
 
+#: ``meta`` key of a commit whose records are being staged: ``PENDING_PREFIX`` + volume
+#: id u32 BE -> the commit's instant u64 BE. Present only between a large commit's first
+#: staged transaction and its commit point (see store/writer.py).
+PENDING_PREFIX = b"pending/"
+
+
+def pending_key(vol: int) -> bytes:
+    return PENDING_PREFIX + U32.pack(vol)
+
+
 def inode_prefix(vol: int) -> bytes:
     """Prefix of every inode record of volume ``vol``."""
     return U32.pack(vol)

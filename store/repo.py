@@ -36,12 +36,22 @@ from .format import (
     BLOCK_LOC,
     CODEC_ZSTD,
     DB_BLOCKS,
+    DB_BLOCKVERS,
+    DB_ENTRIES,
+    DB_INODES,
+    DB_META,
     DB_PACKS,
+    DB_VOLUMES,
     DEFAULT_BLOCK_SIZE,
     DEFAULT_PACK_TARGET,
     FORMAT_VERSION,
+    INODE_VALUE,
     KNOWN_FEATURES,
+    PENDING_PREFIX,
+    U32,
+    U64,
     ZSTD_LEVEL,
+    vol_key,
 )
 from .packs import PackReader
 
@@ -283,11 +293,76 @@ class Repository:
                     f"{self.root}; wait for it to finish") from None
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+            self.roll_back_unfinished()
             self.reclaim_leftover_packs()
             shutil.rmtree(os.path.join(self.root, "tmp"), ignore_errors=True)
             yield
         finally:
             os.close(fd)
+
+    def roll_back_unfinished(self) -> list[tuple[int, int]]:
+        """Delete the staged records of commits that never reached their commit point
+        (store/writer.py); returns the (volume id, instant) of each.
+
+        A staged commit leaves a ``pending`` marker. Its path and block versions are the
+        volume's records after the horizon; its inode mappings that matter are those
+        naming a file id the volume never committed (mappings of committed file ids are
+        hints checked against mtime and size, and stay harmless). Costs one pass over
+        the volume's records; deletions go in transactions of bounded size. Only safe
+        under the writer lock."""
+        with self.read_txn() as txn:
+            cur = txn.cursor(db=self.dbs[DB_META])
+            pending = []
+            if cur.set_range(PENDING_PREFIX):
+                for key, val in cur:
+                    if not key.startswith(PENDING_PREFIX):
+                        break
+                    pending.append((U32.unpack(key[len(PENDING_PREFIX):])[0],
+                                    U64.unpack(val)[0]))
+            vols = {vid: txn.get(vol_key(vid), db=self.dbs[DB_VOLUMES]) for vid, _ in pending}
+        for vid, _instant in pending:
+            if vols[vid] is not None:
+                vol = json.loads(bytes(vols[vid]))
+                self._roll_back_volume(vid, vol["horizon"], vol["next_file_id"])
+            with self.env.begin(write=True) as txn:
+                txn.delete(PENDING_PREFIX + U32.pack(vid), db=self.dbs[DB_META])
+        return pending
+
+    def _roll_back_volume(self, vid: int, horizon: int, next_file_id: int) -> None:
+        prefix = U32.pack(vid)
+
+        def staged(key, _val) -> bool:
+            return U64.unpack(key[-8:])[0] > horizon
+
+        self._delete_matching(DB_ENTRIES, prefix, staged)
+        self._delete_matching(DB_BLOCKVERS, prefix, staged)
+        self._delete_matching(DB_INODES, prefix,
+                              lambda _key, val: INODE_VALUE.unpack(val)[0] >= next_file_id)
+
+    def _delete_matching(self, name: bytes, prefix: bytes, doomed, per_txn: int = 20_000
+                         ) -> int:
+        """Delete the records of database ``name`` under ``prefix`` for which
+        ``doomed(key, value)`` holds, at most ``per_txn`` per write transaction."""
+        db = self.dbs[name]
+        removed, start = 0, prefix
+        while start is not None:
+            with self.env.begin(write=True) as txn:
+                cur = txn.cursor(db=db)
+                cur.set_range(start)
+                start, n = None, 0
+                key = cur.key()
+                while key.startswith(prefix):  # b"" when past the end
+                    if doomed(key, cur.value()):
+                        cur.delete()  # and on to the next record
+                        n += 1
+                        if n >= per_txn:
+                            start = cur.key() or None
+                            break
+                    elif not cur.next():
+                        break
+                    key = cur.key()
+                removed += n
+        return removed
 
     def reclaim_leftover_packs(self) -> list[str]:
         """Delete pack files no commit references (a writer died before committing).

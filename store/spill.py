@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Iterator
 
 _LENS = struct.Struct("<II")
-DEFAULT_LIMIT = 50_000
+DEFAULT_LIMIT = 20_000
 
 
 class SortedSpill:
@@ -56,7 +56,7 @@ class SortedSpill:
         self._mem = []
 
     def _read_run(self, path: str, rank: int) -> Iterator[tuple[bytes, int, bytes]]:
-        with open(path, "rb", buffering=1 << 20) as f:
+        with open(path, "rb", buffering=1 << 18) as f:
             n = 0
             while head := f.read(_LENS.size):
                 klen, vlen = _LENS.unpack(head)

@@ -5,7 +5,9 @@ adjacent and sorted by time. "The newest version at or before T" is: position th
 cursor at the first key >= prefix|T+1, step back once, and check the prefix. That is
 O(log n) in the history length, never a replay.
 
-All functions take an open LMDB transaction; they never write.
+All functions take an open LMDB transaction; they never write. They answer for the
+instant they are given: readers never ask past the volume's horizon (a commit being
+written keeps its records there until it lands; see store/writer.py and vfs/view.py).
 """
 
 from __future__ import annotations
@@ -101,8 +103,10 @@ def list_dir_at(repo, txn, vol: int, path: bytes, instant: int,
 _WALK_VERSIONS = 8
 
 
-def entry_versions(repo, txn, vol: int, path: bytes) -> Iterator[tuple[int, Entry]]:
-    """Every recorded version of ``path`` (deletions included), oldest first."""
+def entry_versions(repo, txn, vol: int, path: bytes, until: int = MAX_INSTANT
+                   ) -> Iterator[tuple[int, Entry]]:
+    """Every recorded version of ``path`` at or before ``until`` (deletions included),
+    oldest first. Readers pass the volume's horizon (see :func:`last_alive`)."""
     parent, name = split_path(path)
     prefix = entry_prefix(vol, parent, name)
     cur = txn.cursor(db=repo.dbs[DB_ENTRIES])
@@ -111,18 +115,24 @@ def entry_versions(repo, txn, vol: int, path: bytes) -> Iterator[tuple[int, Entr
     for key, val in cur:
         if not key.startswith(prefix) or len(key) != len(prefix) + 8:
             break
-        yield U64.unpack(key[-8:])[0], Entry.decode(val)
+        t = U64.unpack(key[-8:])[0]
+        if t > until:
+            break
+        yield t, Entry.decode(val)
 
 
-def last_alive(repo, txn, vol: int, path: bytes) -> tuple[int, Entry] | None:
-    """(instant, entry) of the newest version of ``path`` that is not a deletion.
+def last_alive(repo, txn, vol: int, path: bytes, until: int = MAX_INSTANT
+               ) -> tuple[int, Entry] | None:
+    """(instant, entry) of the newest version of ``path`` at or before ``until`` that is
+    not a deletion. Readers pass the volume's horizon: records after it belong to a
+    commit still being written (store/writer.py).
 
     Steps back from the newest version; costs one seek plus one step per deletion at
     the end of the history."""
     parent, name = split_path(path)
     prefix = entry_prefix(vol, parent, name)
     cur = txn.cursor(db=repo.dbs[DB_ENTRIES])
-    val = _seek_at_or_before(cur, prefix, MAX_INSTANT)
+    val = _seek_at_or_before(cur, prefix, until)
     while val is not None:
         e = Entry.decode(val)
         if not e.deleted:

@@ -4,10 +4,19 @@ A :class:`CommitBuilder` collects blocks (stored into packs as they come), path
 versions, block versions and inode mappings; :meth:`CommitBuilder.commit` then
 
 1. makes every pack written durable (fsync of packs and their directories), and
-2. writes the whole commit in one LMDB write transaction (fsynced by LMDB).
+2. writes the commit's index records and makes them visible with one LMDB write
+   transaction (fsynced by LMDB) that also moves the volume's horizon.
 
-Step 2 is the one commit point. A crash before it leaves only pack files that no
-commit references; the next writer deletes them (:meth:`Repository.reclaim_leftover_packs`).
+Step 2's last transaction is the one commit point. A commit of more than
+``STAGE_RECORDS`` index records is *staged*: its path versions, block versions and
+inode mappings go in transactions of that many records before the last one, keyed by
+the commit's instant, which is after the volume's horizon, so no view sees them (views
+never look past the horizon, see vfs/view.py) until the last transaction moves the
+horizon. LMDB keeps a transaction's dirty pages in memory; staging bounds them.
+
+A crash before the commit point leaves pack files that no commit references, and maybe
+staged records under a ``pending`` marker; the next writer deletes both
+(:meth:`Repository.reclaim_leftover_packs`, :meth:`Repository.roll_back_unfinished`).
 
 Thread-safety: :meth:`store_block` may be called from many threads (hashing and
 compression release the GIL); everything else from the thread that owns the builder.
@@ -33,6 +42,7 @@ from .format import (
     DB_ENTRIES,
     DB_INODES,
     DB_LABELS,
+    DB_META,
     DB_PACKS,
     DB_VOLUMES,
     HOLE_ID,
@@ -48,6 +58,7 @@ from .format import (
     entry_prefix,
     inode_key,
     label_key,
+    pending_key,
     split_path,
     vol_key,
 )
@@ -57,6 +68,13 @@ from .volumes import Volume, put_volume
 
 #: New blocks held in memory before those in closed packs are indexed early.
 FLUSH_BLOCKS = 65_536
+#: Index records per LMDB write transaction of a staged commit, and new blocks per
+#: transaction that indexes them. LMDB holds a transaction's dirty pages in memory (and
+#: keeps them for reuse): at worst one 4 KiB page per record when keys land all over a
+#: large database (block ids are random), so these bound memory whatever the sizes of
+#: the commit and the repository. ``ANYTIME_STAGE_RECORDS`` overrides the first (tests).
+STAGE_RECORDS = int(os.environ.get("ANYTIME_STAGE_RECORDS") or 10_000)
+BLOCKS_PER_TXN = 8_192
 
 
 def _put_sorted(txn, db, items, suffix: bytes = b"") -> None:
@@ -70,6 +88,12 @@ def _put_sorted(txn, db, items, suffix: bytes = b"") -> None:
     append = not cur.last() or cur.key() < first[0] + suffix
     cur.putmulti(itertools.chain([(first[0] + suffix, first[1])],
                                  ((k + suffix, v) for k, v in it)), append=append)
+
+
+def _put_records(txn, records: list[tuple]) -> None:
+    """Put (database, key, value) records, key-sorted within each run of one database."""
+    for db, run in itertools.groupby(records, key=lambda r: r[0]):
+        _put_sorted(txn, db, ((k, v) for _, k, v in run))
 
 
 class CommitBuilder:
@@ -157,12 +181,15 @@ class CommitBuilder:
             if not todo:
                 return
             dbs = self.repo.dbs
-            with self.repo.env.begin(write=True) as txn:
-                for pack_id, (size, n) in closed.items():
-                    if pack_id not in self._flushed_packs:
-                        txn.put(pack_id, PACK_INFO.pack(size, n, 0), db=dbs[DB_PACKS])
-                _put_sorted(txn, dbs[DB_BLOCKS], sorted((bid, BLOCK_LOC.pack(*loc))
-                                                        for bid, loc in todo))
+            todo.sort()
+            for i in range(0, len(todo), BLOCKS_PER_TXN):
+                with self.repo.env.begin(write=True) as txn:
+                    if i == 0:  # packs first: a pack named in `packs` is never reclaimed
+                        for pack_id, (size, n) in closed.items():
+                            if pack_id not in self._flushed_packs:
+                                txn.put(pack_id, PACK_INFO.pack(size, n, 0), db=dbs[DB_PACKS])
+                    _put_sorted(txn, dbs[DB_BLOCKS], ((bid, BLOCK_LOC.pack(*loc))
+                                                      for bid, loc in todo[i:i + BLOCKS_PER_TXN]))
             self._flushed_packs.update(closed)
             with self._lock:
                 for bid, _ in todo:
@@ -193,25 +220,41 @@ class CommitBuilder:
         packs = self.packw.sync()  # 1. pack bytes durable
         repo, dbs = self.repo, self.repo.dbs
         vid = self.vol.id
-        with repo.env.begin(write=True) as txn:  # 2. the one commit point
+        with repo.read_txn() as txn:  # the writer lock keeps it current until we commit
             stored = Volume.decode(txn.get(vol_key(vid), db=dbs[DB_VOLUMES]))
-            t = max(instant or clock.now_ns(), stored.horizon + 1)
+        t = max(instant or clock.now_ns(), stored.horizon + 1)
+        suffix = U64.pack(t)
+        records = itertools.chain(
+            ((dbs[DB_ENTRIES], k + suffix, v) for k, v in self._entries.items()),
+            ((dbs[DB_BLOCKVERS], k + suffix, v) for k, v in self._blockvers.items()),
+            ((dbs[DB_INODES], k, v) for k, v in self._inodes.items()))
+        batch = list(itertools.islice(records, STAGE_RECORDS))
+        staged = False
+        if len(self._new_blocks) > BLOCKS_PER_TXN:
+            self._flush_blocks()
+        while more := list(itertools.islice(records, STAGE_RECORDS)):
+            if not staged:  # every new block indexed before a staged record names it
+                self._flush_blocks()
+            with repo.env.begin(write=True) as txn:  # staged: invisible, past the horizon
+                if not staged:
+                    txn.put(pending_key(vid), suffix, db=dbs[DB_META])
+                _put_records(txn, batch)
+            staged, batch = True, more
+        with repo.env.begin(write=True) as txn:  # 2. the one commit point
             for pack_id, size, nrec in packs:
                 txn.put(pack_id, PACK_INFO.pack(size, nrec, t), db=dbs[DB_PACKS])
-            put = txn.put
             _put_sorted(txn, dbs[DB_BLOCKS], sorted(
                 (bid, BLOCK_LOC.pack(*loc)) for bid, loc in self._new_blocks.items()
                 if loc is not None))
-            suffix = U64.pack(t)
-            _put_sorted(txn, dbs[DB_ENTRIES], self._entries.items(), suffix)
-            _put_sorted(txn, dbs[DB_BLOCKVERS], self._blockvers.items(), suffix)
-            _put_sorted(txn, dbs[DB_INODES], self._inodes.items())
+            _put_records(txn, batch)
             record = dict(info, packs=len(packs), **self.stats)
             if label:
                 record["label"] = label
-                put(label_key(vid, label.encode()), U64.pack(t), db=dbs[DB_LABELS])
-            put(commit_key(vid, t), json.dumps(record, sort_keys=True).encode(),
-                db=dbs[DB_COMMITS])
+                txn.put(label_key(vid, label.encode()), suffix, db=dbs[DB_LABELS])
+            txn.put(commit_key(vid, t), json.dumps(record, sort_keys=True).encode(),
+                    db=dbs[DB_COMMITS])
+            if staged:
+                txn.delete(pending_key(vid), db=dbs[DB_META])
             self.vol.horizon = t
             self.vol.next_file_id = max(self.vol.next_file_id, stored.next_file_id)
             put_volume(repo, txn, self.vol)

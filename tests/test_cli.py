@@ -499,6 +499,60 @@ def test_kill_9_during_snapshot(anytime, repo, repo_dir, src_dir):
                    check=0).stdout == b"early commit"
 
 
+def _pending_marker(repo_dir) -> bool:
+    """Whether the index holds a staged commit's marker (read-only, beside the writer)."""
+    import lmdb
+
+    from anytime.store.format import DB_META, PENDING_PREFIX
+    env = lmdb.open(str(repo_dir / "index"), readonly=True, max_dbs=16, lock=True)
+    try:
+        with env.begin() as txn:
+            cur = txn.cursor(db=env.open_db(DB_META, txn=txn, create=False))
+            return cur.set_range(PENDING_PREFIX) and cur.key().startswith(PENDING_PREFIX)
+    finally:
+        env.close()
+
+
+def test_kill_9_while_a_large_commit_is_staged(anytime, repo, repo_dir, src_dir):
+    """A commit staged in many transactions (ANYTIME_STAGE_RECORDS) and killed between
+    them: the staged records never show, and the next writer removes them."""
+    (src_dir / "a").mkdir()
+    for i in range(5):
+        (src_dir / "a" / f"old{i}").write_text(f"old {i}")
+    s1 = snap(anytime, src_dir)
+    for i in range(1500):
+        (src_dir / "a" / f"new{i:04d}").write_text(f"new {i}")
+    env = dict(os.environ, ANYTIME_REPO=str(repo_dir), ANYTIME_STAGE_RECORDS="20")
+    proc = subprocess.Popen([anytime_command(), "snapshot", str(src_dir)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not _pending_marker(repo_dir) and time.monotonic() < deadline:
+        assert proc.poll() is None, "the snapshot finished before it staged; grow the tree"
+        time.sleep(0.002)
+    time.sleep(0.05)  # a few staged transactions more
+    assert proc.poll() is None, "the snapshot finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert _pending_marker(repo_dir)
+
+    # readers see the last commit only: listings, log, the mount's versions come later
+    want = b"".join(f"old{i}\n".encode() for i in range(5))
+    assert anytime("ls", src_dir / "a", check=0).stdout == want
+    assert js(anytime("volumes", "--json"))[0]["commits"] == 1
+    assert anytime("log", src_dir / "a" / "new0000", check=None).returncode != 0
+    with view_at(repo_dir, "src") as v:
+        assert v.instant == MAX_INSTANT and v.at == s1["instant_ns"]
+
+    s2 = snap(anytime, src_dir)  # the next writer rolls back, then commits
+    assert not _pending_marker(repo_dir)
+    assert s2["files"] == 1505
+    assert anytime("ls", src_dir / "a", check=0).stdout.count(b"\n") == 1505
+    assert anytime("cat", src_dir / "a" / "new1499", check=0).stdout == b"new 1499"
+    assert [r["change"] for r in js(anytime("log", src_dir / "a" / "new0000", "--json"))] \
+        == ["created"]
+    assert b"no problems found" in anytime("check", check=0).stdout
+
+
 # --- incremental capture --------------------------------------------------------------------
 def test_changed_file_stores_only_its_new_blocks(anytime, src_dir):
     bs = 64 * 1024

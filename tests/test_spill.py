@@ -6,10 +6,11 @@ import os
 
 from anytime.store import writer
 from anytime.store.check import check
-from anytime.store.format import HOLE_ID
+from anytime.store.format import DB_INODES, DB_META, HOLE_ID, INODE_VALUE, pending_key
 from anytime.store.repo import Repository
 from anytime.store.spill import SortedSpill
-from anytime.store.volumes import create_volume
+from anytime.store.volumes import create_volume, get_volume_by_id
+from anytime.vfs.view import View
 
 
 def test_spill_merges_runs_in_key_order_and_keeps_the_last_of_equal_keys(tmp_path):
@@ -67,3 +68,112 @@ def test_abort_after_early_indexing_keeps_the_repository_consistent(tmp_path, mo
         again = [repo.read_block(txn, bid) for bid in indexed[:3]]
     assert indexed and [b2.store_block(d) for d in again] == indexed[:3]
     assert b2.stats["blocks_dup"] == 3 and HOLE_ID not in indexed
+
+
+# --- staged commits ----------------------------------------------------------------------
+def _build(repo, vol, n, first_fid=1):
+    """A builder holding ``n`` files (entry, one block version, inode mapping each)."""
+    from anytime.store.format import KIND_FILE, Entry
+    b = writer.CommitBuilder(repo, vol)
+    for i in range(n):
+        data = f"file {i}\n".encode() * 50
+        e = Entry(KIND_FILE, size=len(data), file_id=first_fid + i, nlink=1, mode=0o100644)
+        b.put_entry(f"d/f{i:04d}".encode(), e)
+        b.put_block_version(e.file_id, 0, b.store_block(data))
+        b.map_inode(1, 1000 + i, e.file_id, 0, len(data))
+        vol.next_file_id = max(vol.next_file_id, e.file_id + 1)
+    return b
+
+
+def _past_horizon(repo, vid: int) -> int:
+    """Records of volume ``vid`` in entries/blockvers whose instant is past its horizon."""
+    from anytime.store.format import DB_BLOCKVERS, DB_ENTRIES, U32, U64
+    with repo.read_txn() as txn:
+        horizon = get_volume_by_id(repo, txn, vid).horizon
+        return sum(1 for name in (DB_ENTRIES, DB_BLOCKVERS)
+                   for key, _ in txn.cursor(db=repo.dbs[name])
+                   if key.startswith(U32.pack(vid)) and U64.unpack(key[-8:])[0] > horizon)
+
+
+def _staging_repo(tmp_path, monkeypatch):
+    """(repo, volume, instant of a first commit of 3 files); commits of more than 7
+    records from here on are staged."""
+    monkeypatch.setattr(writer, "STAGE_RECORDS", 7)
+    repo, vol = _repo_with_volume(tmp_path / "r")
+    return repo, vol, _build(repo, vol, 3).commit({"kind": "test"})
+
+
+def test_a_large_commit_is_staged_and_shows_only_when_it_lands(tmp_path, monkeypatch):
+    """Records go in several transactions; a reader between them sees the old state
+    (views stop at the horizon), and the landed commit equals an unstaged one."""
+    monkeypatch.setattr(writer, "BLOCKS_PER_TXN", 5)
+    repo, vol, t1 = _staging_repo(tmp_path, monkeypatch)
+    seen = []
+    put = writer._put_records
+
+    def watching(txn, records):
+        put(txn, records)
+        with repo.read_txn() as rtxn:  # what any reader sees meanwhile
+            fresh = get_volume_by_id(repo, rtxn, vol.id)
+            marker = rtxn.get(pending_key(vol.id), db=repo.dbs[DB_META])
+        v = View(repo, fresh, 2**63)
+        seen.append((marker is not None, fresh.horizon,
+                     len(v.listdir(b"d")), v.lookup(b"d/f0030") is None))
+
+    monkeypatch.setattr(writer, "_put_records", watching)
+    t2 = _build(repo, vol, 40, first_fid=100).commit({"kind": "test"})
+    monkeypatch.setattr(writer, "_put_records", put)
+    staged = seen[:-1]
+    assert len(staged) >= 10, "120 records in transactions of 7"
+    # while staging: a marker, the old horizon, the old listing (earlier staged
+    # transactions are committed and visible to LMDB readers, not to views)
+    assert all(s == (True, t1, 3, True) for s in staged[1:]), staged
+    with repo.read_txn() as txn:
+        assert txn.get(pending_key(vol.id), db=repo.dbs[DB_META]) is None
+        vol = get_volume_by_id(repo, txn, vol.id)
+    assert vol.horizon == t2 and _past_horizon(repo, vol.id) == 0
+    v = View(repo, vol, t2)
+    assert [n for n, _ in v.listdir(b"d")] == [f"f{i:04d}".encode() for i in range(40)]
+    e = v.lookup(b"d/f0039")
+    assert e.file_id == 139 and v.read(e, 0, e.size) == b"file 39\n" * 50
+    assert View(repo, vol, t1).lookup(b"d/f0039") is None
+    assert not check(repo, read_data=True).problems
+
+
+def test_a_crash_while_staging_is_rolled_back_by_the_next_writer(tmp_path, monkeypatch):
+    repo, vol, t1 = _staging_repo(tmp_path, monkeypatch)
+    calls = []
+    put = writer._put_records
+
+    def dying(txn, records):
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt("killed between staged transactions")
+        put(txn, records)
+
+    monkeypatch.setattr(writer, "_put_records", dying)
+    b = _build(repo, vol, 40, first_fid=100)
+    try:
+        b.commit({"kind": "test"})
+    except KeyboardInterrupt:
+        pass
+    b.abort()
+    monkeypatch.setattr(writer, "_put_records", put)
+    with repo.read_txn() as txn:
+        assert txn.get(pending_key(vol.id), db=repo.dbs[DB_META]) is not None
+        fresh = get_volume_by_id(repo, txn, vol.id)
+    assert fresh.horizon == t1 and _past_horizon(repo, vol.id) > 0
+    assert [n for n, _ in View(repo, fresh, 2**63).listdir(b"d")] == [
+        b"f0000", b"f0001", b"f0002"], "staged records stay invisible"
+
+    with repo.writer_lock():  # the next writer cleans up first
+        pass
+    with repo.read_txn() as txn:
+        assert txn.get(pending_key(vol.id), db=repo.dbs[DB_META]) is None
+        fids = [INODE_VALUE.unpack(v)[0] for _, v in txn.cursor(db=repo.dbs[DB_INODES])]
+    assert _past_horizon(repo, vol.id) == 0
+    assert sorted(fids) == [1, 2, 3], "mappings to file ids never committed are gone"
+    vol = fresh
+    t3 = _build(repo, vol, 5, first_fid=vol.next_file_id).commit({"kind": "test"})
+    assert t3 > t1 and len(View(repo, vol, t3).listdir(b"d")) == 5
+    assert not check(repo, read_data=True).problems

@@ -13,6 +13,7 @@ from functools import lru_cache
 from anytime.store import timeline
 from anytime.store.errors import PathNotFound
 from anytime.store.format import FLAG_UNSTABLE, KIND_DELETED, KIND_DIR, KIND_SYMLINK, Entry
+from anytime.store.volumes import get_volume_by_id
 from anytime.vfs.instants import format_instant
 
 from .cmd_repo import open_repo
@@ -124,7 +125,8 @@ def cmd_log(args) -> int:
                                  "labels": sorted(labels_at.get(t, []))})
             else:
                 prev = None
-                for t, e in timeline.entry_versions(repo, txn, vid, target.path):
+                horizon = get_volume_by_id(repo, txn, vid).horizon  # this txn's
+                for t, e in timeline.entry_versions(repo, txn, vid, target.path, horizon):
                     rows.append({"instant": format_instant(t), "instant_ns": t,
                                  "change": change_of(prev, e), "kind": e.kind,
                                  "size": e.size if not e.deleted else None,

@@ -226,7 +226,7 @@ class Namespace:
             e = self.view(MAX_INSTANT).lookup(b"")
             return (self.vol.horizon, e) if e else None
         with self.repo.read_txn() as txn:
-            return timeline.last_alive(self.repo, txn, self._vol.id, inner)
+            return timeline.last_alive(self.repo, txn, self._vol.id, inner, self.vol.horizon)
 
     def _versions(self, path: bytes, rest: list[bytes]) -> Node:
         inner = b""
@@ -268,7 +268,8 @@ class Namespace:
         out: list[tuple[int, Entry]] = []
         prev = None
         with self.repo.read_txn() as txn:
-            for t, e in timeline.entry_versions(self.repo, txn, self._vol.id, inner):
+            for t, e in timeline.entry_versions(self.repo, txn, self._vol.id, inner,
+                                                until=self.vol.horizon):
                 if e.kind != KIND_FILE:
                     prev = None
                     continue
@@ -402,7 +403,7 @@ class Namespace:
         full = (e.size + 511) // 512
         if nblocks == 0 or nblocks > 65536 or (e.flags & FLAG_DENSE and e.nlink == 1):
             return full
-        key = (e.file_id, view.instant, e.size)
+        key = (e.file_id, view.at, e.size)  # view.at <= horizon: final, cacheable
         hit = self._blocks_cache.get(key)
         if hit is not None:
             return hit
@@ -415,7 +416,7 @@ class Namespace:
             data = sum((last_len if i == nblocks - 1 else view.bs)
                        for i, b in enumerate(ids) if b != HOLE_ID)
             n = (data + 511) // 512
-        if nblocks > 1 and view.instant <= self._vol.horizon:
+        if nblocks > 1:
             with self._lock:
                 if len(self._blocks_cache) > 100_000:
                     self._blocks_cache.clear()

@@ -6,6 +6,11 @@ filesystem; the CLI, the FUSE/WinFsp adapter and the web page only translate it.
 A :class:`View` holds no LMDB transaction between calls: each call opens a short read
 transaction, so a view may be shared by threads and never blocks the writer. A view
 at or before the volume's horizon never changes (the namespace calls it final).
+
+A view never looks past the horizon of the volume record it was given: it reads at
+``at = min(instant, horizon)``. Records after the horizon belong to a commit still
+being written (a staged commit, store/writer.py) and show only once it lands; a view
+of a later instant made after that sees them.
 """
 
 from __future__ import annotations
@@ -28,15 +33,16 @@ class View:
         self.repo = repo
         self.vol = vol
         self.instant = instant
+        self.at = min(instant, vol.horizon)  # what lookups read: never past the horizon
         self.bs = vol.block_size
 
     def lookup(self, path: bytes) -> Entry | None:
         with self.repo.read_txn() as txn:
-            return timeline.entry_at(self.repo, txn, self.vol.id, path, self.instant)
+            return timeline.entry_at(self.repo, txn, self.vol.id, path, self.at)
 
     def listdir(self, path: bytes) -> list[tuple[bytes, Entry]]:
         with self.repo.read_txn() as txn:
-            return timeline.list_dir_at(self.repo, txn, self.vol.id, path, self.instant)
+            return timeline.list_dir_at(self.repo, txn, self.vol.id, path, self.at)
 
     def block_ids(self, entry: Entry, offset: int, size: int) -> tuple[int, list[bytes]]:
         """(first block number, ids) of the blocks covering [offset, offset+size)."""
@@ -46,7 +52,7 @@ class View:
         first, last = offset // self.bs, (end - 1) // self.bs
         with self.repo.read_txn() as txn:
             return first, timeline.blocks_at(self.repo, txn, self.vol.id, entry.file_id,
-                                             first, last - first + 1, self.instant)
+                                             first, last - first + 1, self.at)
 
     def read(self, entry: Entry, offset: int, size: int) -> bytes:
         """Bytes [offset, offset+size) of a file entry; holes read as zeros, untouched."""
@@ -60,7 +66,7 @@ class View:
         parts = []
         with self.repo.read_txn() as txn:
             ids = timeline.blocks_at(self.repo, txn, self.vol.id, entry.file_id, first,
-                                     last - first + 1, self.instant)
+                                     last - first + 1, self.at)
             for i, bid in enumerate(ids):
                 bstart = (first + i) * bs
                 blen = min(bs, entry.size - bstart)
