@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from anytime.store import clock
-from anytime.store.errors import AnytimeError, UnknownVolume
+from anytime.store.errors import AnytimeError, PathNotFound, UnknownVolume, UsageError
 from anytime.store.volumes import (
     create_volume,
     get_volume,
@@ -46,9 +46,12 @@ def snapshot(repo, path: str, name: str | None = None, label: str | None = None,
              progress=None, workers: int | None = None) -> ScanReport:
     """Capture the tree at ``path`` as one commit of its volume (created on first use)."""
     source = os.path.abspath(path)
+    if not os.path.lexists(source):
+        raise PathNotFound(f"{source} does not exist; snapshot takes an existing directory "
+                           f"tree")
     if not os.path.isdir(source):
-        raise AnytimeError(f"{source} is not a directory (or does not exist); "
-                           f"snapshot takes a directory tree")
+        raise UsageError(f"{source} is not a directory; snapshot takes a directory tree "
+                         f"(to protect one file, snapshot the directory that holds it)")
     with repo.writer_lock():
         vol = _volume_for(repo, source, name)
         scanner = Scanner(repo, vol, os.fsencode(source), progress=progress, workers=workers)

@@ -611,6 +611,15 @@ def test_cat_of_a_path_absent_at_t(anytime, repo, src_dir):
     assert b"directory" in r.stderr
 
 
+def test_snapshot_of_a_missing_path_or_a_file(anytime, repo, src_dir, tmp_path):
+    r = anytime("snapshot", tmp_path / "no such dir", check=13)
+    assert b"does not exist" in r.stderr and b"Traceback" not in r.stderr
+    (src_dir / "f").write_bytes(b"f")
+    r = anytime("snapshot", src_dir / "f", check=2)
+    assert b"is not a directory" in r.stderr
+    assert js(anytime("volumes", "--json")) == [], "nothing was created"
+
+
 def test_instant_before_history_says_when_it_starts(anytime, repo, src_dir):
     (src_dir / "f").write_bytes(b"f")
     s = snap(anytime, src_dir)
