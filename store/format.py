@@ -15,8 +15,13 @@ from dataclasses import dataclass, field
 import blake3
 
 FORMAT_VERSION = 1
+#: A writer of this repository may stage a commit (store/writer.py): readers must stop at
+#: a volume's horizon, and writers must roll back a ``pending`` commit first. Listed in
+#: new repositories, and added to older ones by their first staged commit, so that
+#: programs that do neither refuse the repository.
+FEATURE_STAGED = "staged-commits"
 #: Feature flags this program understands; a repository listing another is refused.
-KNOWN_FEATURES: frozenset[str] = frozenset()
+KNOWN_FEATURES: frozenset[str] = frozenset({FEATURE_STAGED})
 
 # --- packs -------------------------------------------------------------------------
 PACK_MAGIC = b"ANYTPACK"

@@ -87,28 +87,19 @@ class PackWriter:
         self.finished.append((self._id, self._size, self._records))
         self._fd = None
 
-    def rotate(self) -> None:
-        """Close (and fsync) the open pack now; the next append starts a new one."""
-        with self.lock:
-            self._close()
-
-    def closed(self) -> list[tuple[bytes, int, int]]:
-        """Packs closed (and fsynced) so far: (pack id, size, records)."""
-        with self.lock:
-            return list(self.finished)
-
     def sync(self) -> list[tuple[bytes, int, int]]:
         """Close the open pack and make every pack written durable; returns them all."""
         with self.lock:
             self._close()
-            dirs = {os.path.dirname(pack_path(self.root, p)) for p, _, _ in self.finished}
-        for d in dirs | {os.path.join(self.root, "packs")}:
+            done = list(self.finished)  # what we return is what we made durable
+        for d in {os.path.dirname(pack_path(self.root, p)) for p, _, _ in done} | {
+                os.path.join(self.root, "packs")}:
             fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        return list(self.finished)
+        return done
 
     def abort(self, keep: set[bytes] = frozenset()) -> None:
         """Drop the packs written by this writer that nothing references (all but

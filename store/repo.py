@@ -131,6 +131,17 @@ class BlockCache:
                 self._bytes -= len(old)
 
 
+def _write_config(root: str, config: dict) -> None:
+    """Write ``config`` atomically: to config.tmp, fsync, rename, fsync the directory."""
+    tmp = os.path.join(root, "config.tmp")
+    with open(tmp, "w") as f:
+        json.dump(config, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, os.path.join(root, "config"))
+    _fsync_dir(root)
+
+
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -178,14 +189,16 @@ class Repository:
             "created_ns": clock.now_ns(),
         }
         os.makedirs(os.path.join(root, "index"), exist_ok=True)
-        tmp = os.path.join(root, "config.tmp")
-        with open(tmp, "w") as f:
-            json.dump(config, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, os.path.join(root, "config"))  # the config file marks a repository
-        _fsync_dir(root)
+        _write_config(root, config)  # the config file marks a repository
         return cls(root, config)
+
+    def require_feature(self, name: str) -> None:
+        """List feature ``name`` in the config (once), so that programs that do not know
+        it refuse this repository from now on."""
+        features = self.config.get("features", [])
+        if name not in features:
+            self.config["features"] = sorted({*features, name})
+            _write_config(self.root, self.config)
 
     @classmethod
     def open(cls, root: str) -> Repository:

@@ -45,6 +45,7 @@ from .format import (
     DB_META,
     DB_PACKS,
     DB_VOLUMES,
+    FEATURE_STAGED,
     HOLE_ID,
     INODE_VALUE,
     PACK_INFO,
@@ -162,19 +163,20 @@ class CommitBuilder:
             self._flush_blocks()
         return bid
 
-    def _flush_blocks(self) -> None:
+    def _flush_blocks(self, wait: bool = False) -> None:
         """Close the open pack, index the new blocks of closed (fsynced) packs, then
         forget them, so memory does not grow with the size of a commit.
 
         Their packs are listed in ``packs`` with commit instant 0 until the commit
         rewrites them. If the process dies before committing, these blocks stay indexed
         but referenced by no commit: a later snapshot dedups against them, and prune
-        reclaims them."""
-        if not self._flush_lock.acquire(blocking=False):
+        reclaims them. A worker that finds another flushing goes on (``wait`` False);
+        the commit waits."""
+        if not self._flush_lock.acquire(blocking=wait):
             return  # another thread is flushing
         try:
-            self.packw.rotate()  # so that every pending block is in a durable pack
-            closed = {p: (size, n) for p, size, n in self.packw.closed()}
+            # every pending block in a durable pack, with a durable directory entry
+            closed = {p: (size, n) for p, size, n in self.packw.sync()}
             with self._lock:
                 todo = [(bid, loc) for bid, loc in self._new_blocks.items()
                         if loc is not None and loc[0] in closed]
@@ -190,7 +192,8 @@ class CommitBuilder:
                                 txn.put(pack_id, PACK_INFO.pack(size, n, 0), db=dbs[DB_PACKS])
                     _put_sorted(txn, dbs[DB_BLOCKS], ((bid, BLOCK_LOC.pack(*loc))
                                                       for bid, loc in todo[i:i + BLOCKS_PER_TXN]))
-            self._flushed_packs.update(closed)
+                if i == 0:  # listed: an abort must keep them (their blocks are indexed)
+                    self._flushed_packs.update(closed)
             with self._lock:
                 for bid, _ in todo:
                     del self._new_blocks[bid]
@@ -231,10 +234,11 @@ class CommitBuilder:
         batch = list(itertools.islice(records, STAGE_RECORDS))
         staged = False
         if len(self._new_blocks) > BLOCKS_PER_TXN:
-            self._flush_blocks()
+            self._flush_blocks(wait=True)
         while more := list(itertools.islice(records, STAGE_RECORDS)):
             if not staged:  # every new block indexed before a staged record names it
-                self._flush_blocks()
+                repo.require_feature(FEATURE_STAGED)
+                self._flush_blocks(wait=True)
             with repo.env.begin(write=True) as txn:  # staged: invisible, past the horizon
                 if not staged:
                     txn.put(pending_key(vid), suffix, db=dbs[DB_META])

@@ -540,6 +540,8 @@ def test_kill_9_while_a_large_commit_is_staged(anytime, repo, repo_dir, src_dir)
     assert anytime("ls", src_dir / "a", check=0).stdout == want
     assert js(anytime("volumes", "--json"))[0]["commits"] == 1
     assert anytime("log", src_dir / "a" / "new0000", check=None).returncode != 0
+    assert js(anytime("find", "new0*", "--json", check=0)) == []
+    assert len(js(anytime("find", "old*", "--json", check=0))) == 5
     with view_at(repo_dir, "src") as v:
         assert v.instant == MAX_INSTANT and v.at == s1["instant_ns"]
 
@@ -550,6 +552,7 @@ def test_kill_9_while_a_large_commit_is_staged(anytime, repo, repo_dir, src_dir)
     assert anytime("cat", src_dir / "a" / "new1499", check=0).stdout == b"new 1499"
     assert [r["change"] for r in js(anytime("log", src_dir / "a" / "new0000", "--json"))] \
         == ["created"]
+    assert len(js(anytime("find", "new0*", "--json", check=0))) == 1000
     assert b"no problems found" in anytime("check", check=0).stdout
 
 

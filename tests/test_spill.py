@@ -177,3 +177,51 @@ def test_a_crash_while_staging_is_rolled_back_by_the_next_writer(tmp_path, monke
     t3 = _build(repo, vol, 5, first_fid=vol.next_file_id).commit({"kind": "test"})
     assert t3 > t1 and len(View(repo, vol, t3).listdir(b"d")) == 5
     assert not check(repo, read_data=True).problems
+
+
+def test_an_interrupted_block_flush_keeps_the_packs_it_listed(tmp_path, monkeypatch):
+    """A failure between two block-index transactions, then abort: every indexed block
+    still reads (its pack was listed in the first transaction and is kept)."""
+    monkeypatch.setattr(writer, "BLOCKS_PER_TXN", 5)
+    monkeypatch.setenv("ANYTIME_PACK_TARGET", "4096")
+    repo, vol = _repo_with_volume(tmp_path / "r")
+    b = writer.CommitBuilder(repo, vol)
+    blocks = [os.urandom(1500) for _ in range(30)]
+    for d in blocks:
+        b.store_block(d)
+    calls = []
+    put = writer._put_sorted
+
+    def failing(txn, db, items, suffix=b""):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return put(txn, db, items, suffix)
+
+    monkeypatch.setattr(writer, "_put_sorted", failing)
+    try:
+        b.commit({"kind": "test"})
+    except OSError:
+        pass
+    monkeypatch.setattr(writer, "_put_sorted", put)
+    b.abort()
+    rep = check(repo, read_data=True)
+    assert rep.blocks >= 5 and not rep.problems, rep.problems
+
+
+def test_a_repository_made_before_staging_gets_the_feature_flag(tmp_path, monkeypatch):
+    """Programs that do not stop at the horizon must refuse a repository that stages."""
+    import json
+
+    monkeypatch.setattr(writer, "STAGE_RECORDS", 7)
+    repo, vol = _repo_with_volume(tmp_path / "r")
+    cfg = tmp_path / "r" / "config"
+    old = json.loads(cfg.read_text())
+    old["features"] = []  # as written before staged commits existed
+    cfg.write_text(json.dumps(old))
+    repo.close()
+    repo = Repository.open(str(tmp_path / "r"))
+    _build(repo, vol, 2).commit({"kind": "test"})  # 6 records: not staged
+    assert json.loads(cfg.read_text())["features"] == []
+    _build(repo, vol, 5, first_fid=10).commit({"kind": "test"})  # staged
+    assert json.loads(cfg.read_text())["features"] == ["staged-commits"]

@@ -19,7 +19,7 @@ from anytime.store.format import (
     join_path,
     label_key,
 )
-from anytime.store.volumes import list_volumes
+from anytime.store.volumes import get_volume_by_id, list_volumes
 from anytime.vfs.instants import format_instant, parse_instant
 
 from .cmd_repo import open_repo, run_hook
@@ -128,7 +128,9 @@ def cmd_find(args) -> int:
 
 
 def _find_in_volume(repo, txn, vol, match, since, until, deleted_only) -> list[dict]:
-    """Scan the volume's entries once, in key order (all versions of a path adjacent)."""
+    """Scan the volume's entries once, in key order (all versions of a path adjacent).
+    Versions past the volume's horizon (a commit still being written) are left out."""
+    horizon = get_volume_by_id(repo, txn, vol.id).horizon  # as of this transaction
     prefix = U32.pack(vol.id)
     cur = txn.cursor(db=repo.dbs[DB_ENTRIES])
     rows = []
@@ -169,8 +171,9 @@ def _find_in_volume(repo, txn, vol, match, since, until, deleted_only) -> list[d
         if path != current:
             flush()
             current, versions = path, []
-        if match(path, name):
-            versions.append((U64.unpack(key[-8:])[0], Entry.decode(val)))
+        t = U64.unpack(key[-8:])[0]
+        if t <= horizon and match(path, name):
+            versions.append((t, Entry.decode(val)))
     flush()
     return rows
 

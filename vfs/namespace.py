@@ -173,8 +173,9 @@ class Namespace:
         e = view.lookup(inner)
         if e is None:
             raise _enoent(path)
+        # final as of the volume record the view reads with (not a newer one)
         return Node("entry", path, view, inner, e, self.slot(instant),
-                    stable and self.final(instant))
+                    stable and instant <= view.vol.horizon)
 
     def _latest_instant(self) -> int:
         now = clock.monotonic()
@@ -261,7 +262,7 @@ class Namespace:
         e = view.lookup(inner)
         if e is None or e.kind != KIND_FILE:
             raise _enoent(path)
-        return Node("entry", path, view, inner, e, self.slot(t), self.final(t))
+        return Node("entry", path, view, inner, e, self.slot(t), t <= view.vol.horizon)
 
     def file_versions(self, inner: bytes) -> list[tuple[int, Entry]]:
         """Distinct versions of a regular file (metadata-only changes skipped), oldest first."""
