@@ -214,6 +214,7 @@ class Scanner:
             self.report.changed += 1
         before = {n: e for n, e in timeline.list_dir_at(self.repo, self.txn, self.vid, rel,
                                                          MAX_INSTANT)}
+        self.repo.map_trimmer.touched(1 + len(before) // 64)  # about one page per 64 names
         seen = set()
         subdirs = []
         with it:
@@ -526,6 +527,7 @@ class Scanner:
                     self.builder.put_block_version(job.file_id, i, new)
         self.builder.put_entry(job.path, e)
         self.builder.map_inode(e.src_dev, e.src_ino, e.file_id, e.mtime_ns, e.size)
+        self.repo.map_trimmer.touched()  # the index lookups for this file
 
 
 def _recent(job: _FileJob) -> bool:

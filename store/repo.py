@@ -53,6 +53,7 @@ from .format import (
     ZSTD_LEVEL,
     vol_key,
 )
+from .mapping import MapTrimmer
 from .packs import PackReader
 
 #: Address space reserved for the index up front: growing it later would invalidate
@@ -168,6 +169,8 @@ class Repository:
             self.dbs = {name: self.env.open_db(name, txn=txn) for name in ALL_DBS}
         self.packs = PackReader(root)
         self.cache = BlockCache()
+        #: writers and scans note their index accesses here (see store/mapping.py)
+        self.map_trimmer = MapTrimmer(os.path.join(root, "index", "data.mdb"))
         self._dctx_pool: list[zstandard.ZstdDecompressor] = []
 
     # --- opening ---------------------------------------------------------------------

@@ -63,6 +63,7 @@ from .format import (
     split_path,
     vol_key,
 )
+from .mapping import TRIM_EVERY
 from .packs import PackWriter
 from .spill import SortedSpill
 from .volumes import Volume, put_volume
@@ -75,26 +76,33 @@ FLUSH_BLOCKS = 65_536
 #: large database (block ids are random), so these bound memory whatever the sizes of
 #: the commit and the repository. ``ANYTIME_STAGE_RECORDS`` overrides the first (tests).
 STAGE_RECORDS = int(os.environ.get("ANYTIME_STAGE_RECORDS") or 10_000)
-BLOCKS_PER_TXN = 8_192
+BLOCKS_PER_TXN = 2_048
 
 
-def _put_sorted(txn, db, items, suffix: bytes = b"") -> None:
+def _put_sorted(txn, db, items, suffix: bytes = b"", trim=None) -> None:
     """Put key-sorted ``items`` (each key extended by ``suffix``); append (pages filled,
-    not split) when they all sort after the database's last key."""
+    not split) when they all sort after the database's last key. With ``trim`` (a
+    :class:`~anytime.store.mapping.MapTrimmer`), count the puts so the index pages they
+    map do not pile up in memory."""
     it = iter(items)
     first = next(it, None)
     if first is None:
         return
     cur = txn.cursor(db=db)
     append = not cur.last() or cur.key() < first[0] + suffix
-    cur.putmulti(itertools.chain([(first[0] + suffix, first[1])],
-                                 ((k + suffix, v) for k, v in it)), append=append)
+    pairs = itertools.chain([(first[0] + suffix, first[1])], ((k + suffix, v) for k, v in it))
+    if trim is None:
+        cur.putmulti(pairs, append=append)
+        return
+    while chunk := list(itertools.islice(pairs, TRIM_EVERY)):
+        cur.putmulti(chunk, append=append)
+        trim.touched(len(chunk))
 
 
-def _put_records(txn, records: list[tuple]) -> None:
+def _put_records(txn, records: list[tuple], trim=None) -> None:
     """Put (database, key, value) records, key-sorted within each run of one database."""
     for db, run in itertools.groupby(records, key=lambda r: r[0]):
-        _put_sorted(txn, db, ((k, v) for _, k, v in run))
+        _put_sorted(txn, db, ((k, v) for _, k, v in run), trim=trim)
 
 
 class CommitBuilder:
@@ -145,6 +153,7 @@ class CommitBuilder:
             self._new_blocks[bid] = None  # reserve: another thread may race us
         with self.repo.env.begin() as txn:
             known = txn.get(bid, db=self.repo.dbs[DB_BLOCKS]) is not None
+        self.repo.map_trimmer.touched()
         if known:
             with self._lock:
                 del self._new_blocks[bid]
@@ -191,7 +200,8 @@ class CommitBuilder:
                             if pack_id not in self._flushed_packs:
                                 txn.put(pack_id, PACK_INFO.pack(size, n, 0), db=dbs[DB_PACKS])
                     _put_sorted(txn, dbs[DB_BLOCKS], ((bid, BLOCK_LOC.pack(*loc))
-                                                      for bid, loc in todo[i:i + BLOCKS_PER_TXN]))
+                                                      for bid, loc in todo[i:i + BLOCKS_PER_TXN]),
+                                trim=self.repo.map_trimmer)
                 if i == 0:  # listed: an abort must keep them (their blocks are indexed)
                     self._flushed_packs.update(closed)
             with self._lock:
@@ -242,15 +252,15 @@ class CommitBuilder:
             with repo.env.begin(write=True) as txn:  # staged: invisible, past the horizon
                 if not staged:
                     txn.put(pending_key(vid), suffix, db=dbs[DB_META])
-                _put_records(txn, batch)
+                _put_records(txn, batch, trim=repo.map_trimmer)
             staged, batch = True, more
         with repo.env.begin(write=True) as txn:  # 2. the one commit point
             for pack_id, size, nrec in packs:
                 txn.put(pack_id, PACK_INFO.pack(size, nrec, t), db=dbs[DB_PACKS])
             _put_sorted(txn, dbs[DB_BLOCKS], sorted(
                 (bid, BLOCK_LOC.pack(*loc)) for bid, loc in self._new_blocks.items()
-                if loc is not None))
-            _put_records(txn, batch)
+                if loc is not None), trim=repo.map_trimmer)
+            _put_records(txn, batch, trim=repo.map_trimmer)
             record = dict(info, packs=len(packs), **self.stats)
             if label:
                 record["label"] = label
