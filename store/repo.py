@@ -169,7 +169,7 @@ class Repository:
             self.dbs = {name: self.env.open_db(name, txn=txn) for name in ALL_DBS}
         self.packs = PackReader(root)
         self.cache = BlockCache()
-        #: writers and scans note their index accesses here (see store/mapping.py)
+        #: index accesses are counted here (read_txn, writers, scans; store/mapping.py)
         self.map_trimmer = MapTrimmer(os.path.join(root, "index", "data.mdb"))
         self._dctx_pool: list[zstandard.ZstdDecompressor] = []
 
@@ -240,7 +240,10 @@ class Repository:
 
     # --- reading ---------------------------------------------------------------------
     def read_txn(self) -> lmdb.Transaction:
-        """A read transaction: a consistent view of the index; keep it short."""
+        """A read transaction: a consistent view of the index; keep it short. Counted as
+        an index access (:class:`MapTrimmer`), so long-running readers such as a mount
+        do not accumulate mapped index pages either."""
+        self.map_trimmer.touched()
         return self.env.begin(buffers=False)
 
     def _decompress(self, stored: bytes, raw_len: int) -> bytes:
