@@ -3,14 +3,10 @@
 Terms:
   stat cache   the previous version of each path, read from the index. A regular file
                whose kind, size, mtime, ctime and inode all match it is not read again.
-  segment      up to ``SEGMENT_BLOCKS`` consecutive blocks of one file; segments are
-               read, hashed and compressed by a pool of threads (both cores work even
-               on one large file).
+  segment,     what the worker threads read (capture/reader.py): segments of large
+  probe        files, and new paths that look like regular files, in batches.
   unstable     a file that kept changing while it was read: after ``RETRIES`` reads
                whose before/after stat differ, it is recorded with ``FLAG_UNSTABLE``.
-  probe        a path with no previous version that d_type says is a regular file: the
-               walking thread does not stat it; a worker opens, stats and reads it (or
-               hands it back when it is large, hardlinked or not a regular file).
   recent       a file whose ctime is less than ``RECENT_NS`` before its read began.
                write(2) stamps a file when it starts, so a write still copying data
                when the read begins leaves the before and after stats equal. A recent
@@ -29,7 +25,6 @@ import errno
 import os
 import stat as st_
 import sys
-import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -55,7 +50,8 @@ from anytime.store.format import (
 from anytime.store.localfs import read_xattrs
 from anytime.store.writer import CommitBuilder
 
-SEGMENT_BLOCKS = 8
+from .reader import OPEN_FLAGS, SEGMENT_BLOCKS, FileReader
+
 RETRIES = 3
 RECENT_NS = 1_000_000_000
 #: GIL switch interval while scanning (seconds; CPython's default is 0.005).
@@ -63,9 +59,6 @@ SWITCH_INTERVAL = 0.0005
 MAX_INFLIGHT_SEGMENTS = 128
 #: Files of one segment or less are handed to the workers this many at a time.
 BATCH_FILES = 16
-_SEEK_DATA = getattr(os, "SEEK_DATA", 3)
-_SEEK_HOLE = getattr(os, "SEEK_HOLE", 4)
-_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 def unchanged(prev: Entry | None, s: os.stat_result, kind: int) -> bool:
@@ -128,7 +121,7 @@ class Scanner:
         # cores stay busy compressing (measured: 0.64 s vs 0.76 s on the stdlib tree).
         self.pool = ThreadPoolExecutor(max_workers=workers or (os.cpu_count() or 2) + 1,
                                        thread_name_prefix="anytime-read")
-        self._cpu_slots = threading.BoundedSemaphore(os.cpu_count() or 2)
+        self.reader = FileReader(self.builder.store_block, self.bs, os.cpu_count() or 2)
         self.report = ScanReport(volume=vol.name)
         self.pending: deque[_FileJob] = deque()
         self.inflight = 0
@@ -292,7 +285,7 @@ class Scanner:
     # --- files ---------------------------------------------------------------------------
     def _record_new_file(self, rel: bytes, abspath: bytes) -> None:
         """A path with no previous version that looks like a regular file: read it in a
-        worker straight away (see :meth:`_read_small` with ``probe``)."""
+        worker straight away (see :meth:`FileReader.read_small` with ``probe``)."""
         self.report.changed += 1
         job = _FileJob(rel, abspath, None, None, None, 0, False, probe=True)
         self._submit(job)
@@ -333,7 +326,7 @@ class Scanner:
         job = _FileJob(rel, abspath, e, None, s, fid, existing)
         if s.st_size > SEGMENT_BLOCKS * self.bs:
             try:
-                job.fd = os.open(abspath, _OPEN_FLAGS)
+                job.fd = os.open(abspath, OPEN_FLAGS)
             except OSError as err:
                 self._open_failed(job, err)
                 return
@@ -373,74 +366,18 @@ class Scanner:
         size = job.before.st_size
         sparse = job.before.st_blocks * 512 < size
         nblocks = (size + self.bs - 1) // self.bs
-        job.segments = [self.pool.submit(self._read_big_segment, job.fd, first,
+        job.segments = [self.pool.submit(self.reader.read_big_segment, job.fd, first,
                                          min(SEGMENT_BLOCKS, nblocks - first), size, sparse)
                         for first in range(0, nblocks, SEGMENT_BLOCKS)]
         self.inflight += len(job.segments)
 
     def _flush_batch(self) -> None:
         if self._batch:
-            fut = self.pool.submit(self._read_batch, [(j.abspath, j.probe)
+            fut = self.pool.submit(self.reader.read_batch, [(j.abspath, j.probe)
                                                       for j in self._batch])
             for j in self._batch:
                 j.segments = [fut]
             self._batch = []
-
-    def _read_batch(self, paths: list[tuple[bytes, bool]]) -> list:
-        """:meth:`_read_small` for each (path, probe); an OSError is returned in its place."""
-        out = []
-        for p, probe in paths:
-            try:
-                out.append(self._read_small(p, probe))
-            except OSError as err:
-                out.append(err)
-        return out
-
-    def _read_small(self, abspath: bytes, probe: bool = False):
-        """Open, read, store and close a file of at most one segment, in a worker thread.
-
-        Returns (block ids, stat before, stat after, xattrs, kernel time before). With
-        ``probe`` (a new path the main thread did not stat), a file that is not a plain
-        regular file of at most one segment with one link is not read: ``("defer",
-        stat)`` hands it back to the main thread's full path.
-        """
-        fd = os.open(abspath, _OPEN_FLAGS)
-        try:
-            started = clock.file_time_ns()
-            before = os.fstat(fd)
-            if probe and (not st_.S_ISREG(before.st_mode) or before.st_nlink > 1
-                          or before.st_size > SEGMENT_BLOCKS * self.bs):
-                return "defer", before
-            xattrs = read_xattrs(fd)
-            size = before.st_size
-            nblocks = (size + self.bs - 1) // self.bs
-            ids = self._read_segment(fd, 0, nblocks, size, before.st_blocks * 512 < size)
-            return ids, before, os.fstat(fd), xattrs, started
-        finally:
-            os.close(fd)
-
-    def _read_big_segment(self, *args) -> list[bytes]:
-        """A segment of a large file: at most one per core at a time (the extra worker is
-        for small files, whose opens and reads wait on the kernel, not for compression)."""
-        with self._cpu_slots:
-            return self._read_segment(*args)
-
-    def _read_segment(self, fd: int, first: int, count: int, size: int, sparse: bool
-                      ) -> list[bytes]:
-        bs = self.bs
-        ids = []
-        store = self.builder.store_block
-        for b in range(first, first + count):
-            off = b * bs
-            n = min(bs, size - off)
-            if sparse and _all_hole(fd, off, n):
-                ids.append(HOLE_ID)
-                continue
-            data = os.pread(fd, n, off)
-            if len(data) < n:  # shrank while read; the stat check will notice
-                data += bytes(n - len(data))
-            ids.append(store(data))
-        return ids
 
     def _drain(self, limit: int) -> None:
         while self.pending and self.inflight > limit:
@@ -533,12 +470,3 @@ class Scanner:
 def _recent(job: _FileJob) -> bool:
     """True if the file changed less than RECENT_NS before its read began."""
     return job.before.st_ctime_ns > job.started_ns - RECENT_NS
-
-
-def _all_hole(fd: int, off: int, n: int) -> bool:
-    """True if [off, off+n) holds no data (sparse hole), asked without reading."""
-    try:
-        nxt = os.lseek(fd, off, _SEEK_DATA)
-    except OSError as e:
-        return e.errno == errno.ENXIO  # no data after off
-    return nxt >= off + n

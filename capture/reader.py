@@ -1,0 +1,109 @@
+"""Reading files for a scan: what the scan's worker threads run.
+
+A worker opens, stats and reads a file, and stores each block through the commit's
+``store_block`` (hash, dedup, compress, append to a pack). Small files come in batches;
+large ones in segments, at most one per core at a time. The scan (capture/scan.py)
+decides what to read and checks what was read.
+
+Terms:
+  segment   up to ``SEGMENT_BLOCKS`` consecutive blocks of one file, read as one unit of
+            work (so both cores work even on one large file).
+  probe     a path with no previous version that d_type says is a regular file: the
+            walking thread does not stat it; a worker opens, stats and reads it, or hands
+            it back (``("defer", stat)``) when it is large, hardlinked or not a regular
+            file.
+  hole      a block with no data in a sparse file, found with ``SEEK_DATA`` without
+            reading it; stored as ``HOLE_ID``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat as st_
+import threading
+
+from anytime.store import clock
+from anytime.store.format import HOLE_ID
+from anytime.store.localfs import read_xattrs
+
+SEGMENT_BLOCKS = 8
+OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+SEEK_DATA = getattr(os, "SEEK_DATA", 3)
+
+
+class FileReader:
+    """Reads files into blocks with ``store(data) -> block id``; thread-safe when
+    ``store`` is (``CommitBuilder.store_block`` is)."""
+
+    def __init__(self, store, block_size: int, cores: int):
+        self.store = store
+        self.bs = block_size
+        self._cpu_slots = threading.BoundedSemaphore(cores)
+
+    def read_batch(self, paths: list[tuple[bytes, bool]]) -> list:
+        """:meth:`read_small` for each (path, probe); an OSError is returned in its place."""
+        out = []
+        for p, probe in paths:
+            try:
+                out.append(self.read_small(p, probe))
+            except OSError as err:
+                out.append(err)
+        return out
+
+    def read_small(self, abspath: bytes, probe: bool = False):
+        """Open, read, store and close a file of at most one segment, in a worker thread.
+
+        Returns (block ids, stat before, stat after, xattrs, kernel time before). With
+        ``probe`` (a new path the main thread did not stat), a file that is not a plain
+        regular file of at most one segment with one link is not read: ``("defer",
+        stat)`` hands it back to the main thread's full path.
+        """
+        fd = os.open(abspath, OPEN_FLAGS)
+        try:
+            started = clock.file_time_ns()
+            before = os.fstat(fd)
+            if probe and (not st_.S_ISREG(before.st_mode) or before.st_nlink > 1
+                          or before.st_size > SEGMENT_BLOCKS * self.bs):
+                return "defer", before
+            xattrs = read_xattrs(fd)
+            size = before.st_size
+            nblocks = (size + self.bs - 1) // self.bs
+            ids = self.read_segment(fd, 0, nblocks, size, before.st_blocks * 512 < size)
+            return ids, before, os.fstat(fd), xattrs, started
+        finally:
+            os.close(fd)
+
+    def read_big_segment(self, *args) -> list[bytes]:
+        """A segment of a large file: at most one per core at a time (the extra worker is
+        for small files, whose opens and reads wait on the kernel, not for compression)."""
+        with self._cpu_slots:
+            return self.read_segment(*args)
+
+    def read_segment(self, fd: int, first: int, count: int, size: int, sparse: bool
+                     ) -> list[bytes]:
+        """Store blocks ``first`` .. ``first + count - 1`` of open file ``fd`` (of ``size``
+        bytes, with holes if ``sparse``); returns their ids."""
+        bs = self.bs
+        ids = []
+        store = self.store
+        for b in range(first, first + count):
+            off = b * bs
+            n = min(bs, size - off)
+            if sparse and all_hole(fd, off, n):
+                ids.append(HOLE_ID)
+                continue
+            data = os.pread(fd, n, off)
+            if len(data) < n:  # shrank while read; the stat check will notice
+                data += bytes(n - len(data))
+            ids.append(store(data))
+        return ids
+
+
+def all_hole(fd: int, off: int, n: int) -> bool:
+    """True if [off, off+n) holds no data (sparse hole), asked without reading."""
+    try:
+        nxt = os.lseek(fd, off, SEEK_DATA)
+    except OSError as e:
+        return e.errno == errno.ENXIO  # no data after off
+    return nxt >= off + n
