@@ -36,6 +36,10 @@ def utc(*args, ns=0):
     ("2026-11-24T10:03:17", utc(2026, 11, 24, 10, 3, 17)),  # no zone: local (TZ=UTC)
     ("2026-11-24", utc(2026, 11, 24)),
     ("  2026-11-24  ", utc(2026, 11, 24)),
+    # ISO 8601 basic form (no separators): how a mount names instants on Windows
+    ("20261124T100317.25Z", utc(2026, 11, 24, 10, 3, 17, ns=250_000_000)),
+    ("20261124T100317+0100", utc(2026, 11, 24, 9, 3, 17)),
+    ("20261124T1003Z", utc(2026, 11, 24, 10, 3)),
 ])
 def test_iso_8601(text, expected):
     assert parse_instant(text, now=NOW) == expected
@@ -110,6 +114,9 @@ ns_instants = st.integers(0, utc(9998, 12, 31, 23, 59, 59) + NS - 1)
 def test_format_round_trip(t):
     assert parse_instant(format_instant(t)) == t
     assert parse_instant(format_instant(t, utc=True)) == t
+    basic = format_instant(t, utc=True, basic=True)
+    assert parse_instant(basic) == t and ":" not in basic and "-" not in basic
+    assert parse_instant(format_instant(t, basic=True)) == t
 
 
 @given(ns_instants)
@@ -126,6 +133,12 @@ def test_format_round_trip_in_another_zone(t):
     finally:
         os.environ["TZ"] = old or "UTC"
         time.tzset()
+
+
+def test_format_shape_basic():
+    t = utc(2026, 11, 24, 10, 3, 17, ns=250_000_000)
+    assert format_instant(t, utc=True, basic=True) == "20261124T100317.25Z"
+    assert format_instant(utc(2026, 11, 24, 10, 3, 17), basic=True) == "20261124T100317+0000"
 
 
 def test_format_shape():

@@ -428,6 +428,7 @@ def test_namespace_root_selection(anytime, src_dir, repo_dir):
     """The root lists every commit while there are few (platform-neutral core)."""
     from anytime.store.repo import Repository
     from anytime.store.volumes import get_volume
+    from anytime.vfs.instants import format_instant
     from anytime.vfs.namespace import Namespace
 
     anytime("init", check=0)
@@ -442,3 +443,14 @@ def test_namespace_root_selection(anytime, src_dir, repo_dir):
         assert ns.root_selection() == ts[::-1]
         node = ns.resolve(b"/versions/f")
         assert [t for t, _ in ns.file_versions(node.inner)] == ts
+        # Windows: names without ':' (ISO 8601 basic form); both forms open
+        win = Namespace(repo, vol, basic_names=True)
+        names = [n for n, _ in win.listdir(win.resolve(b"/"))]
+        basic = [format_instant(t, utc=True, basic=True).encode() for t in ts[::-1]]
+        assert names[3:] == basic and not any(b":" in n for n in names)
+        assert [n for n, _ in win.listdir(win.resolve(b"/versions/f"))] == basic[::-1]
+        for t in ts:
+            for name in (format_instant(t, utc=True, basic=True),
+                         format_instant(t, utc=True)):
+                assert win.read(win.resolve(f"/{name}/f".encode()), 0, 10) == \
+                    str(ts.index(t)).encode()

@@ -104,7 +104,8 @@ def _namespace(args):
             # makes the mount final (kernel-cached) and closes the race with a commit
             # in flight whose instant would still be <= at.
             at = target.vol.horizon
-        return repo, Namespace(repo, target.vol, at)
+        # Windows names cannot hold ':': list instants as 20261124T100317Z there
+        return repo, Namespace(repo, target.vol, at, basic_names=sys.platform == "win32")
     except BaseException:
         repo.close()
         raise

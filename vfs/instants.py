@@ -3,7 +3,9 @@
 Accepted forms (see :func:`parse_instant`):
   ``now``; ``@EPOCH_SECONDS`` (fractions allowed); ISO 8601 with or without a zone and
   with up to nanosecond fractions (``2026-11-24T10:03:17.25+01:00``, ``2026-11-24 10:03``,
-  ``2026-11-24``; no zone means local time); relative (``10 minutes ago``, ``-2h``,
+  ``2026-11-24``; no zone means local time), also in ISO 8601's basic form without
+  separators (``20261124T100317.25Z``, what a mount lists on Windows, where ``:`` cannot
+  be in a file name); relative (``10 minutes ago``, ``-2h``,
   ``yesterday 17:00``, ``today 9:30``); a label name (looked up by the caller's
   ``labels`` function).
 """
@@ -28,6 +30,8 @@ _REL_MINUS = re.compile(r"^-(\d+(?:\.\d+)?)\s*([a-z]+)$")
 _DAYWORD = re.compile(r"^(today|yesterday)(?:\s+(\d{1,2}):(\d{2})(?::(\d{2}))?)?$")
 _ISO = re.compile(r"^(\d{4}-\d{2}-\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d{1,9}))?)?)?"
                   r"\s*(Z|[+-]\d{2}(?::?\d{2})?)?$", re.IGNORECASE)
+_ISO_BASIC = re.compile(r"^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(?:(\d{2})(?:[.,](\d{1,9}))?)?"
+                        r"(Z|[+-]\d{2}(?:\d{2})?)?$", re.IGNORECASE)
 
 
 def _to_ns(dt: datetime) -> int:
@@ -75,8 +79,13 @@ def parse_instant(text: str, labels: Callable[[str], int | None] | None = None,
             raise InstantError(f"'{raw}' has an impossible time of day")
         return _to_ns(datetime(day.year, day.month, day.day, hh, mm, ss))
     m = _ISO.match(raw)
+    b = None if m else _ISO_BASIC.match(raw)
+    if b:
+        y, mo, d, hh, mi, ss, frac, zone = b.groups()
+        date = f"{y}-{mo}-{d}"
     if m:
         date, hh, mi, ss, frac, zone = m.groups()
+    if m or b:
         try:
             dt = datetime.fromisoformat(date).replace(hour=int(hh or 0), minute=int(mi or 0),
                                                       second=int(ss or 0),
@@ -93,14 +102,15 @@ def parse_instant(text: str, labels: Callable[[str], int | None] | None = None,
         f"'now', '10 minutes ago', '-2h', 'yesterday 17:00', '@EPOCH' or a label name")
 
 
-def format_instant(ns: int, utc: bool = False) -> str:
-    """ISO 8601 with the zone offset and as many fraction digits as needed (up to 9)."""
+def format_instant(ns: int, utc: bool = False, basic: bool = False) -> str:
+    """ISO 8601 with the zone offset and as many fraction digits as needed (up to 9);
+    ``basic``: without separators (``20261124T100317.25Z``: no ``:``, for Windows names)."""
     secs, frac = divmod(ns, NS)
     dt = datetime.fromtimestamp(secs, tz=UTC)
     if not utc:
         dt = dt.astimezone()
-    base = dt.strftime("%Y-%m-%dT%H:%M:%S")
+    base = dt.strftime("%Y%m%dT%H%M%S" if basic else "%Y-%m-%dT%H:%M:%S")
     fs = f".{frac:09d}".rstrip("0") if frac else ""
     off = dt.strftime("%z")
-    zone = "Z" if utc else f"{off[:3]}:{off[3:]}"
+    zone = "Z" if utc else (off if basic else f"{off[:3]}:{off[3:]}")
     return base + (fs if fs != "." else "") + zone

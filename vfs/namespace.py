@@ -102,8 +102,11 @@ class Node:
 class Namespace:
     """The tree a mount shows for one volume: fixed at ``at``, or the time-travel root."""
 
-    def __init__(self, repo, vol: Volume, at: int | None = None):
+    def __init__(self, repo, vol: Volume, at: int | None = None, basic_names: bool = False):
+        """``basic_names``: list instants in ISO 8601's basic form (``20261124T100317Z``),
+        for file systems where ``:`` cannot be in a name (Windows); both forms open."""
         self.repo = repo
+        self.basic_names = basic_names
         self._vol = vol
         self._vol_read = clock.monotonic()
         self.at = at
@@ -298,7 +301,7 @@ class Namespace:
             return ([(LATEST, self._view_root_attrs(self._latest_instant())),
                      (LABELS, self._synthetic_attrs(LABELS)),
                      (VERSIONS, self._synthetic_attrs(VERSIONS))]
-                    + [(format_instant(t, utc=True).encode(), self._view_root_attrs(t))
+                    + [(self._instant_name(t), self._view_root_attrs(t))
                        for t in self.root_selection()])
         if node.kind == "vdir":
             out = []
@@ -313,10 +316,14 @@ class Namespace:
                                    "st_ino": self._path_ino(0, node.path + b"/" + name)}))
             return out
         if node.kind == "vfile":
-            return [(format_instant(t, utc=True).encode(),
+            return [(self._instant_name(t),
                      self._entry_attrs(self.view(t), self.slot(t), node.inner, e))
                     for t, e in self.file_versions(node.inner)]
         raise NotADirectoryError(errno.ENOTDIR, "not a directory")
+
+    def _instant_name(self, t: int) -> bytes:
+        """The name an instant is listed under (UTC)."""
+        return format_instant(t, utc=True, basic=self.basic_names).encode()
 
     def root_selection(self) -> list[int]:
         """Instants the time-travel root lists (newest first): the newest RECENT_COMMITS
