@@ -43,9 +43,9 @@ from anytime.store.format import (
     MAX_INSTANT,
     Entry,
     inode_key,
-    inode_prefix,
     join_path,
     kind_of,
+    vol_key,
 )
 from anytime.store.localfs import read_xattrs
 from anytime.store.writer import CommitBuilder
@@ -152,7 +152,7 @@ class Scanner:
                 self.txn = txn
                 # A first snapshot knows no inodes: no lookup per new file.
                 cur = txn.cursor(db=self.repo.dbs[DB_INODES])
-                prefix = inode_prefix(self.vid)
+                prefix = vol_key(self.vid)
                 self.inodes_known = cur.set_range(prefix) and cur.key().startswith(prefix)
                 self._scan_root()
                 self._drain(0)

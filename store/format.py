@@ -92,6 +92,8 @@ SEP = b"\x00"
 
 
 def vol_key(vol: int) -> bytes:
+    """A volume's key in ``volumes``, and the prefix of all its records in ``entries``,
+    ``blockvers``, ``commits``, ``labels`` and ``inodes``."""
     return U32.pack(vol)
 
 
@@ -132,16 +134,11 @@ PENDING_PREFIX = b"pending/"
 
 
 def pending_key(vol: int) -> bytes:
-    return PENDING_PREFIX + U32.pack(vol)
-
-
-def inode_prefix(vol: int) -> bytes:
-    """Prefix of every inode record of volume ``vol``."""
-    return U32.pack(vol)
+    return PENDING_PREFIX + vol_key(vol)
 
 
 def inode_key(vol: int, dev: int, ino: int) -> bytes:
-    return inode_prefix(vol) + U64.pack(dev & (2**64 - 1)) + U64.pack(ino)
+    return vol_key(vol) + U64.pack(dev & (2**64 - 1)) + U64.pack(ino)
 
 
 def split_path(path: bytes) -> tuple[bytes, bytes]:

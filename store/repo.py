@@ -51,10 +51,12 @@ from .format import (
     U32,
     U64,
     ZSTD_LEVEL,
+    pending_key,
     vol_key,
 )
 from .mapping import MapTrimmer
 from .packs import PackReader
+from .volumes import Volume
 
 #: Address space reserved for the index up front: growing it later would invalidate
 #: the read transactions of running mounts.
@@ -341,14 +343,14 @@ class Repository:
             vols = {vid: txn.get(vol_key(vid), db=self.dbs[DB_VOLUMES]) for vid, _ in pending}
         for vid, _instant in pending:
             if vols[vid] is not None:
-                vol = json.loads(bytes(vols[vid]))
-                self._roll_back_volume(vid, vol["horizon"], vol["next_file_id"])
+                vol = Volume.decode(vols[vid])
+                self._roll_back_volume(vid, vol.horizon, vol.next_file_id)
             with self.env.begin(write=True) as txn:
-                txn.delete(PENDING_PREFIX + U32.pack(vid), db=self.dbs[DB_META])
+                txn.delete(pending_key(vid), db=self.dbs[DB_META])
         return pending
 
     def _roll_back_volume(self, vid: int, horizon: int, next_file_id: int) -> None:
-        prefix = U32.pack(vid)
+        prefix = vol_key(vid)
 
         def staged(key, _val) -> bool:
             return U64.unpack(key[-8:])[0] > horizon

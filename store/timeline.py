@@ -22,7 +22,6 @@ from .format import (
     DB_LABELS,
     HOLE_ID,
     MAX_INSTANT,
-    U32,
     U64,
     Entry,
     blockver_prefix,
@@ -31,6 +30,7 @@ from .format import (
     entry_prefix,
     label_key,
     split_path,
+    vol_key,
 )
 
 
@@ -177,7 +177,7 @@ def blocks_at(repo, txn, vol: int, file_id: int, first: int, count: int,
 
 def block_versions(repo, txn, vol: int, file_id: int) -> Iterator[tuple[int, int, bytes]]:
     """(block number, instant, block id) of every block version of a file."""
-    prefix = U32.pack(vol) + U64.pack(file_id)
+    prefix = vol_key(vol) + U64.pack(file_id)
     cur = txn.cursor(db=repo.dbs[DB_BLOCKVERS])
     if not cur.set_range(prefix):
         return
@@ -192,7 +192,7 @@ def commits(repo, txn, vol: int, since: int = 0, until: int = MAX_INSTANT
             ) -> Iterator[tuple[int, dict]]:
     """(instant, commit record) of a volume's commits in [since, until], oldest first."""
     cur = txn.cursor(db=repo.dbs[DB_COMMITS])
-    prefix = U32.pack(vol)
+    prefix = vol_key(vol)
     if not cur.set_range(commit_key(vol, since)):
         return
     for key, val in cur:
@@ -206,7 +206,7 @@ def commits(repo, txn, vol: int, since: int = 0, until: int = MAX_INSTANT
 
 def commit_at_or_before(repo, txn, vol: int, instant: int) -> tuple[int, dict] | None:
     cur = txn.cursor(db=repo.dbs[DB_COMMITS])
-    val = _seek_at_or_before(cur, U32.pack(vol), instant)
+    val = _seek_at_or_before(cur, vol_key(vol), instant)
     if val is None:
         return None
     return U64.unpack(cur.key()[4:])[0], json.loads(bytes(val))
@@ -230,7 +230,7 @@ def label_instant(repo, txn, vol: int, name: str) -> int | None:
 
 def labels(repo, txn, vol: int) -> list[tuple[str, int]]:
     cur = txn.cursor(db=repo.dbs[DB_LABELS])
-    prefix = U32.pack(vol)
+    prefix = vol_key(vol)
     out = []
     if cur.set_range(prefix):
         for key, val in cur:

@@ -79,11 +79,11 @@ STAGE_RECORDS = int(os.environ.get("ANYTIME_STAGE_RECORDS") or 10_000)
 BLOCKS_PER_TXN = 2_048
 
 
-def _put_sorted(txn, db, items, suffix: bytes = b"", trim=None) -> None:
+def _put_sorted(txn, db, items, suffix: bytes = b"", *, trim) -> None:
     """Put key-sorted ``items`` (each key extended by ``suffix``); append (pages filled,
-    not split) when they all sort after the database's last key. With ``trim`` (a
-    :class:`~anytime.store.mapping.MapTrimmer`), count the puts so the index pages they
-    map do not pile up in memory."""
+    not split) when they all sort after the database's last key. The puts are counted on
+    ``trim`` (the repository's :class:`~anytime.store.mapping.MapTrimmer`), so the index
+    pages they map do not pile up in memory."""
     it = iter(items)
     first = next(it, None)
     if first is None:
@@ -91,15 +91,12 @@ def _put_sorted(txn, db, items, suffix: bytes = b"", trim=None) -> None:
     cur = txn.cursor(db=db)
     append = not cur.last() or cur.key() < first[0] + suffix
     pairs = itertools.chain([(first[0] + suffix, first[1])], ((k + suffix, v) for k, v in it))
-    if trim is None:
-        cur.putmulti(pairs, append=append)
-        return
     while chunk := list(itertools.islice(pairs, TRIM_EVERY)):
         cur.putmulti(chunk, append=append)
         trim.touched(len(chunk))
 
 
-def _put_records(txn, records: list[tuple], trim=None) -> None:
+def _put_records(txn, records: list[tuple], *, trim) -> None:
     """Put (database, key, value) records, key-sorted within each run of one database."""
     for db, run in itertools.groupby(records, key=lambda r: r[0]):
         _put_sorted(txn, db, ((k, v) for _, k, v in run), trim=trim)
@@ -151,9 +148,8 @@ class CommitBuilder:
                 self.stats["blocks_dup"] += 1
                 return bid
             self._new_blocks[bid] = None  # reserve: another thread may race us
-        with self.repo.env.begin() as txn:
+        with self.repo.read_txn() as txn:
             known = txn.get(bid, db=self.repo.dbs[DB_BLOCKS]) is not None
-        self.repo.map_trimmer.touched()
         if known:
             with self._lock:
                 del self._new_blocks[bid]
@@ -172,7 +168,7 @@ class CommitBuilder:
             self._flush_blocks()
         return bid
 
-    def _flush_blocks(self, wait: bool = False) -> None:
+    def _flush_blocks(self, wait: bool = False, synced: list | None = None) -> None:
         """Close the open pack, index the new blocks of closed (fsynced) packs, then
         forget them, so memory does not grow with the size of a commit.
 
@@ -180,12 +176,13 @@ class CommitBuilder:
         rewrites them. If the process dies before committing, these blocks stay indexed
         but referenced by no commit: a later snapshot dedups against them, and prune
         reclaims them. A worker that finds another flushing goes on (``wait`` False);
-        the commit waits."""
+        the commit waits, and passes the packs it has just made durable (``synced``,
+        what :meth:`PackWriter.sync` returned)."""
         if not self._flush_lock.acquire(blocking=wait):
             return  # another thread is flushing
         try:
             # every pending block in a durable pack, with a durable directory entry
-            closed = {p: (size, n) for p, size, n in self.packw.sync()}
+            closed = {p: (size, n) for p, size, n in (synced or self.packw.sync())}
             with self._lock:
                 todo = [(bid, loc) for bid, loc in self._new_blocks.items()
                         if loc is not None and loc[0] in closed]
@@ -242,18 +239,21 @@ class CommitBuilder:
             ((dbs[DB_BLOCKVERS], k + suffix, v) for k, v in self._blockvers.items()),
             ((dbs[DB_INODES], k, v) for k, v in self._inodes.items()))
         batch = list(itertools.islice(records, STAGE_RECORDS))
+        more = list(itertools.islice(records, STAGE_RECORDS))
+        if more or len(self._new_blocks) > BLOCKS_PER_TXN:
+            # every new block indexed before a staged record names it, and at most
+            # BLOCKS_PER_TXN of them in one transaction
+            self._flush_blocks(wait=True, synced=packs)
+        if more:
+            repo.require_feature(FEATURE_STAGED)
         staged = False
-        if len(self._new_blocks) > BLOCKS_PER_TXN:
-            self._flush_blocks(wait=True)
-        while more := list(itertools.islice(records, STAGE_RECORDS)):
-            if not staged:  # every new block indexed before a staged record names it
-                repo.require_feature(FEATURE_STAGED)
-                self._flush_blocks(wait=True)
+        while more:
             with repo.env.begin(write=True) as txn:  # staged: invisible, past the horizon
                 if not staged:
                     txn.put(pending_key(vid), suffix, db=dbs[DB_META])
                 _put_records(txn, batch, trim=repo.map_trimmer)
             staged, batch = True, more
+            more = list(itertools.islice(records, STAGE_RECORDS))
         with repo.env.begin(write=True) as txn:  # 2. the one commit point
             for pack_id, size, nrec in packs:
                 txn.put(pack_id, PACK_INFO.pack(size, nrec, t), db=dbs[DB_PACKS])

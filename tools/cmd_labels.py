@@ -13,11 +13,11 @@ from anytime.store.format import (
     DB_ENTRIES,
     DB_LABELS,
     MAX_INSTANT,
-    U32,
     U64,
     Entry,
     join_path,
     label_key,
+    vol_key,
 )
 from anytime.store.volumes import get_volume_by_id, list_volumes
 from anytime.vfs.instants import format_instant, parse_instant
@@ -131,7 +131,7 @@ def _find_in_volume(repo, txn, vol, match, since, until, deleted_only) -> list[d
     """Scan the volume's entries once, in key order (all versions of a path adjacent).
     Versions past the volume's horizon (a commit still being written) are left out."""
     horizon = get_volume_by_id(repo, txn, vol.id).horizon  # as of this transaction
-    prefix = U32.pack(vol.id)
+    prefix = vol_key(vol.id)
     cur = txn.cursor(db=repo.dbs[DB_ENTRIES])
     rows = []
     if not cur.set_range(prefix):
