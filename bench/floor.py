@@ -36,19 +36,21 @@ with a note.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import blake3
 import zstandard
+from run import Anytime, Borg, read_file, rmtree  # bench/ is sys.path[0]
 
 from anytime.store import format as fmt
 
@@ -224,42 +226,26 @@ def cpu_secs(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class Mount:
-    """``anytime mount VOLUME MNT --at now`` on ``repo``; the daemon's pid."""
-
-    def __init__(self, repo: Path, volume: str, mnt: Path):
-        self.repo, self.volume, self.mnt = repo, volume, mnt
-        self.env = dict(os.environ, ANYTIME_REPO=str(repo))
-        self.exe = str(Path(sys.executable).with_name("anytime"))
-
-    def __enter__(self):
-        self.mnt.mkdir(parents=True, exist_ok=True)
-        subprocess.run([self.exe, "mount", self.volume, str(self.mnt), "--at", "now"],
-                       env=self.env, check=True)
-        out = subprocess.run(["pgrep", "-f", f"anytime mount {self.volume} {self.mnt}"],
+@contextlib.contextmanager
+def mounted(repo: Path, volume: str, mnt: Path):
+    """``anytime mount VOLUME MNT --at now`` with run.py's tool (which also unmounts, by
+    force if it must); yields the daemon's pid."""
+    mnt.mkdir(parents=True, exist_ok=True)
+    with Anytime(None).mount(repo, Path(), mnt, target=volume):
+        out = subprocess.run(["pgrep", "-f", f"anytime mount {volume} {mnt}"],
                              capture_output=True, text=True).stdout.split()
-        self.pid = int(out[0])
-        return self
-
-    def __exit__(self, *exc):
-        subprocess.run([self.exe, "umount", str(self.mnt)], env=self.env, check=False)
+        yield int(out[0])
 
 
 def cold_read(repo: Path, mnt: Path) -> dict:
     runs = []
     for _ in range(3):
-        with Mount(repo, "bigfile", mnt) as m:
+        with mounted(repo, "bigfile", mnt) as pid:
             path = next(p for p in mnt.rglob("*") if p.is_file())
-            before_d, before_r = cpu_secs(m.pid), os.times()
-            t0 = time.perf_counter()
-            n = 0
-            with open(path, "rb", buffering=0) as f:
-                buf = bytearray(MiB)
-                while k := f.readinto(buf):
-                    n += k
-            wall = time.perf_counter() - t0
+            before_d, before_r = cpu_secs(pid), os.times()
+            n, wall = read_file(path)
             after_r = os.times()
-            daemon = cpu_secs(m.pid) - before_d
+            daemon = cpu_secs(pid) - before_d
             reader = (after_r.user - before_r.user) + (after_r.system - before_r.system)
             runs.append({"bytes": n, "wall": wall, "daemon_cpu": daemon, "reader_cpu": reader})
     best = min(runs, key=lambda r: r["daemon_cpu"] + r["reader_cpu"])
@@ -283,7 +269,7 @@ def decompression_ceiling(blocks: list[bytes]) -> float:
 
 
 def round_trips(repo: Path, mnt: Path) -> dict:
-    with Mount(repo, "stdlib", mnt):
+    with mounted(repo, "stdlib", mnt):
         n = 2000
         t0 = time.perf_counter()
         for i in range(n):
@@ -299,32 +285,29 @@ def round_trips(repo: Path, mnt: Path) -> dict:
 def borg_capture(src: Path, work: Path) -> float | None:
     """Best of 3 first captures of ``src`` by borg (``-e none``, default lz4), timed here
     so the capture goal and the floors come from the same minutes of this VM."""
-    if not shutil.which("borg"):
+    borg = Borg(SimpleNamespace(scratch=work))  # run.py's tool: the same commands
+    if not borg.available():
         return None
-    env = dict(os.environ, BORG_BASE_DIR=str(work / "borg-base"),
-               BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK="yes")
     best = None
     for i in range(3):
         repo = work / f"borg-{i}"
-        subprocess.run(["borg", "init", "-e", "none", str(repo)], env=env, check=True,
-                       capture_output=True)
-        t0 = time.perf_counter()
-        subprocess.run(["borg", "create", f"{repo}::a", str(src)], env=env, check=True,
-                       capture_output=True)
-        secs = time.perf_counter() - t0
+        borg.init(repo)
+        secs = borg.capture(repo, src, first=True).secs
         best = secs if best is None else min(best, secs)
-        subprocess.run(["rm", "-rf", str(repo), str(work / "borg-base")], check=False)
+        rmtree(repo)
+    rmtree(work / "cache")
     return best
 
 
 # --- report ---------------------------------------------------------------------------
 def peer_figures(results: Path) -> dict:
-    """{(figure, corpus, what-prefix): {tool: value}} from run.py's results, if any."""
+    """{(corpus, row key): {tool: value}} from run.py's results, if any (rows by their
+    stable ``key``: capture, size, find, tar, cold)."""
     try:
         rows = json.loads(results.read_text())["rows"]
     except (OSError, ValueError, KeyError):
         return {}
-    return {(r["figure"], r["corpus"], r["what"].split(" ")[0]): r["values"] for r in rows}
+    return {(r["corpus"], r["key"]): r["values"] for r in rows if r.get("key")}
 
 
 def faster(values: dict | None, higher_is_better: bool = False) -> float | None:
@@ -356,7 +339,7 @@ def main(argv=None) -> int:
             log(f"{name}: unique blocks into memory")
             blocks = corpus_blocks(src)
             log(f"{name}: borg create, the faster peer at capture")
-            peers = dict(figs.get(("A", name, "first")) or {})
+            peers = dict(figs.get((name, "capture")) or {})
             now = borg_capture(src, work)
             if now is not None:
                 peers["borg"] = now
@@ -364,7 +347,7 @@ def main(argv=None) -> int:
             goal = capture / 2 if capture else None
             lines.append(f"| faster peer's first capture (borg, measured here) | {name} | "
                          f"{f'{capture:.3f} s' if capture else '-'} | - | - |")
-            sizes = figs.get(("C", name, "repository"), {})
+            sizes = figs.get((name, "size"), {})
             limit = faster(sizes)
             log(f"{name}: compression, {CORES} threads")
             rows = compression_floor(blocks)
@@ -386,7 +369,7 @@ def main(argv=None) -> int:
             else:
                 log("bigfile: decompression alone")
                 mbps = decompression_ceiling(blocks)
-                cold = faster(figs.get(("F", name, "cold")), higher_is_better=True)
+                cold = faster(figs.get((name, "cold")), higher_is_better=True)
                 goal_r = cold * 4 if cold else None
                 lines.append(f"| decompression alone, {CORES} threads, in memory | bigfile | "
                              f"{mbps:.0f} MB/s | {f'{goal_r:.0f} MB/s' if goal_r else '-'} | "
@@ -407,7 +390,7 @@ def main(argv=None) -> int:
         if (repos / "anytime-stdlib").is_dir():
             log("stdlib: FUSE round trips")
             r = round_trips(repos / "anytime-stdlib", work / "mnt")
-            find = faster(figs.get(("F", "stdlib", "find")))
+            find = faster(figs.get(("stdlib", "find")))
             goal = find / 2 if find else None
             lines.append(f"| find: 3 synchronous round trips x {r['dirs']} directories at "
                          f"{r['lookup_us']:.0f} us (one LOOKUP) | stdlib | "
@@ -416,7 +399,7 @@ def main(argv=None) -> int:
         else:
             notes.append("no anytime-stdlib repository: round trips skipped")
     finally:
-        subprocess.run(["rm", "-rf", str(work)], check=False)
+        rmtree(work)
     print("\n".join(lines))
     for n in notes:
         print(f"- {n}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import importlib.metadata
 import json
 import os
 import platform
@@ -238,13 +239,17 @@ def read_file(path: Path, chunk: int = MiB) -> tuple[int, float]:
 
 
 def warm(path: Path) -> None:
-    """Read every file under ``path``, so a repository is in the page cache before its
-    mount is measured ("repositories warm"): the kernel's proactive reclaim (DAMON runs
-    on this VM) may have dropped pages written minutes earlier."""
+    """Read every regular file under ``path`` (symlinks skipped), so it is in the page
+    cache: the corpora before anything is timed, and a repository right before its mount
+    is measured ("repositories warm"; the kernel's proactive reclaim, DAMON on this VM,
+    may have dropped pages written minutes earlier)."""
     for dirpath, _dirs, files in os.walk(path):
         for f in files:
+            p = Path(dirpath) / f
+            if p.is_symlink():
+                continue
             try:
-                read_file(Path(dirpath) / f)
+                read_file(p)
             except OSError:
                 pass
 
@@ -342,10 +347,10 @@ class Anytime(Tool):
         if os.path.ismount(mnt):
             force_unmount(mnt)
 
-    def restore(self, repo: Path, src_path: Path, dest: Path) -> Res:
+    def restore(self, repo: Path, src_path: Path | str, dest: Path, at: str = "now") -> Res:
         if not self.has("restore"):
             raise BenchError("anytime has no 'restore' command yet")
-        return must(run([self.exe, "restore", str(src_path), "--at", "now", "--to", str(dest)],
+        return must(run([self.exe, "restore", str(src_path), "--at", at, "--to", str(dest)],
                         env=self.env(repo)), "anytime restore")
 
     def restored_path(self, dest: Path, src_path: Path) -> Path:
@@ -464,6 +469,7 @@ class Row:
     ratio: float | None = None
     met: bool | None = None
     note: str = ""
+    key: str = ""  # stable name for other scripts (bench/floor.py); labels may change
     extra: dict = field(default_factory=dict)
 
     def judge(self) -> None:
@@ -588,17 +594,7 @@ class Bench:
             self._build_big(big)
             bdone.write_text("ok")
         log("reading both corpora once so every tool sees a warm source")
-        n, total = 0, 0
-        for dirpath, _dirs, files in os.walk(self.corpus):
-            for f in files:
-                p = os.path.join(dirpath, f)
-                if os.path.islink(p):
-                    continue
-                try:
-                    total += read_file(Path(p))[0]
-                    n += 1
-                except OSError:
-                    pass
+        warm(self.corpus)
         entries = sum(len(d) + len(f) for _, d, f in os.walk(std))
         files, fbytes = tree_bytes(std)
         self.extra["corpora"] = {
@@ -682,13 +678,14 @@ class Bench:
 
         for corpus in ("stdlib", "bigfile"):
             self.add(Row("A", "first capture", corpus, "s", vals(corpus, "first"),
-                         "<= 0.5x faster peer", "le_min_peer", 0.5))
+                         "<= 0.5x faster peer", "le_min_peer", 0.5, key="capture"))
         for corpus in ("stdlib", "bigfile"):
             self.add(Row("B", "re-scan, nothing changed", corpus, "s", vals(corpus, "rescan"),
                          "<= 0.25x faster peer", "le_min_peer", 0.25))
         for corpus in ("stdlib", "bigfile"):
             self.add(Row("C", "repository size after first capture (du)", corpus, "MB",
-                         vals(corpus, "size"), "<= smaller peer", "le_min_peer", 1.0))
+                         vals(corpus, "size"), "<= smaller peer", "le_min_peer", 1.0,
+                         key="size"))
         for corpus in ("stdlib", "bigfile"):
             self.add(Row("D", "peak RSS, first capture", corpus, "MB",
                          vals(corpus, "rss"), "<= 100 MB", "abs_le", 100e6))
@@ -810,11 +807,11 @@ class Bench:
         self.add(Row("E", "mount to first listing", "bigfile", "s", m["mount_bigfile"],
                      "< 0.3 s", "abs_lt", 0.3))
         self.add(Row("F", "find -printf '%s %T@ %m' over the mount", "stdlib", "s", m["find"],
-                     "<= 0.5x faster peer", "le_min_peer", 0.5))
+                     "<= 0.5x faster peer", "le_min_peer", 0.5, key="find"))
         self.add(Row("F", "tar -cf - of the mounted tree", "stdlib", "s", m["tar"],
-                     "<= 0.5x faster peer", "le_min_peer", 0.5))
+                     "<= 0.5x faster peer", "le_min_peer", 0.5, key="tar"))
         self.add(Row("F", "cold sequential read, fresh mount (1 MiB reads)", "bigfile", "MB/s",
-                     m["cold"], ">= 4x faster peer", "ge_max_peer", 4.0))
+                     m["cold"], ">= 4x faster peer", "ge_max_peer", 4.0, key="cold"))
         self.add(Row("F", "second read, same mount", "bigfile", "MB/s", m["second"],
                      f"~page cache ({pagecache:.0f} MB/s; >= 0.5x)", "vs_ref", 0.5,
                      ref=pagecache, note="ratio is vs page-cache read of the source file"))
@@ -938,13 +935,10 @@ class Bench:
                 self.note(f"anytime versions mount: {e}")
             # one file back from a past instant
             try:
-                if not at.has("restore"):
-                    raise BenchError("anytime has no 'restore' command yet")
                 dest = self.rest / "versions-one"
                 rmtree(dest)
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                r = must(run([at.exe, "restore", target, "--at", at_text, "--to", str(dest)],
-                             env=at.env(repo)), "anytime restore")
+                r = at.restore(repo, target, dest, at=at_text)
                 restore_v = r.secs
                 got = dest.read_bytes() if dest.is_file() else None
                 if got != expect:
@@ -1038,13 +1032,14 @@ class Bench:
         pick_i = min(n_files - 1, n_files // 2 + 7)
         d, f = names[pick_i]
         secs = perf_counter() - t0
-        log(f"versions repository built in {secs:.1f} s, {du_bytes(repo)[0] / 1e6:.0f} MB")
+        size = du_bytes(repo)[0]
+        log(f"versions repository built in {secs:.1f} s, {size / 1e6:.0f} MB")
         return {"build_secs": secs, "commits": n_commits, "files": n_files,
                 "versions": n_commits * n_files, "volume": "versions", "source": str(source),
                 "target": f"versions:{(d + b'/' + f).decode()}",
                 "t_past": base + (pick_c + 1) * step + step // 2,
                 "expect": b"file %d version %d\n" % (pick_i, pick_c),
-                "repo_bytes": du_bytes(repo)[0]}
+                "repo_bytes": size}
 
     # --- output -------------------------------------------------------------------
     def table(self) -> str:
@@ -1069,7 +1064,7 @@ class Bench:
             "total_secs": perf_counter() - T_START,
             "rows": [{"figure": r.fig, "what": r.what, "corpus": r.corpus, "unit": r.unit,
                       "values": r.values, "ratio": r.ratio, "goal": r.goal, "met": r.met,
-                      "note": r.note} for r in self.rows],
+                      "note": r.note, "key": r.key} for r in self.rows],
             "notes": self.notes,
             "details": self.extra,
         }
@@ -1081,11 +1076,9 @@ class Bench:
         for cmd in (["restic", "version"], ["borg", "--version"]):
             if shutil.which(cmd[0]):
                 out[cmd[0]] = run(cmd, timeout=60).out.strip()
-        at = self.tools["anytime"]
-        if at.available():
-            r = run([sys.executable, "-c",
-                     "import importlib.metadata as m; print(m.version('anytime'))"], timeout=60)
-            out["anytime"] = r.out.strip()
+        if self.tools["anytime"].available():
+            with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+                out["anytime"] = importlib.metadata.version("anytime")
         return out
 
 
