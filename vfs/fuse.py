@@ -168,21 +168,20 @@ class Adapter(mfusepy.Operations):
         return 0
 
     @_guard
-    def dir_items(self, path, fh) -> list[tuple[str, dict | None]]:
-        """The listing of an open directory, made once per opendir (readdir is called
-        again with offsets for long directories)."""
+    def dir_items(self, path, fh) -> list[tuple[bytes, dict | None]]:
+        """The listing of an open directory (names as bytes), made once per opendir
+        (readdir is called again with offsets for long directories)."""
         with self._lock:
             items = self._dirs.get(fh)
         if items is None:
-            items = [(".", None), ("..", None)] + [
-                (_s(name), attrs) for name, attrs in self.ns.listdir(self._node(path))]
+            items = [(b".", None), (b"..", None)] + self.ns.listdir(self._node(path))
             with self._lock:
                 if fh in self._dirs:
                     self._dirs[fh] = items
         return items
 
     def readdir(self, path, fh):  # plain mfusepy (libfuse 2): names and modes only
-        return [(name, attrs, 0) for name, attrs in self.dir_items(path, fh)]
+        return [(_s(name), attrs, 0) for name, attrs in self.dir_items(path, fh)]
 
     @_guard
     def readlink(self, path):
@@ -333,10 +332,11 @@ class StatPacker:
 _STAT = StatPacker()
 
 
-def fill_stat(st, attrs: dict) -> None:
-    """Write ``attrs`` over the whole ``c_stat`` ``st`` (absent fields zero)."""
+def fill_stat(st, attrs: dict, raw=None) -> None:
+    """Write ``attrs`` over the whole ``c_stat`` ``st`` (absent fields zero); ``raw``:
+    ``st`` as bytes (``memoryview(st).cast("B")``), made once by callers that loop."""
     if _STAT.usable:
-        _STAT.pack_into(memoryview(st).cast("B"), attrs)
+        _STAT.pack_into(memoryview(st).cast("B") if raw is None else raw, attrs)
     else:
         ctypes.memset(ctypes.byref(st), 0, ctypes.sizeof(st))
         mfusepy.set_st_attrs(st, attrs, use_ns=True)
@@ -356,16 +356,17 @@ class _PlusFUSE(mfusepy.FUSE):
         plus = bool(flags & FUSE_READDIR_PLUS)
         items = self.operations.dir_items(None if path is None else _s(path), fip.contents.fh)
         st = mfusepy.c_stat()
+        raw = memoryview(st).cast("B")
         # Non-zero offsets make libfuse pass entries through at once (with a lookup when
         # FUSE_FILL_DIR_PLUS is set); with offset 0 it drops readdirplus attributes.
         for i in range(offset, len(items)):
             name, attrs = items[i]
             full = False
             if attrs:
-                fill_stat(st, attrs)
+                fill_stat(st, attrs, raw)
                 full = "st_nlink" in attrs
             fill = FUSE_FILL_DIR_PLUS if plus and full else 0
-            if filler(buf, _b(name), st if attrs else None, i + 1, fill) != 0:
+            if filler(buf, name, st if attrs else None, i + 1, fill) != 0:
                 break
         return 0
 

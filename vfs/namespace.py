@@ -35,7 +35,6 @@ import errno
 import stat as st
 import threading
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import xxhash
 
@@ -50,6 +49,7 @@ from anytime.store.format import (
     KIND_SYMLINK,
     MAX_INSTANT,
     Entry,
+    join_path,
 )
 from anytime.store.volumes import Volume, get_volume_by_id
 
@@ -113,7 +113,6 @@ class Namespace:
         self._lock = threading.Lock()
         self._slots: dict[int, int] = {}
         self._named: dict[bytes, tuple[int, float, bool]] = {}  # name -> instant, last use, relative
-        self._latest: tuple[int, float] | None = None
         self._blocks_cache: dict[tuple[int, int, int], int] = {}
         self._root_time = clock.now_ns()
 
@@ -181,13 +180,7 @@ class Namespace:
                     stable and instant <= view.vol.horizon)
 
     def _latest_instant(self) -> int:
-        now = clock.monotonic()
-        cached = self._latest
-        if cached is not None and now - cached[1] < HORIZON_TTL:
-            return cached[0]
-        t = self.vol.horizon
-        self._latest = (t, now)
-        return t
+        return self.vol.horizon  # the volume record is re-read at most every HORIZON_TTL
 
     def _label(self, name: bytes) -> int | None:
         with self.repo.read_txn() as txn:
@@ -226,14 +219,12 @@ class Namespace:
     # --- versions/ ---------------------------------------------------------------------
     def _last_alive(self, inner: bytes) -> tuple[int, Entry] | None:
         """(instant, entry) of the newest version of ``inner`` that is not a deletion."""
-        if not inner:
-            e = self.view(MAX_INSTANT).lookup(b"")
-            return (self.vol.horizon, e) if e else None
         with self.repo.read_txn() as txn:
             return timeline.last_alive(self.repo, txn, self._vol.id, inner, self.vol.horizon)
 
     def _versions(self, path: bytes, rest: list[bytes]) -> Node:
         inner = b""
+        found = None if rest else self._last_alive(b"")
         for i, part in enumerate(rest):
             inner_next = inner + b"/" + part if inner else part
             found = self._last_alive(inner_next)
@@ -250,22 +241,20 @@ class Namespace:
             if e.kind != KIND_DIR:
                 raise _enoent(path)  # versions/ shows directories and regular files only
             inner = inner_next
-        found = self._last_alive(inner)
         if found is None:
             raise _enoent(path)
         t, e = found
         return Node("vdir", path, self.view(t), inner, e, 0, False)
 
     def _version_of(self, path: bytes, inner: bytes, name: bytes) -> Node:
-        try:
-            t = parse_instant(name.decode("utf-8", "surrogateescape"), now=clock.now_ns())
-        except InstantError:
-            raise _enoent(path) from None
+        """A file of versions/ at a typed instant: named like the root's instants."""
+        t, relative = self._named_instant(name)
         view = self.view(t)
         e = view.lookup(inner)
         if e is None or e.kind != KIND_FILE:
             raise _enoent(path)
-        return Node("entry", path, view, inner, e, self.slot(t), t <= view.vol.horizon)
+        return Node("entry", path, view, inner, e, self.slot(t),
+                    not relative and t <= view.vol.horizon)
 
     def file_versions(self, inner: bytes) -> list[tuple[int, Entry]]:
         """Distinct versions of a regular file (metadata-only changes skipped), oldest first."""
@@ -290,7 +279,8 @@ class Namespace:
         if node.kind == "entry":
             if node.entry.kind != KIND_DIR:
                 raise NotADirectoryError(errno.ENOTDIR, "not a directory")
-            return [(name, self._entry_attrs(node.view, node.slot, _join(node.inner, name), e))
+            return [(name, self._entry_attrs(node.view, node.slot, join_path(node.inner, name),
+                                              e))
                     for name, e in node.view.listdir(node.inner)]
         if node.kind == "synthetic":
             if node.path == LABELS:
@@ -308,7 +298,7 @@ class Namespace:
             with self.repo.read_txn() as txn:
                 names = list(timeline.names_ever(self.repo, txn, self._vol.id, node.inner))
             for name in names:
-                inner = _join(node.inner, name)
+                inner = join_path(node.inner, name)
                 found = self._last_alive(inner)
                 if found is None or found[1].kind not in (KIND_FILE, KIND_DIR):
                     continue
@@ -416,14 +406,10 @@ class Namespace:
         if hit is not None:
             return hit
         _first, ids = view.block_ids(e, 0, e.size)
-        holes = sum(1 for b in ids if b == HOLE_ID)
-        if holes == 0:
-            n = full
-        else:
-            last_len = e.size - (nblocks - 1) * view.bs
-            data = sum((last_len if i == nblocks - 1 else view.bs)
-                       for i, b in enumerate(ids) if b != HOLE_ID)
-            n = (data + 511) // 512
+        last_len = e.size - (nblocks - 1) * view.bs
+        data = sum((last_len if i == nblocks - 1 else view.bs)
+                   for i, b in enumerate(ids) if b != HOLE_ID)
+        n = (data + 511) // 512
         if nblocks > 1:
             with self._lock:
                 if len(self._blocks_cache) > 100_000:
@@ -453,16 +439,7 @@ class Namespace:
         return f"{self._vol.name}:/{inner} at {when}"
 
 
-def _join(parent: bytes, name: bytes) -> bytes:
-    return parent + b"/" + name if parent else name
-
-
 def _floor_utc(ns: int, step: int) -> int:
-    """``ns`` rounded down to a multiple of ``step`` (an hour or a day) in UTC."""
-    secs = ns // NS
-    dt = datetime.fromtimestamp(secs, tz=UTC)
-    if step >= 86400 * NS:
-        dt = dt.replace(hour=0, minute=0, second=0)
-    else:
-        dt = dt.replace(minute=0, second=0)
-    return int(dt.timestamp()) * NS
+    """``ns`` rounded down to a multiple of ``step`` (an hour or a day): in UTC these are
+    multiples from the epoch (Unix time has no leap seconds)."""
+    return ns - ns % step
