@@ -8,6 +8,7 @@ exactly one commit, or none if it fails (packs it wrote are reclaimed later).
 from __future__ import annotations
 
 import os
+import stat
 
 from anytime.store import clock
 from anytime.store.errors import AnytimeError, PathNotFound, UnknownVolume, UsageError
@@ -46,10 +47,17 @@ def snapshot(repo, path: str, name: str | None = None, label: str | None = None,
              progress=None, workers: int | None = None) -> ScanReport:
     """Capture the tree at ``path`` as one commit of its volume (created on first use)."""
     source = os.path.abspath(path)
-    if not os.path.lexists(source):
+    try:  # lstat, as the scan does: checked here, before a volume is created
+        s = os.lstat(source)
+    except FileNotFoundError:
         raise PathNotFound(f"{source} does not exist; snapshot takes an existing directory "
-                           f"tree")
-    if not os.path.isdir(source):
+                           f"tree") from None
+    except OSError as e:
+        raise AnytimeError(f"cannot read {source}: {e.strerror}") from None
+    if stat.S_ISLNK(s.st_mode) and os.path.isdir(source):
+        raise UsageError(f"{source} is a symbolic link; snapshot the directory it points "
+                         f"to ({os.path.realpath(source)})")
+    if not stat.S_ISDIR(s.st_mode):
         raise UsageError(f"{source} is not a directory; snapshot takes a directory tree "
                          f"(to protect one file, snapshot the directory that holds it)")
     with repo.writer_lock():

@@ -330,7 +330,7 @@ class Scanner:
             except OSError as err:
                 self._open_failed(job, err)
                 return
-            e.xattrs = read_xattrs(abspath)
+            e.xattrs = read_xattrs(job.fd)  # of the file opened, not of a path looked up again
             job.started_ns = clock.file_time_ns()
             job.before = os.fstat(job.fd)
         self._submit(job)

@@ -8,6 +8,7 @@ commit: every view at or before the horizon is final).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 
 from .errors import UnknownVolume
@@ -24,6 +25,11 @@ class Volume:
     horizon: int = 0
     next_file_id: int = 1
     kind: str = "tree"
+
+    def source_path(self, path: bytes) -> bytes:
+        """The original absolute path of ``path`` inside the volume (``b""``: the root)."""
+        src = os.fsencode(self.source)
+        return os.path.join(src, path) if path else src
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()

@@ -55,10 +55,7 @@ def cmd_diff(args) -> int:
         if a is not None and b is not None and a.kind == KIND_FILE == b.kind:
             return _file_diff(args, target, old, new, a, b)
         changes = TreeDiff(old, new).run(path)
-        src = os.fsencode(vol.source)
-
-        def orig(p: bytes) -> bytes:
-            return os.path.join(src, p) if p else src
+        orig = vol.source_path
 
         if args.json:
             rows = [dict(c.as_dict(), path=os.fsdecode(orig(c.path)),

@@ -152,7 +152,7 @@ def _find_in_volume(repo, txn, vol, match, since, until, deleted_only) -> list[d
         path = current.decode("utf-8", "surrogateescape")
         rows.append({
             "volume": vol.name, "path": path,
-            "original": os.path.join(vol.source, path),
+            "original": os.fsdecode(vol.source_path(current)),
             "first": format_instant(versions[0][0]),
             "last_version": format_instant(live[-1][0]) if live else None,
             "last_version_ns": live[-1][0] if live else None,

@@ -74,7 +74,7 @@ class Restorer:
         self.progress = progress
         self.workers = workers or max(2, os.cpu_count() or 2)
         self.actions: list[Action] = []
-        self.stamp = format_instant(view.instant, utc=True).replace(":", "")
+        self.stamp = format_instant(view.instant, utc=True, basic=True)  # no ':' in names
         self._created: list[bytes] = []
         self._tmp: set[bytes] = set()
         self.bytes_total = 0
@@ -254,13 +254,12 @@ class Restorer:
             ids = self.view.block_ids(e, 0, e.size)[1]
             n = len(ids)
             if pool is None:
-                end = self._write_blocks(fd, a, ids, 0, n)
+                self._write_blocks(fd, a, ids, 0, n)
             else:
-                futs = [pool.submit(self._write_blocks, fd, a, ids, i, min(i + SEGMENT, n))
-                        for i in range(0, n, SEGMENT)]
-                end = max([f.result() for f in futs] or [0])
-            if end < e.size:  # trailing hole
-                os.ftruncate(fd, e.size)
+                for f in [pool.submit(self._write_blocks, fd, a, ids, i, min(i + SEGMENT, n))
+                          for i in range(0, n, SEGMENT)]:
+                    f.result()
+            os.ftruncate(fd, e.size)  # the size, whatever holes or short blocks left
             self._set_meta(fd, e, new=True)
         finally:
             os.close(fd)
@@ -269,11 +268,11 @@ class Restorer:
         if self.progress:
             self.progress.bytes_done(self.bytes_done, self.bytes_total)
 
-    def _write_blocks(self, fd: int, a: Action, ids: list[bytes], first: int, stop: int) -> int:
-        """Write blocks [first, stop) of a file, each checked against its id; returns the
-        end offset of the last block written (0 if all were holes)."""
+    def _write_blocks(self, fd: int, a: Action, ids: list[bytes], first: int, stop: int
+                      ) -> None:
+        """Write blocks [first, stop) of a file, each checked against its id (holes are
+        left unwritten)."""
         bs, key, size = self.view.bs, self.repo.block_key, a.entry.size
-        end = 0
         with self.repo.read_txn() as txn:
             for i in range(first, stop):
                 bid = ids[i]
@@ -285,9 +284,7 @@ class Restorer:
                                       f"its id; run 'anytime check'")
                 want = min(bs, size - i * bs)
                 os.pwrite(fd, data[:want] if want < len(data) else data, i * bs)
-                end = i * bs + want
                 self.bytes_done += want
-        return end
 
     def _write_other(self, a: Action) -> None:
         e = a.entry

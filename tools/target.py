@@ -28,7 +28,7 @@ class Target:
 
     @property
     def original(self) -> str:
-        return os.path.join(self.vol.source, os.fsdecode(self.path)) if self.path else self.vol.source
+        return os.fsdecode(self.vol.source_path(self.path))
 
 
 def resolve_target(repo, text: str) -> Target:

@@ -79,10 +79,7 @@ class LiveSide:
     def __init__(self, view: View):
         self.view = view
         self.repo = view.repo
-        self.root = os.fsencode(view.vol.source)
-
-    def _abs(self, path: bytes) -> bytes:
-        return os.path.join(self.root, path) if path else self.root
+        self._abs = view.vol.source_path
 
     def _entry(self, txn, abspath: bytes, s: os.stat_result) -> Entry:
         e = Entry.from_stat(s)
@@ -237,7 +234,7 @@ class TreeDiff:
             k = ident(e)
             if k is not None:
                 pool.setdefault(k, []).append((path, e))
-        moved_dirs: list[tuple[bytes, bytes]] = []
+        moved_dirs: dict[bytes, bytes] = {}  # new path -> old path of a moved directory
         matched_old: set[bytes] = set()
         unmatched_added = []
         for path, e in sorted(self.added, key=lambda pe: pe[0]):
@@ -246,12 +243,11 @@ class TreeDiff:
             if cands:
                 opath, oe = cands.pop(0)
                 matched_old.add(opath)
-                inside = any(opath.startswith(od + b"/") and path.startswith(nd + b"/")
-                             and opath[len(od):] == path[len(nd):] for od, nd in moved_dirs)
+                inside = _inside_moved(moved_dirs, opath, path)
                 if not inside:
                     self.changes.append(Change("R", path, old_path=opath))
                 if e.kind == KIND_DIR:
-                    moved_dirs.append((opath, path))
+                    moved_dirs[path] = opath
                 else:
                     mark = self._entry_change(path, oe, e)
                     if mark:
@@ -315,3 +311,15 @@ def read_all(side, path: bytes, e: Entry) -> bytes:
 
 def looks_text(data: bytes) -> bool:
     return b"\x00" not in data[:65536]
+
+
+def _inside_moved(moved_dirs: dict[bytes, bytes], opath: bytes, path: bytes) -> bool:
+    """True if ``path`` (was ``opath``) sits at the same place under a moved directory:
+    one dict lookup per ancestor of ``path``."""
+    i = path.rfind(b"/")
+    while i > 0:
+        od = moved_dirs.get(path[:i])
+        if od is not None and opath == od + path[i:]:
+            return True
+        i = path.rfind(b"/", 0, i)
+    return False
