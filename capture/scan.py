@@ -41,6 +41,7 @@ from anytime.store.format import (
     KIND_FILE,
     KIND_SYMLINK,
     MAX_INSTANT,
+    MAX_PATH,
     Entry,
     inode_key,
     join_path,
@@ -218,12 +219,17 @@ class Scanner:
                 return
         for de in children:
             name = de.name
+            crel = join_path(rel, name)
+            if len(crel) > MAX_PATH:
+                self._skip(de.path, f"its path inside the volume is {len(crel)} bytes long; "
+                                    f"the index holds paths of up to {MAX_PATH} bytes")
+                continue
             if name not in before and de.is_file(follow_symlinks=False):
                 # A new regular file (by d_type): nothing to compare with, so a worker
                 # opens and stats it; the main thread need not lstat it first.
                 seen.add(name)
                 self.report.files += 1
-                self._record_new_file(join_path(rel, name), de.path)
+                self._record_new_file(crel, de.path)
                 continue
             try:
                 cs = de.stat(follow_symlinks=False)
@@ -236,7 +242,6 @@ class Scanner:
             if (cs.st_dev, cs.st_ino) in self.exclude:
                 continue
             seen.add(name)
-            crel = join_path(rel, name)
             kind = kind_of(cs.st_mode)
             old = before.get(name)
             if old is not None and old.kind == KIND_DIR and kind != KIND_DIR:

@@ -101,6 +101,12 @@ def commit_key(vol: int, instant: int) -> bytes:
     return U32.pack(vol) + U64.pack(instant)
 
 
+#: LMDB's largest key (bytes), and so the longest path inside a volume that an entry key
+#: (volume u32, parent, 00, name, 00, instant u64) can hold.
+MAX_KEY = 511
+MAX_PATH = MAX_KEY - 4 - 2 - 8
+
+
 def entry_prefix(vol: int, parent: bytes, name: bytes) -> bytes:
     """Key prefix of every version of one directory entry."""
     return U32.pack(vol) + parent + SEP + name + SEP
