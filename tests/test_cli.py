@@ -11,17 +11,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from conftest import anytime_command
+from treeutil import at_epoch, snap, view_at
 
 from anytime.store import timeline
 from anytime.store.format import FLAG_DENSE, HOLE_ID, MAX_INSTANT
 from anytime.store.repo import Repository
-from anytime.store.volumes import get_volume
-from anytime.vfs.view import View
 
 NS = 10**9
 NOBODY = 65534
@@ -34,24 +32,7 @@ def js(r: subprocess.CompletedProcess):
 
 
 def at_arg(instant_ns: int) -> str:
-    return f"--at=@{instant_ns // NS}.{instant_ns % NS:09d}"
-
-
-def snap(anytime, path, *extra) -> dict:
-    """Snapshot ``path`` (exit 0 expected); returns the --json summary."""
-    return js(anytime("snapshot", path, "--json", *extra, check=0))
-
-
-@contextmanager
-def view_at(repo_dir, volume: str, instant: int = MAX_INSTANT):
-    """An in-process View of ``volume`` (to inspect entries the CLI does not print)."""
-    repo = Repository.open(str(repo_dir))
-    try:
-        with repo.read_txn() as txn:
-            vol = get_volume(repo, txn, volume)
-        yield View(repo, vol, instant)
-    finally:
-        repo.close()
+    return f"--at={at_epoch(instant_ns)}"
 
 
 def pack_files(repo_dir) -> set[bytes]:
@@ -64,15 +45,11 @@ def pack_files(repo_dir) -> set[bytes]:
 
 def referenced_packs(repo_dir) -> set[bytes]:
     """Pack ids the index knows (committed); every block location points into these."""
-    repo = Repository.open(str(repo_dir))
-    try:
-        with repo.read_txn() as txn:
-            known = repo.committed_packs(txn)
-            in_blocks = {bytes(v[:16]) for _, v in txn.cursor(db=repo.dbs[b"blocks"])}
-        assert in_blocks <= known
-        return known
-    finally:
-        repo.close()
+    with Repository.open(str(repo_dir)) as repo, repo.read_txn() as txn:
+        known = repo.committed_packs(txn)
+        in_blocks = {bytes(v[:16]) for _, v in txn.cursor(db=repo.dbs[b"blocks"])}
+    assert in_blocks <= known
+    return known
 
 
 def disk_usage(path) -> int:

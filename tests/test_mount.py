@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import shutil
 import stat
@@ -21,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from treeutil import at_epoch, snap
 
 from anytime.store import clock
 
@@ -81,12 +81,9 @@ def mounted(anytime, target, mp: Path, *args):
 
 
 def snapshot(anytime, src: Path, *args) -> int:
-    r = anytime("snapshot", src, "--json", *args, check=0)
-    return json.loads(r.stdout)["instant_ns"]
+    """Snapshot through the command; its instant."""
+    return snap(anytime, src, *args)["instant_ns"]
 
-
-def at(ns: int) -> str:
-    return f"@{ns // 10**9}.{ns % 10**9:09d}"
 
 
 def freeze_atimes(root: Path) -> None:
@@ -196,7 +193,7 @@ def test_instants_are_exact(anytime, src_dir, two_instants, mnt_dirs):
     t1, m1, t2, m2 = two_instants
     assert m1 != m2
     for t, m in ((t1, m1), (t2, m2)):
-        with mounted(anytime, src_dir, mnt_dirs(), "--at", at(t)) as mp:
+        with mounted(anytime, src_dir, mnt_dirs(), "--at", at_epoch(t)) as mp:
             compare(m, mp)
             a, b = os.stat(mp / "hello.txt"), os.stat(mp / "docs" / "hello-link")
             assert a.st_ino == b.st_ino and a.st_nlink == 2
@@ -220,14 +217,15 @@ def test_time_travel_root(anytime, src_dir, two_instants, mnt_dirs):
         assert os.listdir(mp / "labels") == ["first"]
         # any instant typed as a name opens the volume there, listed or not
         compare(m1, mp / format_instant(t1 + 500_000_000))  # local zone, between commits
-        compare(m1, mp / at(t1))
-        compare(m2, mp / at(t2 + 1))
+        compare(m1, mp / at_epoch(t1))
+        compare(m2, mp / at_epoch(t2 + 1))
         ago = (clock.now_ns() - t2) / 1e9 + 0.6  # 0.6 s before t2, after t1
         assert (mp / f"{ago:.3f} seconds ago" / "hello.txt").read_text() == "hello\n"
         assert not (mp / "10 years ago").exists()  # before history
         assert not (mp / "not an instant").exists()
         # instant directories do not share inode numbers across instants
-        assert os.stat(mp / at(t1) / "secret").st_ino != os.stat(mp / at(t2) / "secret").st_ino
+        assert os.stat(mp / at_epoch(t1) / "secret").st_ino != \
+            os.stat(mp / at_epoch(t2) / "secret").st_ino
         # versions/: each regular file is a directory of its distinct versions
         v = mp / "versions" / "hello.txt"
         assert sorted(os.listdir(v)) == [format_instant(t1, utc=True),
@@ -305,7 +303,7 @@ def test_capture_while_reading(anytime, src_dir, mnt_dirs):
         def walker():
             try:
                 while not stop.is_set():
-                    compare(fixed, mp / at(t0))
+                    compare(fixed, mp / at_epoch(t0))
             except BaseException as e:  # noqa: BLE001 - reported below
                 errors.append(e)
 
@@ -328,7 +326,7 @@ def test_capture_while_reading(anytime, src_dir, mnt_dirs):
             th.join()
         assert not errors, errors[0]
         assert seen == {"1\n", "2\n", "3\n"}  # latest/ moved forward
-        compare(fixed, mp / at(t0))  # a mounted instant never changes
+        compare(fixed, mp / at_epoch(t0))  # a mounted instant never changes
 
 
 def test_damaged_block_gives_eio(anytime, repo_dir, src_dir, mnt_dirs, tmp_path):

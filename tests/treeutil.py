@@ -1,10 +1,38 @@
-"""Helpers for tests: build varied trees and compare trees byte- and metadata-exactly."""
+"""Helpers for tests: build varied trees, compare trees byte- and metadata-exactly, take
+snapshots through the command and look at a volume in-process."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
+from contextlib import contextmanager
 from pathlib import Path
+
+from anytime.store.format import MAX_INSTANT
+from anytime.store.repo import Repository
+from anytime.store.volumes import get_volume
+from anytime.vfs.view import View
+
+
+def at_epoch(ns: int) -> str:
+    """An instant as ``@SECONDS.NANOS``, exact (a float would round to ~200 ns)."""
+    return f"@{ns // 10**9}.{ns % 10**9:09d}"
+
+
+def snap(anytime, path, *extra) -> dict:
+    """Snapshot ``path`` through the command (exit 0 expected); the --json summary."""
+    r = anytime("snapshot", path, "--json", *extra, check=0)
+    return json.loads(r.stdout)
+
+
+@contextmanager
+def view_at(repo_dir, volume: str, instant: int = MAX_INSTANT):
+    """An in-process View of ``volume`` (to inspect entries the CLI does not print)."""
+    with Repository.open(str(repo_dir)) as repo:
+        with repo.read_txn() as txn:
+            vol = get_volume(repo, txn, volume)
+        yield View(repo, vol, instant)
 
 
 def build_tree(root: Path) -> None:
