@@ -160,20 +160,20 @@ def _find_in_volume(repo, txn, vol, match, since, until, deleted_only) -> list[d
             "deleted": format_instant(last_t) if last_e.deleted else None,
         })
 
+    group, wanted = None, False  # the key prefix of the path being read; does it match
     for key, val in cur:
         if not key.startswith(prefix):
             break
-        body = key[4:-9]
-        parent, _, name = body.partition(b"\x00")
-        if not name:
-            continue
-        path = join_path(parent, name)
-        if path != current:
+        if key[:-8] != group:  # a new path: name it and match it once, not per version
+            group = key[:-8]
+            parent, _, name = group[4:-1].partition(b"\x00")
             flush()
-            current, versions = path, []
-        t = U64.unpack(key[-8:])[0]
-        if t <= horizon and match(path, name):
-            versions.append((t, Entry.decode(val)))
+            current, versions = (join_path(parent, name) if name else None), []
+            wanted = bool(name) and match(current, name)
+        if wanted:
+            t = U64.unpack(key[-8:])[0]
+            if t <= horizon:
+                versions.append((t, Entry.decode(val)))
     flush()
     return rows
 
