@@ -77,6 +77,35 @@ def test_binary_file_ranges(anytime, two_states):
         200_000 <= s and e <= 200_016 for s, e in out["ranges"])
 
 
+def test_block_wise_ranges_match_whole_file_ranges(anytime, repo_dir, two_states):
+    """Files over TEXT_LIMIT are compared block by block (equal blocks unread); smaller
+    ones whole, in memory. Both give the same ranges, against an instant and live."""
+    from treeutil import view_at
+
+    from anytime.store.format import MAX_INSTANT
+    from anytime.tools.target import resolve_instant
+    from anytime.vfs.diff import LiveSide, ViewSide, binary_ranges
+    from anytime.vfs.view import View
+
+    with open(two_states / "blob.bin", "r+b") as f:  # live: one more change, a longer file
+        f.seek(5)
+        f.write(b"\x01\x02")
+        f.seek(0, 2)
+        f.write(b"tail")
+    with view_at(repo_dir, "src", MAX_INSTANT) as v2:
+        v1 = View(v2.repo, v2.vol, resolve_instant(v2.repo, v2.vol, "one"))
+        a, b = v1.lookup(b"blob.bin"), v2.lookup(b"blob.bin")
+        whole = merge_ranges(differing_ranges(b"".join(v1.iter_read(a)),
+                                              b"".join(v2.iter_read(b))))
+        assert whole and binary_ranges(ViewSide(v1), ViewSide(v2), b"blob.bin",
+                                       b"blob.bin", a, b) == whole
+        live = LiveSide(v2)
+        e = live.lookup(b"blob.bin")
+        whole = merge_ranges(differing_ranges(b"".join(v1.iter_read(a)),
+                                              (two_states / "blob.bin").read_bytes()))
+        assert binary_ranges(ViewSide(v1), live, b"blob.bin", b"blob.bin", a, e) == whole
+
+
 def test_diff_against_live_tree(anytime, two_states):
     (two_states / "live-only").write_text("x")
     (two_states / "new.txt").write_text("hello again\n")

@@ -14,7 +14,9 @@ from anytime.vfs.diff import (
     TreeDiff,
     ViewSide,
     binary_ranges,
+    differing_ranges,
     looks_text,
+    merge_ranges,
     read_all,
 )
 from anytime.vfs.instants import format_instant
@@ -77,6 +79,7 @@ def _file_diff(args, target, old, new, a, b) -> int:
     t1 = format_instant(old.view.instant)
     t2 = "live" if isinstance(new, LiveSide) else format_instant(new.view.instant)
     path = target.path
+    da = db = None
     if a.size <= TEXT_LIMIT and b.size <= TEXT_LIMIT:
         da, db = read_all(old, path, a), read_all(new, path, b)
         if da == db:
@@ -95,7 +98,10 @@ def _file_diff(args, target, old, new, a, b) -> int:
             else:
                 sys.stdout.buffer.write(text.encode("utf-8", "surrogateescape"))
             return 1 if args.exit_code else 0
-    ranges = binary_ranges(old, new, path, path, a, b)
+    if da is not None:  # both already in memory: compare them, do not read them again
+        ranges = merge_ranges(differing_ranges(da, db))
+    else:
+        ranges = binary_ranges(old, new, path, path, a, b)
     if args.json:
         print(json.dumps({"path": name, "kind": "binary", "old_size": a.size,
                           "new_size": b.size, "ranges": [list(r) for r in ranges]}))
