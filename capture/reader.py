@@ -28,6 +28,11 @@ from anytime.store.format import HOLE_ID
 from anytime.store.localfs import read_xattrs
 
 SEGMENT_BLOCKS = 8
+#: Reads of a file before it is recorded as unstable (capture/scan.py).
+RETRIES = 3
+#: A file changed less than this before its read began is "recent" (capture/scan.py):
+#: read until two reads in a row give the same blocks.
+RECENT_NS = 1_000_000_000
 OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 SEEK_DATA = getattr(os, "SEEK_DATA", 3)
 
@@ -41,17 +46,38 @@ class FileReader:
         self.bs = block_size
         self._cpu_slots = threading.BoundedSemaphore(cores)
 
-    def read_batch(self, paths: list[tuple[bytes, bool]]) -> list:
-        """:meth:`read_small` for each (path, probe); an OSError is returned in its place."""
+    def read_batch(self, jobs: list[tuple]) -> list:
+        """:meth:`read_small` for each (path, probe, tries, last ids); an OSError is
+        returned in its place."""
         out = []
-        for p, probe in paths:
+        for job in jobs:
             try:
-                out.append(self.read_small(p, probe))
+                out.append(self.read_small(*job))
             except OSError as err:
                 out.append(err)
         return out
 
-    def read_small(self, abspath: bytes, probe: bool = False):
+    def read_small(self, abspath: bytes, probe: bool = False, tries: int = 1,
+                   last_ids: list[bytes] | None = None):
+        """Read a file of at most one segment, and read it again while it is recent and
+        the last two reads differ (at most ``RETRIES`` reads in all, ``tries`` counted
+        already): the confirming read happens here, in the worker, not as a new job.
+
+        Returns (block ids, stat before, stat after, xattrs, kernel time before, tries,
+        ids of the read before the last or ``last_ids``); or ``("defer", stat)`` (see
+        :meth:`read_once`). The caller judges stability as before, from these.
+        """
+        while True:
+            got = self.read_once(abspath, probe)
+            if got[0] == "defer":
+                return got
+            ids, before, after, _xattrs, started = got
+            if tries >= RETRIES or not (same_stat(before, after) and recent(before, started)
+                                        and ids != last_ids):
+                return (*got, tries, last_ids)
+            tries, last_ids = tries + 1, ids
+
+    def read_once(self, abspath: bytes, probe: bool = False):
         """Open, read, store and close a file of at most one segment, in a worker thread.
 
         Returns (block ids, stat before, stat after, xattrs, kernel time before). With
@@ -107,3 +133,14 @@ def all_hole(fd: int, off: int, n: int) -> bool:
     except OSError as e:
         return e.errno == errno.ENXIO  # no data after off
     return nxt >= off + n
+
+
+def same_stat(before: os.stat_result, after: os.stat_result) -> bool:
+    """True if nothing a write changes differs between two stats of one file."""
+    return (after.st_size, after.st_mtime_ns, after.st_ctime_ns, after.st_ino) == (
+        before.st_size, before.st_mtime_ns, before.st_ctime_ns, before.st_ino)
+
+
+def recent(before: os.stat_result, started_ns: int) -> bool:
+    """True if the file changed less than RECENT_NS before its read began."""
+    return before.st_ctime_ns > started_ns - RECENT_NS

@@ -51,10 +51,8 @@ from anytime.store.format import (
 from anytime.store.localfs import read_xattrs
 from anytime.store.writer import CommitBuilder
 
-from .reader import OPEN_FLAGS, SEGMENT_BLOCKS, FileReader
+from .reader import OPEN_FLAGS, RETRIES, SEGMENT_BLOCKS, FileReader, recent, same_stat
 
-RETRIES = 3
-RECENT_NS = 1_000_000_000
 #: GIL switch interval while scanning (seconds; CPython's default is 0.005).
 SWITCH_INTERVAL = 0.0005
 MAX_INFLIGHT_SEGMENTS = 128
@@ -378,8 +376,8 @@ class Scanner:
 
     def _flush_batch(self) -> None:
         if self._batch:
-            fut = self.pool.submit(self.reader.read_batch, [(j.abspath, j.probe)
-                                                      for j in self._batch])
+            fut = self.pool.submit(self.reader.read_batch, [
+                (j.abspath, j.probe, j.tries, j.last_ids) for j in self._batch])
             for j in self._batch:
                 j.segments = [fut]
             self._batch = []
@@ -408,7 +406,7 @@ class Scanner:
                     self.report.others += 1
                     self._record_other(job.path, job.abspath, s, kind_of(s.st_mode))
                 return None
-            ids, job.before, after, xattrs, job.started_ns = res
+            ids, job.before, after, xattrs, job.started_ns, job.tries, job.last_ids = res
             if job.probe:  # first read of a new path: now we know what it is
                 job.probe = False
                 job.file_id, job.existing = self._file_id_for(job.before, None)
@@ -428,10 +426,8 @@ class Scanner:
             if got is None:
                 return
             ids, after = got
-            b = job.before
-            stable = (after.st_size, after.st_mtime_ns, after.st_ctime_ns, after.st_ino) == (
-                b.st_size, b.st_mtime_ns, b.st_ctime_ns, b.st_ino)
-            if stable and _recent(job) and ids != job.last_ids:
+            stable = same_stat(job.before, after)
+            if stable and recent(job.before, job.started_ns) and ids != job.last_ids:
                 stable = False  # a write may have been in flight: read until two agree
             if stable or job.tries >= RETRIES:
                 break
@@ -470,8 +466,3 @@ class Scanner:
         self.builder.put_entry(job.path, e)
         self.builder.map_inode(e.src_dev, e.src_ino, e.file_id, e.mtime_ns, e.size)
         self.repo.map_trimmer.touched()  # the index lookups for this file
-
-
-def _recent(job: _FileJob) -> bool:
-    """True if the file changed less than RECENT_NS before its read began."""
-    return job.before.st_ctime_ns > job.started_ns - RECENT_NS
