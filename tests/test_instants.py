@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from anytime.store import clock
 from anytime.store.errors import InstantError
-from anytime.vfs.instants import format_instant, parse_instant
+from anytime.vfs.instants import format_instant, is_relative, parse_instant
 
 NS = 1_000_000_000
 #: 2026-11-24T12:00:00Z, a Tuesday; the "now" of the relative forms below.
@@ -69,6 +69,16 @@ def test_iso_without_zone_is_local_time(monkeypatch):
 ])
 def test_relative(text, expected):
     assert parse_instant(text, now=NOW) == expected
+
+
+@pytest.mark.parametrize("text,moves", [
+    ("now", True), ("10 minutes ago", True), ("-2h", True), ("today 9:30", True),
+    ("yesterday", True), ("Yesterday 17:00", True), ("2026-11-24T10:03:17Z", False),
+    ("20261124T100317Z", False), ("@1764000000", False), ("a-label", False),
+])
+def test_is_relative(text, moves):
+    """What moves with the clock: a mount must not keep such a name's content."""
+    assert is_relative(text) is moves
 
 
 def test_now_reads_the_one_clock():

@@ -102,6 +102,15 @@ def parse_instant(text: str, labels: Callable[[str], int | None] | None = None,
         f"'now', '10 minutes ago', '-2h', 'yesterday 17:00', '@EPOCH' or a label name")
 
 
+def is_relative(text: str) -> bool:
+    """True if ``text`` names an instant that moves with the clock (``now``, ``10 minutes
+    ago``, ``-2h``, ``today 9:30``, ``yesterday``): what parse_instant reads from ``now``."""
+    s = text.strip().lower()
+    return (s in ("now", "latest") or bool(_DAYWORD.match(s))
+            or any(m is not None and m.group(2) in _UNITS
+                   for m in (_REL_AGO.match(s), _REL_MINUS.match(s))))
+
+
 def format_instant(ns: int, utc: bool = False, basic: bool = False) -> str:
     """ISO 8601 with the zone offset and as many fraction digits as needed (up to 9);
     ``basic``: without separators (``20261124T100317.25Z``: no ``:``, for Windows names)."""

@@ -53,7 +53,7 @@ from anytime.store.format import (
 )
 from anytime.store.volumes import Volume, get_volume_by_id
 
-from .instants import format_instant, parse_instant
+from .instants import format_instant, is_relative, parse_instant
 from .view import View
 
 NS = 1_000_000_000
@@ -200,16 +200,14 @@ class Namespace:
             with self.repo.read_txn() as txn:
                 def labels(n):
                     return timeline.label_instant(self.repo, txn, self._vol.id, n)
-                wall = clock.now_ns()
-                t = parse_instant(text, labels=labels, now=wall)
-                relative = parse_instant(text, labels=labels, now=wall + NS) != t
-                is_label = labels(text) is not None
+                t = parse_instant(text, labels=labels, now=clock.now_ns())
+                # a relative name moves with the clock, and a label may be moved
+                relative = is_relative(text) or labels(text) is not None
                 first = timeline.first_commit(self.repo, txn, self._vol.id)
         except InstantError:
             raise _enoent(name) from None
         if first is None or t < first:
             raise _enoent(name)
-        relative = relative or is_label  # a label may be moved
         with self._lock:
             if len(self._named) > 4096:  # typed names are few; forget them if someone scans
                 self._named.clear()

@@ -70,11 +70,14 @@ class View:
             for i, bid in enumerate(ids):
                 bstart = (first + i) * bs
                 blen = min(bs, entry.size - bstart)
-                data = bytes(blen) if bid == HOLE_ID else self.repo.read_block(txn, bid)
-                if len(data) < blen:  # a block stored before the file grew past it
-                    data += bytes(blen - len(data))
                 lo = max(offset - bstart, 0)
                 hi = min(end - bstart, blen)
+                if bid == HOLE_ID:  # zeros, only as many as asked for
+                    parts.append(bytes(hi - lo))
+                    continue
+                data = self.repo.read_block(txn, bid)
+                if len(data) < blen:  # a block stored before the file grew past it
+                    data += bytes(blen - len(data))
                 parts.append(data[lo:hi] if (lo, hi) != (0, len(data)) else data)
         return b"".join(parts)
 
