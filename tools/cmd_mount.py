@@ -99,11 +99,6 @@ def _namespace(args):
             raise UsageError(f"{args.path} is inside volume '{target.vol.name}'; mount the "
                              f"whole volume ('anytime mount {target.vol.name} ...')")
         at = resolve_instant(repo, target.vol, args.at) if args.at else None
-        if at is not None and at > target.vol.horizon:
-            # Past the newest commit the view equals the newest commit; pinning it there
-            # makes the mount final (kernel-cached) and closes the race with a commit
-            # in flight whose instant would still be <= at.
-            at = target.vol.horizon
         # Windows names cannot hold ':': list instants as 20261124T100317Z there
         return repo, Namespace(repo, target.vol, at, basic_names=sys.platform == "win32")
     except BaseException:

@@ -109,6 +109,11 @@ class Namespace:
         self.basic_names = basic_names
         self._vol = vol
         self._vol_read = clock.monotonic()
+        if at is not None and at > vol.horizon:
+            # Past the newest commit the view equals the newest commit; pinning it there
+            # makes the mount final (kernel-cached) and closes the race with a commit in
+            # flight whose instant would still be <= at.
+            at = vol.horizon
         self.at = at
         self._lock = threading.Lock()
         self._slots: dict[int, int] = {}
