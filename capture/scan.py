@@ -313,7 +313,10 @@ class Scanner:
         return self.builder.new_file_id(), False
 
     def _record_file(self, rel: bytes, abspath: bytes, s: os.stat_result,
-                     old: Entry | None) -> None:
+                     old: Entry | None, drain: bool = True) -> None:
+        """Record a regular file: queue its read. ``drain`` False when called from inside
+        a drain (a probe handed back), which goes on with the queue itself: draining
+        again there would nest one call deeper per handed-back file."""
         self.report.changed += 1
         e = Entry.from_stat(s, KIND_FILE)
         key = (s.st_dev, s.st_ino)
@@ -338,7 +341,8 @@ class Scanner:
             job.before = os.fstat(job.fd)
         self._submit(job)
         self.pending.append(job)
-        self._drain(MAX_INFLIGHT_SEGMENTS)
+        if drain:
+            self._drain(MAX_INFLIGHT_SEGMENTS)
 
     def _open_failed(self, job: _FileJob, err: OSError) -> None:
         if job.probe and err.errno == errno.ELOOP:  # became a symlink since it was listed
@@ -400,7 +404,7 @@ class Scanner:
                 self.report.changed -= 1  # counted again by the full path
                 s = res[1]
                 if st_.S_ISREG(s.st_mode):
-                    self._record_file(job.path, job.abspath, s, None)
+                    self._record_file(job.path, job.abspath, s, None, drain=False)
                 else:
                     self.report.files -= 1
                     self.report.others += 1
