@@ -14,6 +14,10 @@ Terms:
             file.
   hole      a block with no data in a sparse file, found with ``SEEK_DATA`` without
             reading it; stored as ``HOLE_ID``.
+  end       where a file's reads really ended. It differs from ``st_size`` for files
+            whose size lies: procfs files say 0 and hold bytes, sysfs files say 4096 and
+            hold fewer. What a read returns is stored, and the entry's size is the
+            number of bytes stored (as restic and borg do).
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ RETRIES = 3
 RECENT_NS = 1_000_000_000
 OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 SEEK_DATA = getattr(os, "SEEK_DATA", 3)
+#: A file that reads longer than its ``st_size`` is read on to EOF, but at most this many
+#: bytes past ``st_size`` (a pseudo-file that never ends is stored cut there).
+READ_PAST_LIMIT = 64 * 1024 * 1024
 
 
 class FileReader:
@@ -63,15 +70,15 @@ class FileReader:
         the last two reads differ (at most ``RETRIES`` reads in all, ``tries`` counted
         already): the confirming read happens here, in the worker, not as a new job.
 
-        Returns (block ids, stat before, stat after, xattrs, kernel time before, tries,
-        ids of the read before the last or ``last_ids``); or ``("defer", stat)`` (see
+        Returns (block ids, end, stat before, stat after, xattrs, kernel time before,
+        tries, ids of the read before the last or ``last_ids``); or ``("defer", stat)`` (see
         :meth:`read_once`). The caller judges stability as before, from these.
         """
         while True:
             got = self.read_once(abspath, probe)
             if got[0] == "defer":
                 return got
-            ids, before, after, _xattrs, started = got
+            ids, _end, before, after, _xattrs, started = got
             if tries >= RETRIES or not (same_stat(before, after) and recent(before, started)
                                         and ids != last_ids):
                 return (*got, tries, last_ids)
@@ -80,7 +87,8 @@ class FileReader:
     def read_once(self, abspath: bytes, probe: bool = False):
         """Open, read, store and close a file of at most one segment, in a worker thread.
 
-        Returns (block ids, stat before, stat after, xattrs, kernel time before). With
+        Returns (block ids, end, stat before, stat after, xattrs, kernel time before);
+        end as :meth:`read_segment` gives it. With
         ``probe`` (a new path the main thread did not stat), a file that is not a plain
         regular file of at most one segment with one link is not read: ``("defer",
         stat)`` hands it back to the main thread's full path.
@@ -95,35 +103,74 @@ class FileReader:
             xattrs = read_xattrs(fd)
             size = before.st_size
             nblocks = (size + self.bs - 1) // self.bs
-            ids = self.read_segment(fd, 0, nblocks, size, before.st_blocks * 512 < size)
-            return ids, before, os.fstat(fd), xattrs, started
+            ids, end = self.read_segment(fd, 0, nblocks, size, before.st_blocks * 512 < size)
+            return ids, end, before, os.fstat(fd), xattrs, started
         finally:
             os.close(fd)
 
-    def read_big_segment(self, *args) -> list[bytes]:
+    def read_big_segment(self, *args) -> tuple[list[bytes], int | None]:
         """A segment of a large file: at most one per core at a time (the extra worker is
         for small files, whose opens and reads wait on the kernel, not for compression)."""
         with self._cpu_slots:
             return self.read_segment(*args)
 
     def read_segment(self, fd: int, first: int, count: int, size: int, sparse: bool
-                     ) -> list[bytes]:
+                     ) -> tuple[list[bytes], int | None]:
         """Store blocks ``first`` .. ``first + count - 1`` of open file ``fd`` (of ``size``
-        bytes, with holes if ``sparse``); returns their ids."""
+        bytes by its stat, with holes if ``sparse``); returns (their ids, end).
+
+        ``end`` is None when every read returned what ``size`` says. Otherwise the file
+        was read on to EOF from the first read that did not (:meth:`read_past`) and
+        ``end`` is where it ended; the ids then stop there. Checking costs nothing for an
+        ordinary file: its last block is read asking one byte more, which a file longer
+        than its size returns; only a size that is a multiple of the block size (0
+        included) takes one more pread, at the end, to see the file ends there.
+        """
         bs = self.bs
         ids = []
         store = self.store
-        for b in range(first, first + count):
+        last = first + count
+        for b in range(first, last):
             off = b * bs
             n = min(bs, size - off)
             if sparse and all_hole(fd, off, n):
                 ids.append(HOLE_ID)
                 continue
-            data = os.pread(fd, n, off)
-            if len(data) < n:  # shrank while read; the stat check will notice
-                data += bytes(n - len(data))
+            want = n + 1 if n < bs and off + n == size else n
+            data = os.pread(fd, want, off)
+            if len(data) != n:
+                more, end = self.read_past(fd, off, data, size)
+                return ids + more, end
             ids.append(store(data))
-        return ids
+        if last * bs == size:
+            data = os.pread(fd, bs, size)  # the file ends at a block boundary, or not
+            if data:
+                more, end = self.read_past(fd, size, data, size)
+                return ids + more, end
+        return ids, None
+
+    def read_past(self, fd: int, off: int, data: bytes, size: int
+                  ) -> tuple[list[bytes], int]:
+        """Store a file from ``off`` to EOF, ``data`` already read there (a file whose
+        reads end elsewhere than its ``size``); returns (ids, end). Reads on after a
+        short read, which ends a regular file only when the next returns nothing; stops
+        ``READ_PAST_LIMIT`` bytes past ``size``."""
+        bs = self.bs
+        ids = []
+        limit = size + READ_PAST_LIMIT
+        while True:
+            while len(data) < bs:
+                more = os.pread(fd, bs - len(data), off + len(data))
+                if not more:
+                    break
+                data += more
+            if data:
+                ids.append(self.store(data))
+            end = off + len(data)
+            if len(data) < bs or end >= limit:
+                return ids, end
+            off = end
+            data = os.pread(fd, bs, off)
 
 
 def all_hole(fd: int, off: int, n: int) -> bool:

@@ -81,6 +81,8 @@ class ScanReport:
     deleted: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     unstable: list[str] = field(default_factory=list)
+    #: files whose reads ended elsewhere than their st_size said (stored as read)
+    resized: list[str] = field(default_factory=list)
     committed: bool = False
 
     @property
@@ -103,6 +105,7 @@ class _FileJob:
     probe: bool = False  # a new path not yet stat'ed by the main thread
     started_ns: int = 0  # kernel time just before ``before`` was taken
     last_ids: list[bytes] | None = None  # block ids of the previous read
+    end: int | None = None  # where the last read really ended, if not at st_size
 
 
 class Scanner:
@@ -159,7 +162,8 @@ class Scanner:
             r = self.report
             info = dict(info, files=r.files, dirs=r.dirs, files_read=r.files_read,
                         bytes_read=r.bytes_read, changed=r.changed, deleted=r.deleted,
-                        skipped=len(r.skipped), unstable=len(r.unstable), partial=r.partial)
+                        skipped=len(r.skipped), unstable=len(r.unstable),
+                        resized=len(r.resized), partial=r.partial)
             r.instant = self.builder.commit(info, label=label)
             r.committed = True
             return r
@@ -410,7 +414,8 @@ class Scanner:
                     self.report.others += 1
                     self._record_other(job.path, job.abspath, s, kind_of(s.st_mode))
                 return None
-            ids, job.before, after, xattrs, job.started_ns, job.tries, job.last_ids = res
+            (ids, job.end, job.before, after, xattrs, job.started_ns, job.tries,
+             job.last_ids) = res
             if job.probe:  # first read of a new path: now we know what it is
                 job.probe = False
                 job.file_id, job.existing = self._file_id_for(job.before, None)
@@ -419,9 +424,12 @@ class Scanner:
             job.entry.xattrs = xattrs
             return ids, after
         self.inflight -= len(job.segments)
-        ids = []
+        ids, job.end = [], None
         for f in job.segments:
-            ids.extend(f.result())
+            got, end = f.result()
+            if job.end is None:  # a segment's reads ended early: the file ends there
+                ids.extend(got)
+                job.end = end
         return ids, os.fstat(job.fd)
 
     def _finish(self, job: _FileJob) -> None:
@@ -451,12 +459,17 @@ class Scanner:
                                    f"recorded as unstable")
         if HOLE_ID not in ids:
             e.flags |= FLAG_DENSE
-        # the entry describes what was read: the stat the last read began with
+        # the entry describes what was read: the stat the last read began with, and the
+        # bytes stored where the reads ended elsewhere than its size
         s = job.before
         e.size, e.mtime_ns, e.ctime_ns = s.st_size, s.st_mtime_ns, s.st_ctime_ns
         e.nlink, e.mode, e.uid, e.gid = s.st_nlink, s.st_mode, s.st_uid, s.st_gid
+        if job.end is not None and job.end != s.st_size:
+            e.size = job.end
+            if stable:
+                self.report.resized.append(os.fsdecode(job.abspath))
         self.report.files_read += 1
-        self.report.bytes_read += s.st_size
+        self.report.bytes_read += e.size
         if job.existing:
             old = timeline.blocks_at(self.repo, self.txn, self.vid, job.file_id, 0, len(ids),
                                      MAX_INSTANT)

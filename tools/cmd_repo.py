@@ -84,7 +84,7 @@ def cmd_snapshot(args) -> int:
         "files_read": report.files_read, "bytes_read": report.bytes_read,
         "changed": report.changed, "deleted": report.deleted,
         "skipped": [{"path": p, "reason": r} for p, r in report.skipped],
-        "unstable": report.unstable, "partial": report.partial,
+        "unstable": report.unstable, "resized": report.resized, "partial": report.partial,
     }
     if args.json:
         json.dump(summary, sys.stdout, indent=2)
@@ -94,11 +94,20 @@ def cmd_snapshot(args) -> int:
               f"{report.files} files, {report.dirs} dirs; read {report.files_read} files "
               f"({report.bytes_read / 1e6:.1f} MB); {report.changed} changed, "
               f"{report.deleted} deleted")
+        if report.resized:
+            print(f"{len(report.resized)} files read to another length than their size says "
+                  f"(as /proc and /sys files do); stored as read: {some(report.resized)}")
     if report.partial:
         raise PartialError(f"the snapshot is partial: {len(report.skipped)} entries could not "
                            f"be read and keep their previous versions:\n  " + "\n  ".join(
                                f"{p}: {r}" for p, r in report.skipped))
     return 0
+
+
+def some(paths: list[str], n: int = 5) -> str:
+    """The first ``n`` of ``paths``, and how many more (all of them are in --json)."""
+    head = ", ".join(paths[:n])
+    return head + (f" and {len(paths) - n} more (--json lists all)" if len(paths) > n else "")
 
 
 def cmd_check(args) -> int:
