@@ -35,7 +35,6 @@ from anytime.store.format import (
     FLAG_DENSE,
     FLAG_UNSTABLE,
     HOLE_ID,
-    INODE_VALUE,
     KIND_DELETED,
     KIND_DIR,
     KIND_FILE,
@@ -43,7 +42,6 @@ from anytime.store.format import (
     MAX_INSTANT,
     MAX_PATH,
     Entry,
-    inode_key,
     join_path,
     kind_of,
     vol_key,
@@ -307,13 +305,10 @@ class Scanner:
         # A path new to us whose inode we know: the same file renamed or linked here if
         # it still has the size and mtime we recorded; otherwise the inode number was
         # reused by a new file, which gets a new file id.
-        v = None
-        if self.inodes_known:
-            v = self.txn.get(inode_key(self.vid, s.st_dev, s.st_ino),
-                             db=self.repo.dbs[DB_INODES])
-        known = INODE_VALUE.unpack(v) if v is not None else None
-        if known is not None and known[1:] == (s.st_mtime_ns, s.st_size):
-            return known[0], True
+        known = timeline.known_file_id(self.repo, self.txn, self.vid, s) \
+            if self.inodes_known else None
+        if known is not None:
+            return known, True
         return self.builder.new_file_id(), False
 
     def _record_file(self, rel: bytes, abspath: bytes, s: os.stat_result,

@@ -19,8 +19,10 @@ from .format import (
     DB_BLOCKVERS,
     DB_COMMITS,
     DB_ENTRIES,
+    DB_INODES,
     DB_LABELS,
     HOLE_ID,
+    INODE_VALUE,
     MAX_INSTANT,
     U64,
     Entry,
@@ -28,6 +30,7 @@ from .format import (
     commit_key,
     dir_prefix,
     entry_prefix,
+    inode_key,
     label_key,
     split_path,
     vol_key,
@@ -238,3 +241,20 @@ def labels(repo, txn, vol: int) -> list[tuple[str, int]]:
                 break
             out.append((bytes(key[4:]).decode(errors="surrogateescape"), U64.unpack(val)[0]))
     return out
+
+
+def known_file_id(repo, txn, vol: int, st) -> int | None:
+    """The file id of the source file ``st`` (an ``os.stat_result``) if the volume's inode
+    map says its inode holds the file last recorded there, else None.
+
+    This is the one identity rule for files met on disk (the scan's stat cache, the
+    live side of ``diff``): a known inode is the same file only while it still has the
+    size and mtime recorded for it. A different size or mtime means the inode number was
+    reused by an unrelated file (or the file changed since, which the scan reads anew
+    either way), so the file is new, not the old one renamed.
+    """
+    v = txn.get(inode_key(vol, st.st_dev, st.st_ino), db=repo.dbs[DB_INODES])
+    if v is None:
+        return None
+    file_id, mtime_ns, size = INODE_VALUE.unpack(v)
+    return file_id if (mtime_ns, size) == (st.st_mtime_ns, st.st_size) else None

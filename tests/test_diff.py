@@ -132,3 +132,56 @@ def test_change_deep_inside_an_unchanged_directory(anytime, src_dir):
     anytime("snapshot", src_dir, check=0)
     out = anytime("diff", src_dir, "--from", "before", check=0).stdout.decode()
     assert out.splitlines() == [f"M    {src_dir}/a/b/f.txt"]
+
+
+def _reuse_inode(directory, ino: int, name: str, data: bytes, tries: int = 20):
+    """Create ``directory/name`` with ``data`` on inode number ``ino`` (just freed): the
+    filesystem hands a freed inode out again at once; files made meanwhile that got
+    another number are removed again. Asserts the reuse happened."""
+    for i in range(tries):
+        p = directory / name
+        p.write_bytes(data)
+        if os.lstat(p).st_ino == ino:
+            return p
+        p.rename(directory / f"spare{i}")  # keep it: freeing it would hand its number out
+    pytest.fail(f"inode {ino} was not reused in {tries} tries")
+
+
+def test_reused_inode_is_no_rename_against_live(anytime, loop_fs):
+    """A file deleted and an unrelated one created on its inode number: the live side
+    uses the scan's identity rule (same size and mtime as recorded), so diff says - and +,
+    not R; a real rename still says R. Both ways: --to live and --from live."""
+    src = loop_fs(16) / "src"
+    src.mkdir()
+    anytime("init", check=0)
+    (src / "old.txt").write_bytes(b"first file\n")
+    (src / "moved-from").write_bytes(b"a file that is renamed\n")
+    anytime("snapshot", src, "--label", "one", check=0)
+    ino = os.lstat(src / "old.txt").st_ino
+    os.unlink(src / "old.txt")
+    _reuse_inode(src, ino, "unrelated.txt", b"other file\n")  # same size, new mtime
+    os.rename(src / "moved-from", src / "moved-to")
+    spares = sorted(p.name for p in src.iterdir() if p.name.startswith("spare"))
+
+    out = anytime("diff", src, "--from", "one", "--to", "live", check=0).stdout.decode()
+    assert sorted(out.splitlines()) == sorted(
+        [f"+    {src}/unrelated.txt", f"-    {src}/old.txt",
+         f"R    {src}/moved-from -> {src}/moved-to"] + [f"+    {src}/{n}" for n in spares])
+
+    out = anytime("diff", src, "--from", "live", "--to", "one", check=0).stdout.decode()
+    assert sorted(out.splitlines()) == sorted(
+        [f"-    {src}/unrelated.txt", f"+    {src}/old.txt",
+         f"R    {src}/moved-to -> {src}/moved-from"] + [f"-    {src}/{n}" for n in spares])
+
+    # the scan agrees: after a snapshot, the two instants diff the same way
+    anytime("snapshot", src, "--label", "two", check=0)
+    out = anytime("diff", src, "--from", "one", "--to", "two", check=0).stdout.decode()
+    assert f"+    {src}/unrelated.txt" in out.splitlines()
+
+
+def test_file_diff_from_live(anytime, two_states):
+    (two_states / "text.txt").write_text("alpha\nBETA\nlive\n")
+    out = anytime("diff", two_states / "text.txt", "--from", "live", "--to", "two",
+                  check=0).stdout.decode()
+    assert f"--- {two_states}/text.txt@live" in out
+    assert "-live\n+gamma\n" in out

@@ -32,9 +32,10 @@ def register(sub, common) -> None:
     p = sub.add_parser("diff", parents=[common],
                        help="changes of a tree or file between two instants (or the live tree)")
     p.add_argument("path")
-    p.add_argument("--from", dest="t_from", required=True, help="the earlier instant")
+    p.add_argument("--from", dest="t_from", required=True,
+                   help="the old side: an instant, or 'live' for the tree as it is now")
     p.add_argument("--to", dest="t_to", default="now",
-                   help="the later instant, or 'live' for the tree as it is now (default: now)")
+                   help="the new side: an instant, or 'live' (default: now)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--exit-code", action="store_true",
                    help="exit 1 when there are differences (like git diff)")
@@ -45,11 +46,7 @@ def cmd_diff(args) -> int:
     with open_repo(args) as repo:
         target = resolve_target(repo, args.path)
         vol = target.vol
-        old = ViewSide(View(repo, vol, resolve_instant(repo, vol, args.t_from)))
-        if args.t_to == "live":
-            new = LiveSide(View(repo, vol, resolve_instant(repo, vol, "now")))
-        else:
-            new = ViewSide(View(repo, vol, resolve_instant(repo, vol, args.t_to)))
+        old, new = _side(repo, vol, args.t_from), _side(repo, vol, args.t_to)
         path = target.path
         a, b = old.lookup(path), new.lookup(path)
         if a is None and b is None:
@@ -74,10 +71,20 @@ def cmd_diff(args) -> int:
     return 1 if args.exit_code and changes else 0
 
 
+def _side(repo, vol, text: str):
+    """The side of a diff ``text`` names: 'live' (the tree on disk now) or an instant."""
+    if text == "live":
+        return LiveSide(View(repo, vol, resolve_instant(repo, vol, "now")))
+    return ViewSide(View(repo, vol, resolve_instant(repo, vol, text)))
+
+
+def _side_name(side) -> str:
+    return "live" if side.live else format_instant(side.view.instant)
+
+
 def _file_diff(args, target, old, new, a, b) -> int:
     name = target.original
-    t1 = format_instant(old.view.instant)
-    t2 = "live" if isinstance(new, LiveSide) else format_instant(new.view.instant)
+    t1, t2 = _side_name(old), _side_name(new)
     path = target.path
     da = db = None
     if a.size <= TEXT_LIMIT and b.size <= TEXT_LIMIT:

@@ -2,10 +2,14 @@
 
 Terms:
   side     one tree being compared: a :class:`ViewSide` (a volume at an instant) or a
-           :class:`LiveSide` (the protected directory as it is now).
+           :class:`LiveSide` (the protected directory as it is now). Either side of a
+           diff may be the live one.
   change   one line of a tree diff: ``+`` added, ``-`` removed, ``M`` content modified,
            ``U`` metadata only (mode, owner, times, xattrs), ``T`` type changed,
-           ``R`` moved (same file id, or the same source inode for directories).
+           ``R`` moved (same file id, or the same source inode for directories). A
+           live file has the file id the volume's inode map gives it only while its
+           size and mtime are those recorded (:func:`timeline.known_file_id`, the
+           scan's rule), so an inode number reused by an unrelated file is no move.
 
 Content is never read to diff trees: two versions of a file are compared by their
 entries and, when those differ, by their block ids (index only). Only the live side
@@ -21,16 +25,8 @@ import os
 import re
 from dataclasses import dataclass
 
-from anytime.store.format import (
-    DB_INODES,
-    INODE_VALUE,
-    KIND_DIR,
-    KIND_FILE,
-    KIND_SYMLINK,
-    Entry,
-    inode_key,
-    join_path,
-)
+from anytime.store import timeline
+from anytime.store.format import KIND_DIR, KIND_FILE, KIND_SYMLINK, Entry, join_path
 from anytime.store.localfs import file_block_ids, read_xattrs
 
 from .view import View
@@ -55,9 +51,14 @@ class Change:
 
 
 class ViewSide:
+    live = False
+
     def __init__(self, view: View):
         self.view = view
         self.repo = view.repo
+
+    def xattrs(self, path: bytes, e: Entry) -> dict[bytes, bytes]:
+        return e.xattrs
 
     def lookup(self, path: bytes) -> Entry | None:
         return self.view.lookup(path)
@@ -76,6 +77,8 @@ class ViewSide:
 class LiveSide:
     """The protected tree as it is now; file ids come from the volume's inode map."""
 
+    live = True
+
     def __init__(self, view: View):
         self.view = view
         self.repo = view.repo
@@ -86,12 +89,10 @@ class LiveSide:
         if e.kind == KIND_SYMLINK:
             e.target = os.readlink(abspath)
         if e.kind == KIND_FILE:
-            v = txn.get(inode_key(self.view.vol.id, s.st_dev, s.st_ino),
-                        db=self.repo.dbs[DB_INODES])
-            e.file_id = INODE_VALUE.unpack(v)[0] if v else 0
+            e.file_id = timeline.known_file_id(self.repo, txn, self.view.vol.id, s) or 0
         return e
 
-    def xattrs(self, path: bytes) -> dict[bytes, bytes]:
+    def xattrs(self, path: bytes, e: Entry) -> dict[bytes, bytes]:
         return read_xattrs(self._abs(path))
 
     def lookup(self, path: bytes) -> Entry | None:
@@ -132,12 +133,12 @@ def _same_meta(a: Entry, b: Entry) -> bool:
 
 
 class TreeDiff:
-    """Compares ``old`` (a ViewSide) with ``new`` (a ViewSide or LiveSide)."""
+    """Compares ``old`` with ``new``, each a ViewSide or a LiveSide."""
 
-    def __init__(self, old: ViewSide, new):
+    def __init__(self, old, new):
         self.old = old
         self.new = new
-        self.live = isinstance(new, LiveSide)
+        self.live = old.live or new.live
         self.changes: list[Change] = []
         self.removed: list[tuple[bytes, Entry]] = []
         self.added: list[tuple[bytes, Entry]] = []
@@ -172,7 +173,7 @@ class TreeDiff:
                     self._one_sided(join_path(npath, name), child, False)
             return
         if a.kind == KIND_DIR:
-            if not self._dir_meta_same(npath, a, b):
+            if not self._dir_meta_same(opath, npath, a, b):
                 self.changes.append(Change("U", npath))
             olds, news = self.old.listdir(opath), self.new.listdir(npath)
             for name, ea in olds.items():
@@ -187,39 +188,41 @@ class TreeDiff:
                 if name not in olds:
                     self._one_sided(join_path(npath, name), eb, False)
             return
-        mark = self._entry_change(npath, a, b)
+        mark = self._entry_change(opath, npath, a, b)
         if mark:
             self.changes.append(Change(mark, npath))
 
-    def _dir_meta_same(self, path: bytes, a: Entry, b: Entry) -> bool:
+    def _dir_meta_same(self, opath: bytes, npath: bytes, a: Entry, b: Entry) -> bool:
         if not self.live:
             return _same_meta(a, b) and a.xattrs == b.xattrs
         if (a.mode, a.uid, a.gid) != (b.mode, b.uid, b.gid):
             return False
-        return a.ctime_ns == b.ctime_ns or a.xattrs == self.new.xattrs(path)
+        return a.ctime_ns == b.ctime_ns or \
+            self.old.xattrs(opath, a) == self.new.xattrs(npath, b)
 
-    def _entry_change(self, path: bytes, a: Entry, b: Entry) -> str | None:
-        """'M', 'U' or None for two entries of the same kind."""
+    def _entry_change(self, opath: bytes, npath: bytes, a: Entry, b: Entry) -> str | None:
+        """'M', 'U' or None for two entries of the same kind (at ``opath`` in the old
+        tree, ``npath`` in the new one)."""
         if self.live and (a.size, a.mtime_ns, a.ctime_ns, a.src_ino) == (
                 b.size, b.mtime_ns, b.ctime_ns, b.src_ino):
             return None  # the stat cache says unchanged since it was captured
         if a.kind == KIND_SYMLINK:
             content_same = a.target == b.target
         elif a.kind == KIND_FILE:
-            content_same = a.size == b.size and self._same_blocks(path, a, b)
+            content_same = a.size == b.size and self._same_blocks(opath, npath, a, b)
         else:
             content_same = True
         if not content_same:
             return "M"
-        bx = self.new.xattrs(path) if self.live else b.xattrs
         meta_same = (a.mode, a.uid, a.gid, a.rdev) == (b.mode, b.uid, b.gid, b.rdev) and \
-            a.xattrs == bx and (a.mtime_ns == b.mtime_ns or a.kind == KIND_SYMLINK)
+            self.old.xattrs(opath, a) == self.new.xattrs(npath, b) and \
+            (a.mtime_ns == b.mtime_ns or a.kind == KIND_SYMLINK)
         return None if meta_same else "U"
 
-    def _same_blocks(self, path: bytes, a: Entry, b: Entry) -> bool:
+    def _same_blocks(self, opath: bytes, npath: bytes, a: Entry, b: Entry) -> bool:
         if not self.live and a == b:  # the same stored version
             return True
-        return self.old.block_ids(path, a) == self.new.block_ids(path, b)
+        return self.old.block_ids(opath, a) == self.new.block_ids(npath, b)
 
     def _match_moves(self) -> None:
         def ident(e: Entry):
@@ -249,7 +252,7 @@ class TreeDiff:
                 if e.kind == KIND_DIR:
                     moved_dirs[path] = opath
                 else:
-                    mark = self._entry_change(path, oe, e)
+                    mark = self._entry_change(opath, path, oe, e)
                     if mark:
                         self.changes.append(Change(mark, path))
             else:
@@ -284,7 +287,7 @@ def merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return out
 
 
-def binary_ranges(old: ViewSide, new, opath: bytes, npath: bytes, a: Entry, b: Entry
+def binary_ranges(old, new, opath: bytes, npath: bytes, a: Entry, b: Entry
                   ) -> list[tuple[int, int]]:
     """Changed byte ranges between two versions of a file; equal blocks are not read."""
     ids_a = old.block_ids(opath, a)
@@ -303,7 +306,7 @@ def binary_ranges(old: ViewSide, new, opath: bytes, npath: bytes, a: Entry, b: E
 
 
 def read_all(side, path: bytes, e: Entry) -> bytes:
-    if isinstance(side, LiveSide):
+    if side.live:
         with open(side._abs(path), "rb") as f:
             return f.read()
     return b"".join(side.view.iter_read(e))
