@@ -14,6 +14,11 @@ Terms:
                (the second read only hashes: its blocks are already stored). Limit: a
                single write that began ``RECENT_NS`` before the read and stalls for
                two whole reads goes unnoticed.
+  unreadable   a regular file that could not be opened or read (EACCES, EIO, ...): it is
+               recorded at this instant with ``FLAG_UNREADABLE``, its metadata from
+               lstat and no content, so no view shows earlier content as current; the
+               next scan that can read it records its content again. The snapshot is
+               then partial.
 
 A directory that vanishes or cannot be read keeps its previous versions (nothing is
 recorded as deleted for it); the snapshot is then partial. Paths are bytes throughout.
@@ -33,6 +38,7 @@ from anytime.store import clock, timeline
 from anytime.store.format import (
     DB_INODES,
     FLAG_DENSE,
+    FLAG_UNREADABLE,
     FLAG_UNSTABLE,
     HOLE_ID,
     KIND_DELETED,
@@ -59,14 +65,18 @@ BATCH_FILES = 16
 
 
 def unchanged(prev: Entry | None, s: os.stat_result, kind: int) -> bool:
+    """True if ``prev`` holds what ``s`` describes (a version recorded unreadable never
+    does: its content is still to be read)."""
     return (prev is not None and prev.kind == kind and prev.src_ino == s.st_ino
             and prev.mtime_ns == s.st_mtime_ns and prev.ctime_ns == s.st_ctime_ns
-            and (kind == KIND_DIR or prev.size == s.st_size))
+            and (kind == KIND_DIR or prev.size == s.st_size)
+            and not prev.flags & FLAG_UNREADABLE)
 
 
 @dataclass
 class ScanReport:
-    """What a scan did; ``skipped`` lists (path, reason) for entries it could not read."""
+    """What a scan did. ``skipped`` lists (path, reason) for entries it could not read,
+    which keep their previous versions; ``unreadable`` the files recorded as unreadable."""
 
     instant: int = 0
     volume: str = ""
@@ -78,6 +88,7 @@ class ScanReport:
     changed: int = 0
     deleted: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
     unstable: list[str] = field(default_factory=list)
     #: files whose reads ended elsewhere than their st_size said (stored as read)
     resized: list[str] = field(default_factory=list)
@@ -85,7 +96,7 @@ class ScanReport:
 
     @property
     def partial(self) -> bool:
-        return bool(self.skipped)
+        return bool(self.skipped or self.unreadable)
 
 
 @dataclass
@@ -104,6 +115,7 @@ class _FileJob:
     started_ns: int = 0  # kernel time just before ``before`` was taken
     last_ids: list[bytes] | None = None  # block ids of the previous read
     end: int | None = None  # where the last read really ended, if not at st_size
+    old: Entry | None = None  # the previous version of the path
 
 
 class Scanner:
@@ -160,7 +172,8 @@ class Scanner:
             r = self.report
             info = dict(info, files=r.files, dirs=r.dirs, files_read=r.files_read,
                         bytes_read=r.bytes_read, changed=r.changed, deleted=r.deleted,
-                        skipped=len(r.skipped), unstable=len(r.unstable),
+                        skipped=len(r.skipped), unreadable=len(r.unreadable),
+                        unstable=len(r.unstable),
                         resized=len(r.resized), partial=r.partial)
             r.instant = self.builder.commit(info, label=label)
             r.committed = True
@@ -328,7 +341,7 @@ class Scanner:
         if s.st_nlink > 1:
             self.hardlinks[key] = fid
         e.file_id = fid
-        job = _FileJob(rel, abspath, e, None, s, fid, existing)
+        job = _FileJob(rel, abspath, e, None, s, fid, existing, old=old)
         if s.st_size > SEGMENT_BLOCKS * self.bs:
             try:
                 job.fd = os.open(abspath, OPEN_FLAGS)
@@ -358,7 +371,38 @@ class Scanner:
         if isinstance(err, FileNotFoundError):
             self.report.changed -= 1  # vanished since listed: it is recorded as deleted next time
         else:
-            self._skip(job.abspath, err.strerror or str(err))
+            self._unreadable(job, err)
+
+    def _unreadable(self, job: _FileJob, err: OSError) -> None:
+        """Record a file that could not be opened or read as unreadable at this instant:
+        its metadata from lstat now, ``FLAG_UNREADABLE``, no content (the file id stays
+        the previous version's, so the next read stores only what differs)."""
+        reason = err.strerror or str(err)
+        try:
+            s = os.lstat(job.abspath)
+        except OSError:
+            s = None
+        if s is None or not st_.S_ISREG(s.st_mode):  # gone or replaced: as before
+            self._skip(job.abspath, reason)
+            return
+        self.report.unreadable.append((os.fsdecode(job.abspath), reason))
+        if self.progress:
+            self.progress.warn(f"cannot read {os.fsdecode(job.abspath)}: {reason}; recorded "
+                               f"as unreadable")
+        old = job.old
+        if old is not None and old.flags & FLAG_UNREADABLE and (
+                old.src_ino, old.mtime_ns, old.ctime_ns) == (
+                s.st_ino, s.st_mtime_ns, s.st_ctime_ns):
+            self.report.changed -= 1
+            return  # still unreadable, as recorded
+        e = Entry.from_stat(s, KIND_FILE)
+        e.file_id = job.file_id if not job.probe else self._file_id_for(s, None)[0]
+        e.flags = FLAG_UNREADABLE
+        try:
+            e.xattrs = read_xattrs(job.abspath)
+        except OSError:
+            pass
+        self.builder.put_entry(job.path, e)
 
     def _submit(self, job: _FileJob) -> None:
         if job.fd is None:  # small files go to the workers in batches (fewer hand-offs)
@@ -419,12 +463,21 @@ class Scanner:
             job.entry.xattrs = xattrs
             return ids, after
         self.inflight -= len(job.segments)
-        ids, job.end = [], None
+        ids, job.end, failed = [], None, None
         for f in job.segments:
-            got, end = f.result()
+            try:
+                got, end = f.result()
+            except OSError as err:  # EIO, ...: every segment is waited for, then
+                failed = err
+                continue
             if job.end is None:  # a segment's reads ended early: the file ends there
                 ids.extend(got)
                 job.end = end
+        if failed is not None:
+            os.close(job.fd)
+            job.fd = None
+            self._unreadable(job, failed)
+            return None
         return ids, os.fstat(job.fd)
 
     def _finish(self, job: _FileJob) -> None:

@@ -18,7 +18,8 @@ code  meaning
 13    the path does not exist at the requested instant
 14    the instant is before history starts, or cannot be understood
 15    the destination cannot be written (full, read-only, exists)
-16    stored data is damaged (checksum mismatch, missing pack)
+16    stored data is damaged (checksum mismatch, missing pack), or was never captured
+      (a file unreadable when its version was recorded)
 17    a mount failed or the mountpoint is unusable
 ====  =========================================================================
 """
@@ -84,6 +85,10 @@ class DestinationError(AnytimeError):
 
 class DamagedData(AnytimeError):
     exit_code = 16
+
+
+class ContentUnavailable(DamagedData):
+    """A version whose content was never captured: the file could not be read then."""
 
 
 class MountError(AnytimeError):

@@ -176,6 +176,10 @@ FLAG_UNSTABLE = 1  # the file kept changing while it was read; content is a best
 #: The file had no hole when this version was read (st_blocks is its size in 512-byte
 #: units, no block lookup needed). Absent: unknown (not read with this version, or old).
 FLAG_DENSE = 2
+#: The file could not be read (EACCES, EIO, ...) when this version was captured: its
+#: metadata is current, its content unknown. Readers refuse to read it (no earlier
+#: content may pass for current); its file id has no blocks of this version.
+FLAG_UNREADABLE = 4
 
 #: kind u8 | flags u8 | 2 pad | mode u32 | uid u32 | gid u32 | nlink u32 | size u64 |
 #: atime i64 | mtime i64 | ctime i64 (ns) | file id u64 | rdev u64 | source dev u64 | source ino u64

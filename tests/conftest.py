@@ -23,6 +23,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -109,6 +110,16 @@ def anytime(repo_dir) -> Callable[..., subprocess.CompletedProcess]:
         return r
 
     return run
+
+
+@pytest.fixture
+def world_dir():
+    """A directory others can reach (pytest's tmp_path is private to its owner), for
+    tests that run commands as another user."""
+    d = tempfile.mkdtemp(prefix="anytime-test-")
+    os.chmod(d, 0o755)
+    yield Path(d)
+    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ files, real users, real mounts and real signals."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -100,3 +101,77 @@ def test_an_ordinary_copy_is_not_resized(anytime, repo, src_dir):
     s = snap(anytime, src_dir)
     assert s["resized"] == []
     assert anytime("cat", src_dir / "version", check=0).stdout == read("/proc/version")
+
+
+# --- unreadable files ------------------------------------------------------------------
+NOBODY = 65534
+AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="needs root and setpriv to run the snapshot as user nobody")
+def test_an_unreadable_file_is_recorded_unreadable_not_unchanged(anytime, world_dir,
+                                                                 tmp_path):
+    from test_mount import mounted
+
+    tree, repo_path = world_dir / "tree", world_dir / "repo"
+    tree.mkdir()
+    repo_path.mkdir()
+    f, secret = tree / "f", tree / "secret"
+    f.write_bytes(b"version one\n")
+    secret.write_bytes(b"root only\n")
+    os.chmod(secret, 0o600)  # root's: nobody never reads it
+    for p in (tree, f, repo_path):
+        os.chown(p, NOBODY, NOBODY)
+    env = {"ANYTIME_REPO": str(repo_path), "HOME": str(world_dir)}
+
+    def snap_as_nobody(code):
+        r = anytime("snapshot", tree, "--json", prefix=AS_NOBODY, env=env, check=code)
+        return json.loads(r.stdout)
+
+    anytime("init", prefix=AS_NOBODY, env=env, check=0)
+    s1 = snap_as_nobody(3)
+    assert s1["unreadable"] == [{"path": str(secret), "reason": "Permission denied"}]
+    assert s1["skipped"] == [] and s1["partial"] is True
+
+    os.chmod(f, 0)  # nobody owns it but may no longer read it
+    r = anytime("snapshot", tree, prefix=AS_NOBODY, env=env, check=3)
+    err = r.stderr.decode()
+    assert f"{f}: Permission denied" in err and "recorded as unreadable" in err
+    assert str(secret) in err  # still unreadable: listed again
+
+    # the content of the first snapshot is not passed off as current
+    r = anytime("cat", f, env=env, check=16)
+    assert str(f).encode() in r.stderr and b"could not be read" in r.stderr
+    at1 = f"@{s1['instant_ns'] // 10**9}.{s1['instant_ns'] % 10**9:09d}"
+    assert anytime("cat", f, "--at", at1, env=env, check=0).stdout == b"version one\n"
+    log = json.loads(anytime("log", f, "--json", env=env, check=0).stdout)
+    assert [row["change"] for row in log] == ["created", "unreadable"]
+    assert log[1]["unreadable"] is True
+    assert "unreadable" in anytime("log", f, env=env, check=0).stdout.decode()
+    secret_log = json.loads(anytime("log", secret, "--json", env=env, check=0).stdout)
+    assert [row["change"] for row in secret_log] == ["unreadable"]  # not one per snapshot
+    assert b"----------" in anytime("ls", "-l", tree, env=env, check=0).stdout  # mode 000
+
+    if os.path.exists("/dev/fuse") and shutil.which("fusermount3"):
+        mp = world_dir / "mnt"
+        mp.mkdir()
+        logfile = tmp_path / "mount.log"
+        with_env = functools.partial(anytime, env=env)
+        with mounted(with_env, tree, mp, "--log", logfile) as m:
+            assert os.stat(m / "latest" / "f").st_size == len(b"version one\n")  # metadata
+            with pytest.raises(OSError) as e:
+                (m / "latest" / "f").read_bytes()
+            assert e.value.errno == 5  # EIO
+            assert "tree:/f at " in logfile.read_text()
+            assert "could not be read" in logfile.read_text()
+            assert (m / at1 / "f").read_bytes() == b"version one\n"
+
+    # readable again (as root, nothing about the files changed since): content recorded
+    os.chmod(f, 0o644)
+    r = anytime("snapshot", tree, "--json", env=env, check=0)
+    assert json.loads(r.stdout)["unreadable"] == []
+    assert anytime("cat", f, env=env, check=0).stdout == b"version one\n"
+    assert anytime("cat", secret, env=env, check=0).stdout == b"root only\n"
+    log = json.loads(anytime("log", f, "--json", env=env, check=0).stdout)
+    assert log[-1]["unreadable"] is False

@@ -11,8 +11,15 @@ import sys
 from functools import lru_cache
 
 from anytime.store import timeline
-from anytime.store.errors import PathNotFound
-from anytime.store.format import FLAG_UNSTABLE, KIND_DELETED, KIND_DIR, KIND_SYMLINK, Entry
+from anytime.store.errors import ContentUnavailable, PathNotFound
+from anytime.store.format import (
+    FLAG_UNREADABLE,
+    FLAG_UNSTABLE,
+    KIND_DELETED,
+    KIND_DIR,
+    KIND_SYMLINK,
+    Entry,
+)
 from anytime.store.volumes import get_volume_by_id
 from anytime.vfs.instants import format_instant
 
@@ -86,6 +93,12 @@ def cmd_cat(args) -> int:
         if e.kind == KIND_SYMLINK:
             out.write(e.target)
             return 0
+        if e.flags & FLAG_UNREADABLE:
+            from anytime.vfs.view import UNREADABLE
+
+            raise ContentUnavailable(f"{target.display} at {format_instant(view.instant)}: "
+                                     f"{UNREADABLE}; 'anytime log {args.path}' lists its "
+                                     f"versions")
         for piece in view.iter_read(e):
             out.write(piece)
         out.flush()
@@ -95,6 +108,8 @@ def cmd_cat(args) -> int:
 def change_of(prev: Entry | None, e: Entry) -> str:
     if e.kind == KIND_DELETED:
         return "deleted"
+    if e.flags & FLAG_UNREADABLE:
+        return "unreadable"
     if prev is None or prev.kind == KIND_DELETED:
         return "created"
     if prev.kind != e.kind:
@@ -131,6 +146,7 @@ def cmd_log(args) -> int:
                                  "change": change_of(prev, e), "kind": e.kind,
                                  "size": e.size if not e.deleted else None,
                                  "unstable": bool(e.flags & FLAG_UNSTABLE),
+                                 "unreadable": bool(e.flags & FLAG_UNREADABLE),
                                  "labels": sorted(labels_at.get(t, []))})
                     prev = e
                 if not rows:

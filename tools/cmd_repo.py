@@ -84,6 +84,7 @@ def cmd_snapshot(args) -> int:
         "files_read": report.files_read, "bytes_read": report.bytes_read,
         "changed": report.changed, "deleted": report.deleted,
         "skipped": [{"path": p, "reason": r} for p, r in report.skipped],
+        "unreadable": [{"path": p, "reason": r} for p, r in report.unreadable],
         "unstable": report.unstable, "resized": report.resized, "partial": report.partial,
     }
     if args.json:
@@ -98,10 +99,20 @@ def cmd_snapshot(args) -> int:
             print(f"{len(report.resized)} files read to another length than their size says "
                   f"(as /proc and /sys files do); stored as read: {some(report.resized)}")
     if report.partial:
-        raise PartialError(f"the snapshot is partial: {len(report.skipped)} entries could not "
-                           f"be read and keep their previous versions:\n  " + "\n  ".join(
-                               f"{p}: {r}" for p, r in report.skipped))
+        parts = []
+        if report.unreadable:
+            parts.append(f"{len(report.unreadable)} files could not be read and are recorded "
+                         f"as unreadable at this instant (the next snapshot that can read "
+                         f"them stores their content):" + listing(report.unreadable))
+        if report.skipped:
+            parts.append(f"{len(report.skipped)} entries could not be read and keep their "
+                         f"previous versions:" + listing(report.skipped))
+        raise PartialError("the snapshot is partial: " + "\n".join(parts))
     return 0
+
+
+def listing(items: list[tuple[str, str]]) -> str:
+    return "".join(f"\n  {p}: {r}" for p, r in items)
 
 
 def some(paths: list[str], n: int = 5) -> str:

@@ -42,6 +42,7 @@ from anytime.store import clock, timeline
 from anytime.store.errors import InstantError
 from anytime.store.format import (
     FLAG_DENSE,
+    FLAG_UNREADABLE,
     HOLE_ID,
     IFMT_OF_KIND,
     KIND_DIR,
@@ -399,10 +400,12 @@ class Namespace:
         Files recorded without holes (``FLAG_DENSE``, with one link: only this path's
         versions change their blocks) cost nothing. Otherwise small files (one block)
         cost one seek; bigger ones are counted once per (file, instant) and cached.
-        Files over 65,536 blocks are reported as fully allocated rather than walked."""
+        Files over 65,536 blocks, and versions without content (``FLAG_UNREADABLE``), are
+        reported as fully allocated rather than walked."""
         nblocks = (e.size + view.bs - 1) // view.bs
         full = (e.size + 511) // 512
-        if nblocks == 0 or nblocks > 65536 or (e.flags & FLAG_DENSE and e.nlink == 1):
+        if (nblocks == 0 or nblocks > 65536 or e.flags & FLAG_UNREADABLE
+                or (e.flags & FLAG_DENSE and e.nlink == 1)):
             return full
         key = (e.file_id, view.at, e.size)  # view.at <= horizon: final, cacheable
         hit = self._blocks_cache.get(key)

@@ -16,7 +16,8 @@ of a later instant made after that sees them.
 from __future__ import annotations
 
 from anytime.store import timeline
-from anytime.store.format import HOLE_ID, KIND_DIR, KIND_FILE, Entry
+from anytime.store.errors import ContentUnavailable
+from anytime.store.format import FLAG_UNREADABLE, HOLE_ID, KIND_DIR, KIND_FILE, Entry
 from anytime.store.volumes import Volume
 
 
@@ -26,6 +27,11 @@ def norm(path: bytes | str) -> bytes:
         path = path.encode("utf-8", "surrogateescape")
     parts = [p for p in path.split(b"/") if p and p != b"."]
     return b"/".join(parts)
+
+
+#: Why a version recorded unreadable (``FLAG_UNREADABLE``) has no content.
+UNREADABLE = ("the file could not be read when this version was captured, so its content "
+              "at this instant is unknown")
 
 
 class View:
@@ -46,6 +52,8 @@ class View:
 
     def block_ids(self, entry: Entry, offset: int, size: int) -> tuple[int, list[bytes]]:
         """(first block number, ids) of the blocks covering [offset, offset+size)."""
+        if entry.flags & FLAG_UNREADABLE:
+            raise ContentUnavailable(UNREADABLE)
         end = min(offset + size, entry.size)
         if end <= offset:
             return 0, []
@@ -58,6 +66,8 @@ class View:
         """Bytes [offset, offset+size) of a file entry; holes read as zeros, untouched."""
         if entry.kind != KIND_FILE:
             raise IsADirectoryError(entry.kind == KIND_DIR and "is a directory" or "not a file")
+        if entry.flags & FLAG_UNREADABLE:
+            raise ContentUnavailable(UNREADABLE)
         end = min(offset + size, entry.size)
         if end <= offset:
             return b""
@@ -83,6 +93,8 @@ class View:
 
     def iter_read(self, entry: Entry, chunk: int = 1 << 20):
         """The whole content of a file entry, in pieces."""
+        if entry.flags & FLAG_UNREADABLE:
+            raise ContentUnavailable(UNREADABLE)
         off = 0
         while off < entry.size:
             data = self.read(entry, off, chunk)
