@@ -41,7 +41,22 @@ BLOCK_ID_LEN = 32
 HOLE_ID = bytes(BLOCK_ID_LEN)
 #: Default block size of a directory-tree volume (see docs/format.md for the measurement).
 DEFAULT_BLOCK_SIZE = 1024 * 1024
-_ZERO = bytes(16 * 1024 * 1024)
+#: Allowed block sizes: powers of two from MIN_BLOCK_SIZE to
+#: MAX_BLOCK_SIZE (is_zero compares against a buffer of that size, and a record's raw
+#: length must fit in u32 with room to spare).
+MIN_BLOCK_SIZE = 1024
+MAX_BLOCK_SIZE = 16 * 1024 * 1024
+_ZERO = bytes(MAX_BLOCK_SIZE)
+
+
+def block_size_problem(n) -> str | None:
+    """Why ``n`` cannot be a block size (None: it can)."""
+    if not isinstance(n, int) or isinstance(n, bool):
+        return f"{n!r} is not a whole number of bytes"
+    if not MIN_BLOCK_SIZE <= n <= MAX_BLOCK_SIZE or n & (n - 1):
+        return (f"{n} is not a power of two from {MIN_BLOCK_SIZE} (1 KiB) to "
+                f"{MAX_BLOCK_SIZE} (16 MiB) bytes")
+    return None
 
 
 def is_zero(data: bytes) -> bool:

@@ -30,6 +30,7 @@ from .errors import (
     RepositoryFormatError,
     RepositoryLocked,
     RepositoryNotFound,
+    UsageError,
 )
 from .format import (
     ALL_DBS,
@@ -51,6 +52,7 @@ from .format import (
     U32,
     U64,
     ZSTD_LEVEL,
+    block_size_problem,
     pending_key,
     vol_key,
 )
@@ -179,6 +181,9 @@ class Repository:
     @classmethod
     def init(cls, root: str, block_size: int = DEFAULT_BLOCK_SIZE) -> Repository:
         root = os.path.abspath(root)
+        problem = block_size_problem(block_size)
+        if problem:
+            raise UsageError(f"block size {problem}")
         if os.path.exists(os.path.join(root, "config")):
             raise RepositoryExists(f"a repository already exists at {root}")
         if os.path.isdir(root) and os.listdir(root):
@@ -228,6 +233,10 @@ class Repository:
             raise RepositoryFormatError(
                 f"the repository at {root} uses features this anytime does not know "
                 f"({', '.join(sorted(unknown))}); upgrade anytime to use it.")
+        problem = block_size_problem(config.get("block_size", DEFAULT_BLOCK_SIZE))
+        if problem:  # a volume made with it would drop every file's content
+            raise RepositoryFormatError(
+                f"the repository config {path} is damaged: its block size {problem}")
         return cls(root, config)
 
     def close(self) -> None:

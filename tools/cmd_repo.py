@@ -20,10 +20,35 @@ def open_repo(args) -> Repository:
     return Repository.open(repo_mod.locate(args.repo))
 
 
+_UNITS = {"": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20}
+
+
+def block_size_arg(text: str) -> int:
+    """``--block-size``: bytes, or with a unit (``64K``, ``1MiB``); a power of two within
+    the format's range (store/format.py), else a usage error saying what is allowed."""
+    import argparse
+
+    from anytime.store.format import block_size_problem
+
+    t = text.strip().lower()
+    digits = t.rstrip("kimb")
+    unit = t[len(digits):]
+    if not digits.isdigit() or unit not in _UNITS:
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not a size: give a power of two from 1K to 16M, in bytes or "
+            f"with K or M (e.g. 65536, 64K, 1M)")
+    n = int(digits) * _UNITS[unit]
+    problem = block_size_problem(n)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return n
+
+
 def register(sub, common) -> None:
     p = sub.add_parser("init", parents=[common], help="create a repository")
-    p.add_argument("--block-size", type=int, default=None,
-                   help="default block size of new volumes, in bytes (default 1048576)")
+    p.add_argument("--block-size", type=block_size_arg, default=None, metavar="SIZE",
+                   help="default block size of new volumes: a power of two from 1K to 16M "
+                        "(default 1M)")
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("snapshot", parents=[common], help="capture a directory tree as one commit")
@@ -48,7 +73,7 @@ def register(sub, common) -> None:
 
 def cmd_init(args) -> int:
     root = repo_mod.locate(args.repo)
-    kw = {"block_size": args.block_size} if args.block_size else {}
+    kw = {"block_size": args.block_size} if args.block_size is not None else {}
     Repository.init(root, **kw).close()
     print(f"created anytime repository at {root}")
     return 0
