@@ -13,8 +13,9 @@ with its id.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
+from . import modes
 from .format import DB_BLOCKS, DB_BLOCKVERS, HOLE_ID, block_id
 from .packs import iter_records, pack_path
 
@@ -26,10 +27,18 @@ class CheckReport:
     block_versions: int = 0
     leftover_packs: int = 0
     problems: list[str] = field(default_factory=list)
+    #: what is not damage but should be fixed (a repository others can read)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return dict(asdict(self), ok=not self.problems)
 
 
 def check(repo, read_data: bool = False, progress=None) -> CheckReport:
     rep = CheckReport()
+    exposed = modes.exposure(repo.root)
+    if exposed:
+        rep.warnings.append(exposed)
     with repo.read_txn() as txn:
         records: dict[bytes, set[tuple[bytes, int]]] = {}
         known = repo.committed_packs(txn)

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 
 import xxhash
 
+from . import modes
 from .errors import DamagedData
 from .format import (
     CODEC_RAW,
@@ -55,8 +56,9 @@ class PackWriter:
     def _open(self) -> None:
         self._id = secrets.token_bytes(16)
         path = pack_path(self.root, self._id)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        modes.make_dir(os.path.dirname(path))
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                           modes.FILE_MODE)
         header = PACK_HEADER.pack(PACK_MAGIC, FORMAT_VERSION, self._id, 0)
         os.write(self._fd, header)
         self._size = len(header)

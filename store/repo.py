@@ -23,7 +23,7 @@ from contextlib import contextmanager
 import lmdb
 import zstandard
 
-from . import clock
+from . import clock, modes
 from .errors import (
     DamagedData,
     RepositoryExists,
@@ -139,7 +139,9 @@ class BlockCache:
 def _write_config(root: str, config: dict) -> None:
     """Write ``config`` atomically: to config.tmp, fsync, rename, fsync the directory."""
     tmp = os.path.join(root, "config.tmp")
-    with open(tmp, "w") as f:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, modes.FILE_MODE)
+    os.fchmod(fd, modes.FILE_MODE)  # a config.tmp left by a crash keeps its old mode
+    with open(fd, "w") as f:
         json.dump(config, f, indent=2)
         f.flush()
         os.fsync(f.fileno())
@@ -166,9 +168,11 @@ class Repository:
         self.zstd_level = int(config.get("zstd_level", ZSTD_LEVEL))
         self.pack_target = int(os.environ.get("ANYTIME_PACK_TARGET")
                                or config.get("pack_target", DEFAULT_PACK_TARGET))
+        # mode: the index directory 0700, data.mdb and lock.mdb 0600 (py-lmdb drops the
+        # execute bits for the files; the umask can only narrow them)
         self.env = lmdb.open(os.path.join(root, "index"), map_size=MAP_SIZE,
                              max_dbs=len(ALL_DBS) + 2, max_readers=MAX_READERS,
-                             readahead=False, subdir=True)
+                             readahead=False, subdir=True, mode=modes.DIR_MODE)
         with self.env.begin(write=True) as txn:
             self.dbs = {name: self.env.open_db(name, txn=txn) for name in ALL_DBS}
         self.packs = PackReader(root)
@@ -188,7 +192,8 @@ class Repository:
             raise RepositoryExists(f"a repository already exists at {root}")
         if os.path.isdir(root) and os.listdir(root):
             raise RepositoryExists(f"{root} is not empty; choose an empty or new directory")
-        os.makedirs(os.path.join(root, "packs"), exist_ok=True)
+        modes.private_dir(root)  # only the owner may read what it will hold
+        modes.private_dir(os.path.join(root, "packs"))
         config = {
             "format_version": FORMAT_VERSION,
             "features": sorted(KNOWN_FEATURES),
@@ -198,7 +203,7 @@ class Repository:
             "zstd_level": ZSTD_LEVEL,
             "created_ns": clock.now_ns(),
         }
-        os.makedirs(os.path.join(root, "index"), exist_ok=True)
+        modes.private_dir(os.path.join(root, "index"))
         _write_config(root, config)  # the config file marks a repository
         return cls(root, config)
 
@@ -312,7 +317,7 @@ class Repository:
     def writer_lock(self, wait: bool = False):
         """Hold the repository's writer lock; reclaims uncommitted packs on entry."""
         path = os.path.join(self.root, "lock")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, modes.FILE_MODE)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))

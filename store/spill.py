@@ -20,6 +20,8 @@ import struct
 import tempfile
 from collections.abc import Iterator
 
+from . import modes
+
 _LENS = struct.Struct("<II")
 DEFAULT_LIMIT = 20_000
 
@@ -45,7 +47,8 @@ class SortedSpill:
 
     def _spill(self) -> None:
         self._mem.sort()
-        os.makedirs(self.tmpdir, exist_ok=True)
+        modes.make_dir(self.tmpdir)
+        # mkstemp creates the file 0600 (modes.FILE_MODE) whatever the umask
         fd, path = tempfile.mkstemp(prefix="spill-", dir=self.tmpdir)
         with os.fdopen(fd, "wb", buffering=1 << 20) as f:
             for key, _seq, value in self._mem:

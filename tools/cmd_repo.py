@@ -64,6 +64,8 @@ def register(sub, common) -> None:
                        help="verify packs and index (read-only)")
     p.add_argument("--read-data", action="store_true",
                    help="also decompress every block and verify it against its id")
+    p.add_argument("--json", action="store_true",
+                   help="print a machine-readable report (counts, problems, warnings)")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("volumes", parents=[common], help="list protected volumes")
@@ -152,6 +154,14 @@ def cmd_check(args) -> int:
 
     with open_repo(args) as repo:
         rep = check(repo, read_data=args.read_data)
+    if args.json:
+        json.dump(rep.to_json(), sys.stdout, indent=2)
+        print()
+        if rep.problems:
+            raise DamagedData(f"{len(rep.problems)} problems found (listed in the report)")
+        return 0
+    for w in rep.warnings:
+        print(f"anytime: warning: {w}", file=sys.stderr)
     print(f"{rep.packs} packs, {rep.blocks} blocks, {rep.block_versions} block versions "
           f"checked; {rep.leftover_packs} uncommitted pack files (reclaimed by the next "
           f"snapshot)")
