@@ -16,7 +16,6 @@ any moment, from any thread, inside a transaction too. Linux only; a no-op elsew
 
 from __future__ import annotations
 
-import ctypes
 import os
 import sys
 
@@ -33,15 +32,7 @@ class MapTrimmer:
         self.path = os.path.realpath(path)
         self._count = 0
         self._addr: int | None = None  # start of the mapping, found on first use (0: none)
-        self._madvise = None
-        if sys.platform.startswith("linux"):
-            try:
-                fn = ctypes.CDLL(None, use_errno=True).madvise
-            except (OSError, AttributeError):
-                return
-            fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-            fn.restype = ctypes.c_int
-            self._madvise = fn
+        self._madvise = None  # found on the first trim: ctypes would slow every start-up
 
     def touched(self, n: int = 1) -> None:
         """Count ``n`` index accesses; trim every ``TRIM_EVERY`` (the count is shared by
@@ -54,6 +45,8 @@ class MapTrimmer:
     def trim(self) -> None:
         """Unmap the pages of the mapping that hold the file's current contents."""
         if self._madvise is None:
+            self._madvise = _madvise() or False
+        if not self._madvise:
             return
         if self._addr is None:
             self._addr = self._find()
@@ -76,3 +69,18 @@ class MapTrimmer:
         except OSError:
             pass
         return 0
+
+
+def _madvise():
+    """libc's ``madvise`` through ctypes (None where there is none to call)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn

@@ -12,11 +12,8 @@ compressing threads may call :meth:`PackWriter.append` concurrently. Reading use
 from __future__ import annotations
 
 import os
-import secrets
 import threading
 from collections.abc import Iterator
-
-import xxhash
 
 from . import modes
 from .errors import DamagedData
@@ -28,6 +25,19 @@ from .format import (
     RECORD_HEADER,
     RECORD_MAGIC,
 )
+
+#: ``xxhash.xxh3_64_intdigest``, imported by the first record written or read, so that
+#: commands that read no block start without it (one global lookup per record, as
+#: before for the module).
+_xxh3 = None
+
+
+def _import_xxh3():
+    global _xxh3
+    from xxhash import xxh3_64_intdigest
+
+    _xxh3 = xxh3_64_intdigest
+    return xxh3_64_intdigest
 
 
 def pack_path(root: str, pack_id: bytes) -> str:
@@ -54,7 +64,7 @@ class PackWriter:
         self._unsynced: list[int] = []
 
     def _open(self) -> None:
-        self._id = secrets.token_bytes(16)
+        self._id = os.urandom(16)  # what secrets.token_bytes does
         path = pack_path(self.root, self._id)
         modes.make_dir(os.path.dirname(path))
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
@@ -68,7 +78,7 @@ class PackWriter:
                ) -> tuple[bytes, int]:
         """Append one record; returns (pack id, offset of the record header)."""
         header = RECORD_HEADER.pack(RECORD_MAGIC, block_id, codec, raw_len, len(stored),
-                                    xxhash.xxh3_64_intdigest(stored))
+                                    (_xxh3 or _import_xxh3())(stored))
         with self.lock:
             if self._fd is None:
                 self._open()
@@ -153,7 +163,7 @@ class PackReader:
         magic, bid, codec, raw_len, slen, check = RECORD_HEADER.unpack_from(buf, 0)
         stored = buf[RECORD_HEADER.size:]
         if (magic != RECORD_MAGIC or bid != block_id or slen != stored_len
-                or xxhash.xxh3_64_intdigest(stored) != check):
+                or (_xxh3 or _import_xxh3())(stored) != check):
             raise DamagedData(f"block {block_id.hex()[:16]} in pack {pack_id.hex()} "
                               f"at offset {offset} is damaged (checksum mismatch)")
         return codec, raw_len, stored
@@ -186,7 +196,7 @@ def iter_records(path: str) -> Iterator[tuple[int, bytes, int, int, int, bool]]:
             stored = f.read(slen)
             if len(stored) < slen:
                 return
-            yield offset, bid, codec, raw_len, slen, xxhash.xxh3_64_intdigest(stored) == check
+            yield offset, bid, codec, raw_len, slen, (_xxh3 or _import_xxh3())(stored) == check
             offset += RECORD_HEADER.size + slen
 
 

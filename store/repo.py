@@ -14,14 +14,11 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import secrets
-import shutil
 import threading
 from collections import OrderedDict
 from contextlib import contextmanager
 
 import lmdb
-import zstandard
 
 from . import clock, modes
 from .errors import (
@@ -157,6 +154,15 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _zstandard():
+    """The zstandard module, imported when the first block is decompressed: ``ls`` and
+    ``log`` read none, and start faster without it (once per decompressor made, not
+    per block)."""
+    import zstandard
+
+    return zstandard
+
+
 class Repository:
     """An open repository. Thread-safe for reading; see the module doc for writing."""
 
@@ -179,7 +185,7 @@ class Repository:
         self.cache = BlockCache()
         #: index accesses are counted here (read_txn, writers, scans; store/mapping.py)
         self.map_trimmer = MapTrimmer(os.path.join(root, "index", "data.mdb"))
-        self._dctx_pool: list[zstandard.ZstdDecompressor] = []
+        self._dctx_pool: list = []  # zstandard.ZstdDecompressor
 
     # --- opening ---------------------------------------------------------------------
     @classmethod
@@ -197,8 +203,8 @@ class Repository:
         config = {
             "format_version": FORMAT_VERSION,
             "features": sorted(KNOWN_FEATURES),
-            "id": secrets.token_hex(16),
-            "block_key": secrets.token_hex(32),
+            "id": os.urandom(16).hex(),  # as secrets.token_hex (which imports hashlib)
+            "block_key": os.urandom(32).hex(),
             "block_size": block_size,
             "zstd_level": ZSTD_LEVEL,
             "created_ns": clock.now_ns(),
@@ -272,7 +278,7 @@ class Repository:
         try:
             d = pool.pop()
         except IndexError:
-            d = zstandard.ZstdDecompressor()
+            d = _zstandard().ZstdDecompressor()
         try:
             return d.decompress(stored, max_output_size=raw_len)
         finally:
@@ -301,7 +307,7 @@ class Repository:
         if codec == CODEC_ZSTD:
             try:
                 data = self._decompress(stored, raw_len)
-            except zstandard.ZstdError as e:
+            except _zstandard().ZstdError as e:
                 raise DamagedData(f"block {block_id.hex()[:16]} does not decompress: {e}") from None
         else:
             data = stored
@@ -330,6 +336,8 @@ class Repository:
             os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
             self.roll_back_unfinished()
             self.reclaim_leftover_packs()
+            import shutil
+
             shutil.rmtree(os.path.join(self.root, "tmp"), ignore_errors=True)
             yield
         finally:

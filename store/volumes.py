@@ -9,22 +9,40 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
 
 from .errors import UnknownVolume
 from .format import DB_META, DB_VOLNAMES, DB_VOLUMES, vol_key
 
 
-@dataclass
 class Volume:
-    id: int
-    name: str
-    source: str
-    block_size: int
-    created_ns: int
-    horizon: int = 0
-    next_file_id: int = 1
-    kind: str = "tree"
+    """A volume's record (plain class, not a dataclass: see format.Entry)."""
+
+    FIELDS = ("id", "name", "source", "block_size", "created_ns", "horizon",
+              "next_file_id", "kind")
+    __slots__ = FIELDS
+    __hash__ = None
+
+    def __init__(self, id: int, name: str, source: str, block_size: int, created_ns: int,
+                 horizon: int = 0, next_file_id: int = 1, kind: str = "tree"):
+        self.id = id
+        self.name = name
+        self.source = source
+        self.block_size = block_size
+        self.created_ns = created_ns
+        self.horizon = horizon
+        self.next_file_id = next_file_id
+        self.kind = kind
+
+    def as_dict(self) -> dict:
+        return {n: getattr(self, n) for n in self.FIELDS}
+
+    def __eq__(self, other):
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self.as_dict() == other.as_dict()
+
+    def __repr__(self) -> str:
+        return "Volume(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self.FIELDS) + ")"
 
     def source_path(self, path: bytes) -> bytes:
         """The original absolute path of ``path`` inside the volume (``b""``: the root)."""
@@ -32,7 +50,7 @@ class Volume:
         return os.path.join(src, path) if path else src
 
     def encode(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True).encode()
+        return json.dumps(self.as_dict(), sort_keys=True).encode()
 
     @classmethod
     def decode(cls, buf: bytes) -> Volume:
