@@ -2,28 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import sys
 
-from anytime.store.errors import PathNotFound
-from anytime.store.format import KIND_FILE
-from anytime.vfs.diff import (
-    LiveSide,
-    TreeDiff,
-    ViewSide,
-    binary_ranges,
-    differing_ranges,
-    looks_text,
-    merge_ranges,
-    read_all,
-)
-from anytime.vfs.instants import format_instant
-from anytime.vfs.view import View
-
-from .cmd_repo import open_repo
-from .target import resolve_instant, resolve_target
+# The store and vfs modules are imported by cmd_diff when it runs, not here:
+# 'anytime --help' imports every command module (tools/cli.py).
 
 TEXT_LIMIT = 32 << 20
 
@@ -43,6 +27,13 @@ def register(sub, common) -> None:
 
 
 def cmd_diff(args) -> int:
+    from anytime.store.errors import PathNotFound
+    from anytime.store.format import KIND_FILE
+    from anytime.vfs.diff import TreeDiff
+
+    from .cmd_repo import open_repo
+    from .target import resolve_target
+
     with open_repo(args) as repo:
         target = resolve_target(repo, args.path)
         vol = target.vol
@@ -73,16 +64,27 @@ def cmd_diff(args) -> int:
 
 def _side(repo, vol, text: str):
     """The side of a diff ``text`` names: 'live' (the tree on disk now) or an instant."""
+    from anytime.vfs.diff import LiveSide, ViewSide
+    from anytime.vfs.view import View
+
+    from .target import resolve_instant
+
     if text == "live":
         return LiveSide(View(repo, vol, resolve_instant(repo, vol, "now")))
     return ViewSide(View(repo, vol, resolve_instant(repo, vol, text)))
 
 
 def _side_name(side) -> str:
+    from anytime.vfs.instants import format_instant
+
     return "live" if side.live else format_instant(side.view.instant)
 
 
 def _file_diff(args, target, old, new, a, b) -> int:
+    import difflib
+
+    from anytime.vfs.diff import binary_ranges, differing_ranges, looks_text, merge_ranges, read_all
+
     name = target.original
     t1, t2 = _side_name(old), _side_name(new)
     path = target.path

@@ -9,19 +9,15 @@ serves in the calling process instead. See docs/mount.md.
 
 from __future__ import annotations
 
-import logging
-import logging.handlers
 import os
-import select
-import shutil
-import subprocess
 import sys
 
-from anytime.store import repo as repo_mod
 from anytime.store.errors import AnytimeError, MountError, UsageError
 
 from .cmd_repo import open_repo
-from .target import resolve_instant, resolve_target
+
+# logging, subprocess, the store and the vfs are imported by the functions that use
+# them: 'anytime --help' imports every command module (tools/cli.py).
 
 #: How long ``anytime mount`` waits for the daemon to report the mount is live (s).
 READY_TIMEOUT = 60.0
@@ -69,6 +65,8 @@ def check_mountpoint(path: str) -> str:
 
 
 def setup_logging(logfile: str | None, foreground: bool, debug: bool) -> None:
+    import logging.handlers
+
     log = logging.getLogger()
     log.setLevel(logging.DEBUG if debug else logging.INFO)
     for h in list(log.handlers):
@@ -92,6 +90,8 @@ def _namespace(args):
     """Open the repository and build the namespace (in the process that serves)."""
     from anytime.vfs.namespace import Namespace
 
+    from .target import resolve_instant, resolve_target
+
     repo = open_repo(args)
     try:
         target = resolve_target(repo, args.path)
@@ -107,6 +107,8 @@ def _namespace(args):
 
 
 def cmd_mount(args) -> int:
+    from anytime.store import repo as repo_mod
+
     mp = check_mountpoint(args.mountpoint)
     args.repo = repo_mod.locate(args.repo)
     if args.log:
@@ -125,6 +127,8 @@ def cmd_mount(args) -> int:
 
 
 def _daemonize(args, mp: str) -> int:
+    import select
+
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: detach, fork again, and exit so the daemon is not our child
@@ -163,6 +167,8 @@ def _daemonize(args, mp: str) -> int:
 
 def _daemon(args, mp: str, w: int) -> None:
     """The mount process: open the repository, mount, report through ``w``, serve."""
+    import logging
+
     reported = False
 
     def report(msg: bytes) -> None:
@@ -214,6 +220,9 @@ def _daemon(args, mp: str, w: int) -> None:
 
 
 def cmd_umount(args) -> int:
+    import shutil
+    import subprocess
+
     mp = os.path.abspath(args.mountpoint)
     tool = shutil.which("fusermount3") or shutil.which("fusermount")
     if tool:

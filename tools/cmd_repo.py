@@ -5,19 +5,17 @@ from __future__ import annotations
 import json
 import sys
 
-from anytime.capture import snapshot
-from anytime.store import repo as repo_mod
-from anytime.store import timeline
 from anytime.store.errors import PartialError
-from anytime.store.repo import Repository
-from anytime.store.volumes import list_volumes
-from anytime.vfs.instants import format_instant
 
-from .progress import Progress
+# The store, capture and vfs modules are imported by the commands that use them, not
+# here: 'anytime --help' imports every command module (tools/cli.py).
 
 
-def open_repo(args) -> Repository:
-    return Repository.open(repo_mod.locate(args.repo))
+def open_repo(args):
+    """The repository ``--repo`` (or its default) names, open (a Repository)."""
+    from anytime.store.repo import Repository, locate
+
+    return Repository.open(locate(args.repo))
 
 
 _UNITS = {"": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20}
@@ -74,7 +72,9 @@ def register(sub, common) -> None:
 
 
 def cmd_init(args) -> int:
-    root = repo_mod.locate(args.repo)
+    from anytime.store.repo import Repository, locate
+
+    root = locate(args.repo)
     kw = {"block_size": args.block_size} if args.block_size is not None else {}
     Repository.init(root, **kw).close()
     print(f"created anytime repository at {root}")
@@ -96,6 +96,11 @@ def run_hook(cmd: str | None, what: str) -> None:
 
 
 def cmd_snapshot(args) -> int:
+    from anytime.capture import snapshot
+    from anytime.vfs.instants import format_instant
+
+    from .progress import Progress
+
     with open_repo(args) as repo:
         progress = Progress(enabled=None if not args.json else False)
         run_hook(args.before_hook, "before")
@@ -172,6 +177,10 @@ def cmd_check(args) -> int:
 
 
 def cmd_volumes(args) -> int:
+    from anytime.store import timeline
+    from anytime.store.volumes import list_volumes
+    from anytime.vfs.instants import format_instant
+
     with open_repo(args) as repo, repo.read_txn() as txn:
         rows = []
         for v in list_volumes(repo, txn):

@@ -7,12 +7,11 @@ import os
 import sys
 
 from anytime.store.errors import DestinationError
-from anytime.vfs.instants import format_instant
 
 from .cmd_repo import open_repo
-from .progress import Progress
-from .restore import Restorer
-from .target import lookup_at
+
+# The restore engine and the vfs are imported by cmd_restore when it runs:
+# 'anytime --help' imports every command module (tools/cli.py).
 
 
 def register(sub, common) -> None:
@@ -51,6 +50,12 @@ def destination(target, args) -> bytes:
 
 
 def cmd_restore(args) -> int:
+    from anytime.vfs.instants import format_instant
+
+    from .progress import Progress
+    from .restore import Restorer
+    from .target import lookup_at
+
     with open_repo(args) as repo:
         target, view, entry = lookup_at(repo, args)
         dest = destination(target, args)

@@ -8,7 +8,6 @@ a protected file works anywhere a path is asked for, and so does ``VOLUME:PATH``
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 from anytime.store import timeline
 from anytime.store.errors import BeforeHistory, NotProtected, PathNotFound, UnknownVolume
@@ -17,10 +16,14 @@ from anytime.vfs.instants import format_instant, parse_instant
 from anytime.vfs.view import View, norm
 
 
-@dataclass
 class Target:
-    vol: Volume
-    path: bytes
+    """A volume and a path inside it (bytes, ``b""`` for the root)."""
+
+    __slots__ = ("vol", "path")
+
+    def __init__(self, vol: Volume, path: bytes):
+        self.vol = vol
+        self.path = path
 
     @property
     def display(self) -> str:
