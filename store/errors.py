@@ -3,28 +3,28 @@
 Every failure a user can act on is one class here. The CLI prints ``str(err)`` and
 exits with ``err.exit_code``; the codes are part of the interface and never change.
 
-Exit codes:
-
-====  =========================================================================
-code  meaning
-====  =========================================================================
-0     success
-1     a comparison found differences (``diff --exit-code``), or a general error
-2     bad usage: an argument that cannot be parsed
-3     a snapshot or restore completed partially (some entries were skipped)
-10    no repository at the location, or it is damaged / of another format
-11    another process holds the repository's writer lock
-12    the volume or path was never protected
-13    the path does not exist at the requested instant
-14    the instant is before history starts, or cannot be understood
-15    the destination cannot be written (full, read-only, exists)
-16    stored data is damaged (checksum mismatch, missing pack), or was never captured
-      (a file unreadable when its version was recorded)
-17    a mount failed or the mountpoint is unusable
-====  =========================================================================
+Exit codes: :data:`EXIT_CODES` below (``anytime --help`` and the man page print it).
 """
 
 from __future__ import annotations
+
+#: (code, meaning) of every exit code anytime returns.
+EXIT_CODES = (
+    (0, "success"),
+    (1, "a comparison found differences (diff --exit-code), or a general error"),
+    (2, "bad usage: an argument that cannot be parsed"),
+    (3, "a snapshot or restore completed partially (some entries were skipped)"),
+    (10, "no repository at the location, or it is damaged / of another format"),
+    (11, "another process holds the repository's writer lock"),
+    (12, "the volume or path was never protected"),
+    (13, "the path does not exist at the requested instant"),
+    (14, "the instant is before history starts, or cannot be understood"),
+    (15, "the destination cannot be written (full, read-only, exists)"),
+    (16, "stored data is damaged (checksum mismatch, missing pack), or was never "
+         "captured (a file unreadable when its version was recorded)"),
+    (17, "a mount failed or the mountpoint is unusable"),
+    (130, "interrupted (Ctrl-C)"),
+)
 
 
 class AnytimeError(Exception):

@@ -13,10 +13,17 @@ import importlib
 import os
 import sys
 
-from anytime.store.errors import AnytimeError, DestinationError, RepositoryFormatError
+from anytime.store.errors import (
+    EXIT_CODES,
+    AnytimeError,
+    DestinationError,
+    RepositoryFormatError,
+)
 
 #: Command modules, each with ``register(sub, common)``; ``COMMAND_MODULES`` maps a
-#: command name to its module so that one run imports only what it needs.
+#: command name to its module so that one run imports only what it needs. A command
+#: module imports at its top only what ``register`` needs (``anytime --help`` imports
+#: them all); its commands import the store, vfs and capture when they run.
 MODULES = ["cmd_repo", "cmd_read", "cmd_diff", "cmd_restore", "cmd_labels", "cmd_mount"]
 COMMAND_MODULES = {
     "init": "cmd_repo", "snapshot": "cmd_repo", "volumes": "cmd_repo", "check": "cmd_repo",
@@ -26,29 +33,118 @@ COMMAND_MODULES = {
     "mount": "cmd_mount", "umount": "cmd_mount",
 }
 
+#: What every INSTANT argument accepts (vfs/instants.py parses them).
+INSTANTS = """\
+instants (--at, --from, --to):
+  2026-11-24T10:03:17.25+01:00   ISO 8601, with or without a zone (none: local time)
+                                 and fractions of a second; also 2026-11-24 10:03
+  now, 10 minutes ago, -2h       relative (write --at=-2h, so it is no option)
+  yesterday 17:00, today 9:30    a time of day
+  @1764582000                    seconds since the epoch
+  before-upgrade                 a label made with 'anytime mark'
+  live                           (diff only) the tree on disk as it is now
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--repo", default=argparse.SUPPRESS,
+paths: the original absolute path of a protected file or directory, or VOLUME:PATH.
+"""
+
+
+def epilog() -> str:
+    codes = "\n".join(f"  {code:>3}  {meaning}" for code, meaning in EXIT_CODES)
+    return f"{INSTANTS}\nexit codes:\n{codes}\n\n'anytime COMMAND --help' describes a command."
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's help layout (descriptions and epilogs kept as written), told the
+    width: left to find it itself, it imports shutil (and zlib, bz2, lzma with it) as
+    soon as one argument is added, which every command would pay for."""
+
+    def __init__(self, prog, indent_increment=2, max_help_position=24, width=None):
+        if width is None:
+            width = _columns() - 2
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+def _columns() -> int:
+    """The terminal's width, found as shutil.get_terminal_size finds it."""
+    try:
+        return int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        pass
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80
+    except (AttributeError, ValueError, OSError):
+        return 80
+
+
+class _Version(argparse.Action):
+    """``--version``: the installed package's version, looked up only when asked
+    (importlib.metadata takes longer to import than the rest of a command)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, **kw):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("anytime")
+        except PackageNotFoundError:
+            v = "unknown (not installed)"
+        print(f"anytime {v}")
+        parser.exit()
+
+
+class _Commands:
+    """The subcommands as ``register`` sees them: a command whose parser gives no
+    ``description`` gets its one-line ``help`` as one, so every ``--help`` says what
+    the command does. ``parsers`` keeps them by name, in order (for the man page)."""
+
+    def __init__(self, sub):
+        self._sub = sub
+        self.parsers: dict[str, argparse.ArgumentParser] = {}
+
+    def add_parser(self, name: str, **kw):
+        text = kw.get("help")
+        if text and "description" not in kw:
+            kw["description"] = text[0].upper() + text[1:] + "."
+        kw.setdefault("formatter_class", _Formatter)
+        self.parsers[name] = self._sub.add_parser(name, **kw)
+        return self.parsers[name]
+
+
+def build_commands(only: str | None = None
+                   ) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The ``anytime`` parser and its commands' parsers by name (only the commands of
+    module ``only`` if given: one run imports only what it needs)."""
+    common = argparse.ArgumentParser(add_help=False, formatter_class=_Formatter)
+    common.add_argument("-r", "--repo", default=argparse.SUPPRESS, metavar="DIR",
                         help="repository directory (default: $ANYTIME_REPO, else "
                              "~/.local/share/anytime/repo)")
     p = argparse.ArgumentParser(
-        prog="anytime", parents=[common],
+        prog="anytime", parents=[common], epilog=epilog(), formatter_class=_Formatter,
         description="Continuous data protection: any volume, at any instant, as a drive.")
+    p.add_argument("--version", action=_Version, help="print the version and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = _Commands(sub)
     for name in [only] if only else MODULES:
-        importlib.import_module(f"anytime.tools.{name}").register(sub, common)
-    return p
+        importlib.import_module(f"anytime.tools.{name}").register(commands, common)
+    return p, commands.parsers
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    return build_commands(only)[0]
 
 
 def _command_in(argv: list[str]) -> str | None:
     """The module of the command named in ``argv`` (None: parse with every command)."""
-    for i, a in enumerate(argv):
-        if a == "--repo":
-            continue
-        if i > 0 and argv[i - 1] == "--repo" or a.startswith("-"):
-            continue
-        return COMMAND_MODULES.get(a)
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in ("-r", "--repo"):
+            skip = True  # its value follows
+        elif not a.startswith("-"):
+            return COMMAND_MODULES.get(a)
     return None
 
 

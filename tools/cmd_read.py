@@ -3,46 +3,40 @@
 from __future__ import annotations
 
 import grp
-import json
 import os
 import pwd
 import stat
 import sys
 from functools import lru_cache
 
-from anytime.store import timeline
-from anytime.store.errors import ContentUnavailable, PathNotFound
-from anytime.store.format import (
-    FLAG_UNREADABLE,
-    FLAG_UNSTABLE,
-    KIND_DELETED,
-    KIND_DIR,
-    KIND_SYMLINK,
-    Entry,
-)
-from anytime.store.volumes import get_volume_by_id
-from anytime.vfs.instants import format_instant
+from .text import columns
 
-from .cmd_repo import open_repo
-from .target import lookup_at, resolve_target
+# The store and vfs modules are imported by the commands when they run, not here:
+# 'anytime --help' imports every command module (tools/cli.py).
 
 
 def register(sub, common) -> None:
     p = sub.add_parser("log", parents=[common],
                        help="commits of a volume, or the versions of a file")
-    p.add_argument("path")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("path", help="a volume, or a path inside one (original path or VOLUME:PATH)")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.set_defaults(func=cmd_log)
 
     p = sub.add_parser("ls", parents=[common], help="list a directory at an instant")
-    p.add_argument("path")
-    p.add_argument("--at", help="instant (default: now)")
+    p.add_argument("path", help="a directory or file (original path or VOLUME:PATH)")
+    p.add_argument("--at", metavar="INSTANT", help="instant (default: now)")
     p.add_argument("-l", dest="long", action="store_true", help="long listing")
+    p.add_argument("-a", "--all", action="store_true",
+                   help="include names that start with '.' (hidden otherwise, as ls does)")
+    p.add_argument("-R", "--recursive", action="store_true",
+                   help="list subdirectories too, each under a 'path:' heading")
+    p.add_argument("--json", action="store_true",
+                   help="print the entries as JSON (with -R: every entry below, flat)")
     p.set_defaults(func=cmd_ls)
 
     p = sub.add_parser("cat", parents=[common], help="print a file as it was at an instant")
-    p.add_argument("path")
-    p.add_argument("--at", help="instant (default: now)")
+    p.add_argument("path", help="a file (original path or VOLUME:PATH)")
+    p.add_argument("--at", metavar="INSTANT", help="instant (default: now)")
     p.set_defaults(func=cmd_cat)
 
 
@@ -62,7 +56,10 @@ def group_name(gid: int) -> str:
         return str(gid)
 
 
-def long_line(name: bytes, e: Entry) -> bytes:
+def long_line(name: bytes, e) -> bytes:
+    from anytime.store.format import KIND_DIR, KIND_SYMLINK
+    from anytime.vfs.instants import format_instant
+
     mt = format_instant(e.mtime_ns)[:19].replace("T", " ")
     size = e.size if e.kind != KIND_DIR else 0
     head = (f"{stat.filemode(e.mode)} {e.nlink:>3} {user_name(e.uid):<8} "
@@ -71,20 +68,70 @@ def long_line(name: bytes, e: Entry) -> bytes:
     return head + name + tail + b"\n"
 
 
+def entry_dict(name: bytes, original: bytes, e) -> dict:
+    """One ``ls --json`` row: ``original`` is the entry's original absolute path."""
+    from anytime.store.format import KIND_DIR, KIND_NAMES, KIND_SYMLINK
+    from anytime.vfs.instants import format_instant
+
+    d = {"name": os.fsdecode(name), "path": os.fsdecode(original), "kind": KIND_NAMES[e.kind],
+         "permissions": stat.filemode(e.mode), "mode": e.mode, "nlink": e.nlink,
+         "uid": e.uid, "user": user_name(e.uid), "gid": e.gid, "group": group_name(e.gid),
+         "size": e.size if e.kind != KIND_DIR else 0,
+         "mtime": format_instant(e.mtime_ns), "mtime_ns": e.mtime_ns}
+    if e.kind == KIND_SYMLINK:
+        d["target"] = os.fsdecode(e.target)
+    return d
+
+
 def cmd_ls(args) -> int:
+    from anytime.store.format import KIND_DIR, join_path
+
+    from .cmd_repo import open_repo
+    from .target import lookup_at
+
     with open_repo(args) as repo:
         target, view, e = lookup_at(repo, args)
+        orig = target.vol.source_path
         out = sys.stdout.buffer
+        rows: list[dict] = []
         if e.kind != KIND_DIR:
             name = os.path.basename(target.path) or target.path
-            out.write(long_line(name, e) if args.long else name + b"\n")
-            return 0
-        for name, child in view.listdir(target.path):
-            out.write(long_line(name, child) if args.long else name + b"\n")
+            if args.json:
+                rows.append(entry_dict(name, orig(target.path), e))
+            else:
+                out.write(long_line(name, e) if args.long else name + b"\n")
+        todo = [target.path] if e.kind == KIND_DIR else []
+        shown = os.fsencode(args.path.rstrip("/") or "/")
+        while todo:
+            path = todo.pop(0)
+            listing = [(n, c) for n, c in view.listdir(path) if args.all or n[:1] != b"."]
+            if args.json:
+                rows += [entry_dict(n, orig(join_path(path, n)), c) for n, c in listing]
+            else:
+                if args.recursive:
+                    rel = path[len(target.path):].lstrip(b"/")
+                    head = os.path.join(shown, rel) if rel else shown
+                    out.write((b"\n" if path != target.path else b"") + head + b":\n")
+                for n, c in listing:
+                    out.write(long_line(n, c) if args.long else n + b"\n")
+            if args.recursive:
+                todo[:0] = [join_path(path, n) for n, c in listing if c.kind == KIND_DIR]
+    if args.json:
+        import json
+
+        json.dump(rows, sys.stdout, indent=2)
+        print()
     return 0
 
 
 def cmd_cat(args) -> int:
+    from anytime.store.errors import ContentUnavailable, PathNotFound
+    from anytime.store.format import FLAG_UNREADABLE, KIND_DIR, KIND_SYMLINK
+    from anytime.vfs.instants import format_instant
+
+    from .cmd_repo import open_repo
+    from .target import lookup_at
+
     with open_repo(args) as repo:
         target, view, e = lookup_at(repo, args)
         if e.kind == KIND_DIR:
@@ -105,7 +152,10 @@ def cmd_cat(args) -> int:
     return 0
 
 
-def change_of(prev: Entry | None, e: Entry) -> str:
+def change_of(prev, e) -> str:
+    """What a version of a path did, next to the one before it (None: there was none)."""
+    from anytime.store.format import FLAG_UNREADABLE, KIND_DELETED
+
     if e.kind == KIND_DELETED:
         return "deleted"
     if e.flags & FLAG_UNREADABLE:
@@ -121,6 +171,15 @@ def change_of(prev: Entry | None, e: Entry) -> str:
 
 
 def cmd_log(args) -> int:
+    from anytime.store import timeline
+    from anytime.store.errors import PathNotFound
+    from anytime.store.format import FLAG_UNREADABLE, FLAG_UNSTABLE
+    from anytime.store.volumes import get_volume_by_id
+    from anytime.vfs.instants import format_instant
+
+    from .cmd_repo import open_repo
+    from .target import resolve_target
+
     with open_repo(args) as repo:
         target = resolve_target(repo, args.path)
         with repo.read_txn() as txn:
@@ -152,17 +211,29 @@ def cmd_log(args) -> int:
                 if not rows:
                     raise PathNotFound(f"{target.display} was never captured")
     if args.json:
+        import json
+
         json.dump(rows, sys.stdout, indent=2)
         print()
         return 0
+    print("\n".join(log_lines(rows)))
+    return 0
+
+
+def log_lines(rows: list[dict]) -> list[str]:
+    """``log`` rows as text, every column aligned whatever the values."""
+    cells, right = [], set()
     for r in rows:
-        lab = f"  [{', '.join(r['labels'])}]" if r["labels"] else ""
+        notes = (["(unstable)"] if r.get("unstable") else []) + \
+            (["(partial)"] if r.get("partial") else []) + \
+            ([f"[{', '.join(r['labels'])}]"] if r["labels"] else [])
         if "change" in r:
             size = "-" if r["size"] is None else str(r["size"])
-            flag = "  (unstable)" if r["unstable"] else ""
-            print(f"{r['instant']}  {r['change']:<9} {size:>12}{flag}{lab}")
+            cells.append([r["instant"], r["change"], size, " ".join(notes)])
+            right = {2}
         else:
-            part = "  (partial)" if r["partial"] else ""
-            print(f"{r['instant']}  {r['kind']:<6} {r['changed']:>7} changed "
-                  f"{r['deleted']:>6} deleted {r['new_bytes'] / 1e6:>9.1f} MB new{part}{lab}")
-    return 0
+            cells.append([r["instant"], str(r["kind"]), f"{r['changed']} changed",
+                          f"{r['deleted']} deleted", f"{r['new_bytes'] / 1e6:.1f} MB new",
+                          " ".join(notes)])
+            right = {2, 3, 4}
+    return columns(cells, right)
