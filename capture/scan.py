@@ -170,7 +170,7 @@ class Scanner:
                 self._drain(0)
             self.txn = None
             r = self.report
-            info = dict(info, files=r.files, dirs=r.dirs, files_read=r.files_read,
+            info = dict(info, files=r.files, dirs=r.dirs, others=r.others, files_read=r.files_read,
                         bytes_read=r.bytes_read, changed=r.changed, deleted=r.deleted,
                         skipped=len(r.skipped), unreadable=len(r.unreadable),
                         unstable=len(r.unstable),

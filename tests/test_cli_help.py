@@ -167,3 +167,61 @@ def test_man_page_is_current_and_renders(tmp_path):
         assert re.search(rf"anytime\s+{command}\b", text), command
     assert "--from" in text and "10 minutes ago" in text and "interrupted" in text
     assert "warning" not in r.stderr.lower()
+
+
+def test_progress_lines_have_totals_percentage_and_eta():
+    from anytime.capture.scan import ScanReport
+    from anytime.tools.progress import Progress
+
+    r = ScanReport(files=40, dirs=9, others=1, files_read=1, bytes_read=2_500_000, changed=3)
+    line = Progress(enabled=True, expect_entries=200).scan_line(r, elapsed=5.0)
+    assert line.startswith("50 of ~200 entries (25%), read 1 file (2.5 MB), 3 changed")
+    assert line.endswith("ETA 0:15")
+    line = Progress(enabled=True).scan_line(ScanReport(files=1, dirs=2), elapsed=1.0)
+    assert line.startswith("1 file, 2 dirs, read 0 files") and "ETA" not in line
+    line = Progress.bytes_line(25_000_000, 100_000_000, "checking", elapsed=60.0)
+    assert "25.0%" in line and "25.0/100.0 MB" in line and "ETA 3:00" in line
+    assert "ETA 1:00:00" in Progress.bytes_line(1, 2, "", elapsed=3600.0)
+
+
+def test_snapshot_progress_knows_the_total_from_the_previous_commit(anytime, repo_dir,
+                                                                     src_dir):
+    """On a terminal, a re-scan's progress says how far it is of the entries the last
+    commit counted."""
+    anytime("init", check=0)
+    for i in range(30):
+        (src_dir / f"f{i}").write_text("x")
+    anytime("snapshot", src_dir, check=0)
+    master, slave = os.openpty()
+    try:
+        r = subprocess.run([anytime_command(), "snapshot", str(src_dir)], stderr=slave,
+                           stdout=subprocess.DEVNULL, env=dict(os.environ, ANYTIME_REPO=str(repo_dir)))
+        os.close(slave)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(master)
+    assert r.returncode == 0, shown
+    assert re.search(rb"\d+ of ~31 entries \(\d+%\)", shown), shown
+
+
+def test_counts_agree_with_their_nouns(anytime, src_dir):
+    anytime("init", check=0)
+    (src_dir / "only").write_text("x")
+    out = anytime("snapshot", src_dir, check=0).stdout.decode()
+    assert "1 file, 1 dir; read 1 file (" in out, out
+    vols = anytime("volumes", check=0).stdout.decode()
+    assert " 1 commit " in vols and "commits" not in vols
+    os.symlink("only", src_dir / "link")
+    os.mkfifo(src_dir / "fifo")
+    (src_dir / "two").write_text("y")
+    out = anytime("snapshot", src_dir, check=0).stdout.decode()
+    assert "2 files, 1 dir, 2 other entries; read 1 file (" in out, out
+    assert " 2 commits " in anytime("volumes", check=0).stdout.decode()

@@ -100,9 +100,11 @@ def cmd_snapshot(args) -> int:
     from anytime.vfs.instants import format_instant
 
     from .progress import Progress
+    from .text import plural
 
     with open_repo(args) as repo:
-        progress = Progress(enabled=None if not args.json else False)
+        progress = Progress(enabled=None if not args.json else False,
+                            expect_entries=expected_entries(repo, args.path, args.name))
         run_hook(args.before_hook, "before")
         try:
             report = snapshot(repo, args.path, name=args.name, label=args.label,
@@ -123,24 +125,57 @@ def cmd_snapshot(args) -> int:
         json.dump(summary, sys.stdout, indent=2)
         print()
     else:
+        others = f", {plural(report.others, 'other entry', 'other entries')}" \
+            if report.others else ""
         print(f"{report.volume}: committed {format_instant(report.instant)}: "
-              f"{report.files} files, {report.dirs} dirs; read {report.files_read} files "
-              f"({report.bytes_read / 1e6:.1f} MB); {report.changed} changed, "
-              f"{report.deleted} deleted")
+              f"{plural(report.files, 'file')}, {plural(report.dirs, 'dir')}{others}; "
+              f"read {plural(report.files_read, 'file')} ({report.bytes_read / 1e6:.1f} MB); "
+              f"{report.changed} changed, {report.deleted} deleted")
         if report.resized:
-            print(f"{len(report.resized)} files read to another length than their size says "
-                  f"(as /proc and /sys files do); stored as read: {some(report.resized)}")
+            n = len(report.resized)
+            print(f"{plural(n, 'file')} read to another length than {('its', 'their')[n > 1]} "
+                  f"size says (as /proc and /sys files do); stored as read: "
+                  f"{some(report.resized)}")
     if report.partial:
         parts = []
         if report.unreadable:
-            parts.append(f"{len(report.unreadable)} files could not be read and are recorded "
-                         f"as unreadable at this instant (the next snapshot that can read "
-                         f"them stores their content):" + listing(report.unreadable))
+            n = len(report.unreadable)
+            parts.append(f"{plural(n, 'file')} could not be read and {('is', 'are')[n > 1]} "
+                         f"recorded as unreadable at this instant (the next snapshot that can "
+                         f"read {('it', 'them')[n > 1]} stores {('its', 'their')[n > 1]} "
+                         f"content):" + listing(report.unreadable))
         if report.skipped:
-            parts.append(f"{len(report.skipped)} entries could not be read and keep their "
-                         f"previous versions:" + listing(report.skipped))
+            n = len(report.skipped)
+            parts.append(f"{plural(n, 'entry')} could not be read and "
+                         f"{('keeps its previous version', 'keep their previous versions')[n > 1]}"
+                         f":" + listing(report.skipped))
         raise PartialError("the snapshot is partial: " + "\n".join(parts))
     return 0
+
+
+def expected_entries(repo, path: str, name: str | None) -> int:
+    """How many entries (files, dirs, others) the volume's last commit counted: about
+    what this snapshot walks (0: a first snapshot, unknown). For the progress line."""
+    import os
+
+    from anytime.store import timeline
+    from anytime.store.errors import UnknownVolume
+    from anytime.store.format import MAX_INSTANT
+    from anytime.store.volumes import find_by_source, get_volume
+
+    source = os.path.abspath(path)
+    with repo.read_txn() as txn:
+        try:
+            vol = get_volume(repo, txn, name) if name else find_by_source(repo, txn, source)
+        except UnknownVolume:
+            return 0
+        if vol is None or vol.source != source:
+            return 0
+        last = timeline.commit_at_or_before(repo, txn, vol.id, MAX_INSTANT)
+    if last is None:
+        return 0
+    rec = last[1]
+    return rec.get("files", 0) + rec.get("dirs", 0) + rec.get("others", 0)
 
 
 def listing(items: list[tuple[str, str]]) -> str:
@@ -194,9 +229,11 @@ def cmd_volumes(args) -> int:
         json.dump(rows, sys.stdout, indent=2)
         print()
         return 0
-    for r in rows:
-        print(f"{r['name']:<20} {r['commits']:>6} commits  {r['first'] or '-':<35} .. "
-              f"{r['latest'] or '-':<35} {r['source']}")
+    from .text import columns, plural
+
+    for line in columns([[r["name"], plural(r["commits"], "commit"), r["first"] or "-", "..",
+                          r["latest"] or "-", r["source"]] for r in rows], right={1}):
+        print(line)
     if not rows:
         print("no volumes yet; protect a tree with 'anytime snapshot PATH'", file=sys.stderr)
     return 0
