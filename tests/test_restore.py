@@ -447,7 +447,10 @@ def test_permission_denied_destination(anytime, src_dir, loop_fs):
     subprocess.run(["chattr", "+i", str(disk)], check=True)
     try:
         r = anytime("restore", src_dir, "--at", "now", "--to", disk / "out")
+        r2 = anytime("init", "--repo", disk / "repo")
     finally:
         subprocess.run(["chattr", "-i", str(disk)], check=True)
     assert r.returncode == 15, r.stderr
     assert b"permission denied" in r.stderr and b"--to" in r.stderr
+    assert r2.returncode == 15, r2.stderr
+    assert b"permission denied" in r2.stderr.lower()

@@ -148,6 +148,33 @@ def _command_in(argv: list[str]) -> str | None:
     return None
 
 
+#: errno -> what a write that failed with it needs (these are destination failures, 15).
+_CANNOT_WRITE = {
+    errno.ENOSPC: "no space left on the disk holding {0}; free space and run the command "
+                  "again",
+    errno.EDQUOT: "the disk quota is exhausted on the disk holding {0}; free space and run "
+                  "the command again",
+    errno.EROFS: "{0} is on a read-only filesystem; remount it read-write or choose another "
+                 "place",
+    errno.EACCES: "permission denied: {0}; run as a user who may write there, or choose "
+                  "another place",
+    errno.EPERM: "permission denied (operation not permitted): {0}; run as a user who may "
+                 "write there, or choose another place",
+    errno.EEXIST: "{0} already exists; remove it or choose another name",
+}
+
+
+def os_error(e: OSError) -> AnytimeError:
+    """The error to show for an OSError no command turned into its own: a destination
+    failure (full, read-only, permission denied, exists) is a DestinationError."""
+    name = os.fsdecode(e.filename) if e.filename is not None else "the destination"
+    advice = _CANNOT_WRITE.get(e.errno)
+    if advice:
+        return DestinationError(advice.format(name))
+    return AnytimeError(f"{e.strerror or e}"
+                        f"{': ' + os.fsdecode(e.filename) if e.filename else ''}")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(_command_in(argv))
@@ -166,15 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            err = DestinationError(f"no space left on the disk ({e.filename or 'repository'});"
-                                   f" free space and run the command again")
-        elif e.errno == errno.EROFS:
-            err = DestinationError(f"{e.filename or 'the destination'} is on a read-only "
-                                   f"filesystem")
-        else:
-            err = AnytimeError(f"{e.strerror or e}"
-                               f"{': ' + os.fsdecode(e.filename) if e.filename else ''}")
+        err = os_error(e)
         print(f"anytime: error: {err}", file=sys.stderr)
         return err.exit_code
     except Exception as e:
