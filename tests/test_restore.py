@@ -454,3 +454,32 @@ def test_permission_denied_destination(anytime, src_dir, loop_fs):
     assert b"permission denied" in r.stderr and b"--to" in r.stderr
     assert r2.returncode == 15, r2.stderr
     assert b"permission denied" in r2.stderr.lower()
+
+
+NOBODY = 65534
+AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="needs root and setpriv to run the snapshot as user nobody")
+def test_a_version_recorded_unreadable_fails_alone(anytime, world_dir):
+    """A file nobody could not read when captured has no content at that instant: an
+    in-place restore lists it (exit 3), keeps the live file and restores the rest."""
+    tree, repo_path = world_dir / "tree", world_dir / "repo"
+    tree.mkdir()
+    repo_path.mkdir()
+    (tree / "ok").write_text("ok at v1\n")
+    (tree / "secret").write_text("root only\n")
+    os.chmod(tree / "secret", 0o600)
+    for p in (tree, tree / "ok", repo_path):
+        os.chown(p, NOBODY, NOBODY)
+    env = {"ANYTIME_REPO": str(repo_path), "HOME": str(world_dir)}
+    anytime("init", prefix=AS_NOBODY, env=env, check=0)
+    anytime("snapshot", tree, "--label", "v1", prefix=AS_NOBODY, env=env, check=3)
+    (tree / "ok").write_text("ok changed\n")
+    (tree / "secret").write_text("root edit\n")  # same size, another mtime
+    r = anytime("restore", tree, "--at", "v1", "--in-place", "--overwrite", env=env)
+    assert r.returncode == 3, r.stderr
+    assert b"secret" in r.stderr and b"could not be read when this version" in r.stderr
+    assert (tree / "secret").read_text() == "root edit\n"
+    assert (tree / "ok").read_text() == "ok at v1\n"

@@ -391,7 +391,11 @@ class Restorer:
                 return False
             if s.st_mtime_ns == e.mtime_ns:
                 return True
-            return self._block_ids_there(d, name) == self.view.block_ids(e, 0, e.size)[1]
+            try:
+                stored = self.view.block_ids(e, 0, e.size)[1]
+            except DamagedData:  # no content to compare (unreadable when captured)
+                return False
+            return self._block_ids_there(d, name) == stored
         if kind == KIND_SYMLINK:
             with self.fds.of(d) as fd:
                 return st_.S_ISLNK(s.st_mode) and os.readlink(name, dir_fd=fd) == e.target
