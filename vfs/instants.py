@@ -25,13 +25,16 @@ _UNITS = {"s": 1, "sec": 1, "secs": 1, "second": 1, "seconds": 1,
           "h": 3600, "hr": 3600, "hrs": 3600, "hour": 3600, "hours": 3600,
           "d": 86400, "day": 86400, "days": 86400, "w": 604800, "week": 604800,
           "weeks": 604800}
-_REL_AGO = re.compile(r"^(\d+(?:\.\d+)?)\s*([a-z]+)\s+ago$")
-_REL_MINUS = re.compile(r"^-(\d+(?:\.\d+)?)\s*([a-z]+)$")
-_DAYWORD = re.compile(r"^(today|yesterday)(?:\s+(\d{1,2}):(\d{2})(?::(\d{2}))?)?$")
-_ISO = re.compile(r"^(\d{4}-\d{2}-\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d{1,9}))?)?)?"
-                  r"\s*(Z|[+-]\d{2}(?::?\d{2})?)?$", re.IGNORECASE)
-_ISO_BASIC = re.compile(r"^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(?:(\d{2})(?:[.,](\d{1,9}))?)?"
-                        r"(Z|[+-]\d{2}(?:\d{2})?)?$", re.IGNORECASE)
+# Patterns as text, compiled by re on first use (and cached there): compiling them all
+# at import took longer than the rest of this module, for every command that only
+# prints instants or reads 'now'.
+_REL_AGO = r"^(\d+(?:\.\d+)?)\s*([a-z]+)\s+ago$"
+_REL_MINUS = r"^-(\d+(?:\.\d+)?)\s*([a-z]+)$"
+_DAYWORD = r"^(today|yesterday)(?:\s+(\d{1,2}):(\d{2})(?::(\d{2}))?)?$"
+_ISO = (r"(?i)^(\d{4}-\d{2}-\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d{1,9}))?)?)?"
+        r"\s*(Z|[+-]\d{2}(?::?\d{2})?)?$")
+_ISO_BASIC = (r"(?i)^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(?:(\d{2})(?:[.,](\d{1,9}))?)?"
+              r"(Z|[+-]\d{2}(?:\d{2})?)?$")
 
 
 def _to_ns(dt: datetime) -> int:
@@ -67,10 +70,10 @@ def parse_instant(text: str, labels: Callable[[str], int | None] | None = None,
             return int(whole) * NS + int((frac + "000000000")[:9] or 0)
         except ValueError:
             raise InstantError(f"'{raw}' is not @EPOCH_SECONDS") from None
-    m = _REL_AGO.match(s) or _REL_MINUS.match(s)
+    m = re.match(_REL_AGO, s) or re.match(_REL_MINUS, s)
     if m and m.group(2) in _UNITS:
         return now - int(float(m.group(1)) * _UNITS[m.group(2)] * NS)
-    m = _DAYWORD.match(s)
+    m = re.match(_DAYWORD, s)
     if m:
         today = datetime.fromtimestamp(now / NS).astimezone()
         day = today.date() - timedelta(days=1 if m.group(1) == "yesterday" else 0)
@@ -78,8 +81,8 @@ def parse_instant(text: str, labels: Callable[[str], int | None] | None = None,
         if hh > 23 or mm > 59 or ss > 59:
             raise InstantError(f"'{raw}' has an impossible time of day")
         return _to_ns(datetime(day.year, day.month, day.day, hh, mm, ss))
-    m = _ISO.match(raw)
-    b = None if m else _ISO_BASIC.match(raw)
+    m = re.match(_ISO, raw)
+    b = None if m else re.match(_ISO_BASIC, raw)
     if b:
         y, mo, d, hh, mi, ss, frac, zone = b.groups()
         date = f"{y}-{mo}-{d}"
@@ -106,9 +109,9 @@ def is_relative(text: str) -> bool:
     """True if ``text`` names an instant that moves with the clock (``now``, ``10 minutes
     ago``, ``-2h``, ``today 9:30``, ``yesterday``): what parse_instant reads from ``now``."""
     s = text.strip().lower()
-    return (s in ("now", "latest") or bool(_DAYWORD.match(s))
+    return (s in ("now", "latest") or bool(re.match(_DAYWORD, s))
             or any(m is not None and m.group(2) in _UNITS
-                   for m in (_REL_AGO.match(s), _REL_MINUS.match(s))))
+                   for m in (re.match(_REL_AGO, s), re.match(_REL_MINUS, s))))
 
 
 def format_instant(ns: int, utc: bool = False, basic: bool = False) -> str:
