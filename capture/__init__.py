@@ -1,7 +1,8 @@
 """anytime.capture: sources of change turned into commits. Depends on anytime.store only.
 
 Modes (this release has ``scan``): scan walks a tree and records what differs from the
-stat cache (the previous versions in the index). Each call of :func:`snapshot` makes
+stat cache (the previous versions in the index), leaving out what its excludes name and
+the mounts it does not cross (capture/excludes.py). Each call of :func:`snapshot` makes
 exactly one commit, or none if it fails (packs it wrote are reclaimed later).
 """
 
@@ -19,9 +20,10 @@ from anytime.store.volumes import (
     unique_name,
 )
 
+from .excludes import Excluder, read_pattern_file
 from .scan import Scanner, ScanReport
 
-__all__ = ["snapshot", "ScanReport"]
+__all__ = ["snapshot", "ScanReport", "read_pattern_file"]
 
 
 def _volume_for(repo, source: str, name: str | None):
@@ -44,8 +46,14 @@ def _volume_for(repo, source: str, name: str | None):
 
 
 def snapshot(repo, path: str, name: str | None = None, label: str | None = None,
-             progress=None, workers: int | None = None) -> ScanReport:
-    """Capture the tree at ``path`` as one commit of its volume (created on first use)."""
+             progress=None, workers: int | None = None, excludes: list[str] = (),
+             one_file_system: bool = False) -> ScanReport:
+    """Capture the tree at ``path`` as one commit of its volume (created on first use).
+
+    ``excludes``: patterns of entries to leave out (syntax in capture/excludes.py);
+    ``one_file_system``: do not cross into other filesystems mounted inside the tree.
+    anytime's own mounts inside the tree are never captured."""
+    excluder = Excluder(excludes) if excludes else None  # bad patterns: before any change
     source = os.path.abspath(path)
     try:  # lstat, as the scan does: checked here, before a volume is created
         s = os.lstat(source)
@@ -62,6 +70,7 @@ def snapshot(repo, path: str, name: str | None = None, label: str | None = None,
                          f"(to protect one file, snapshot the directory that holds it)")
     with repo.writer_lock():
         vol = _volume_for(repo, source, name)
-        scanner = Scanner(repo, vol, os.fsencode(source), progress=progress, workers=workers)
+        scanner = Scanner(repo, vol, os.fsencode(source), progress=progress, workers=workers,
+                          excluder=excluder, one_file_system=one_file_system)
         info = {"kind": "scan", "source": source, "started_ns": clock.now_ns()}
         return scanner.run(info, label=label)

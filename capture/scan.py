@@ -20,6 +20,11 @@ Terms:
                next scan that can read it records its content again. The snapshot is
                then partial.
 
+Excludes and mount points (capture/excludes.py): an excluded entry is not captured, and
+recorded as deleted if it was before. A directory where another filesystem is mounted
+that the scan does not cross (anytime's own mounts always, any with
+``one_file_system``) is recorded as an empty directory.
+
 A directory that vanishes or cannot be read keeps its previous versions (nothing is
 recorded as deleted for it); the snapshot is then partial. Paths are bytes throughout.
 """
@@ -55,6 +60,7 @@ from anytime.store.format import (
 from anytime.store.localfs import read_xattrs
 from anytime.store.writer import CommitBuilder
 
+from .excludes import ANYTIME_FSTYPE, Excluder, mounts_of_type
 from .reader import OPEN_FLAGS, RETRIES, SEGMENT_BLOCKS, FileReader, recent, same_stat
 
 #: GIL switch interval while scanning (seconds; CPython's default is 0.005).
@@ -82,7 +88,8 @@ class ScanReport:
     volume: str = ""
     files: int = 0
     dirs: int = 0
-    others: int = 0
+    symlinks: int = 0
+    others: int = 0  # fifos, sockets, device nodes
     files_read: int = 0
     bytes_read: int = 0
     changed: int = 0
@@ -92,6 +99,10 @@ class ScanReport:
     unstable: list[str] = field(default_factory=list)
     #: files whose reads ended elsewhere than their st_size said (stored as read)
     resized: list[str] = field(default_factory=list)
+    #: entries left out by exclude patterns
+    excluded: int = 0
+    #: (path, why) of mount points not crossed, recorded as empty directories
+    mounts: list[tuple[str, str]] = field(default_factory=list)
     committed: bool = False
 
     @property
@@ -121,7 +132,8 @@ class _FileJob:
 class Scanner:
     """One scan of ``source`` into volume ``vol``; call :meth:`run` once."""
 
-    def __init__(self, repo, vol, source: bytes, progress=None, workers: int | None = None):
+    def __init__(self, repo, vol, source: bytes, progress=None, workers: int | None = None,
+                 excluder: Excluder | None = None, one_file_system: bool = False):
         self.repo = repo
         self.vol = vol
         self.vid = vol.id
@@ -141,6 +153,12 @@ class Scanner:
         self.hardlinks: dict[tuple[int, int], int] = {}
         self.txn = None
         self.inodes_known = True  # does the index hold inode records of this volume?
+        self.excluder = excluder
+        self.one_file_system = one_file_system
+        self.dev = None  # the root's st_dev
+        inside = source.rstrip(b"/") + b"/"
+        self.anytime_mounts = {m for m in mounts_of_type(ANYTIME_FSTYPE)
+                               if m.startswith(inside)}
         try:
             rs = os.stat(repo.root)
             self.exclude = {(rs.st_dev, rs.st_ino)}
@@ -170,7 +188,9 @@ class Scanner:
                 self._drain(0)
             self.txn = None
             r = self.report
-            info = dict(info, files=r.files, dirs=r.dirs, others=r.others, files_read=r.files_read,
+            info = dict(info, files=r.files, dirs=r.dirs, symlinks=r.symlinks, others=r.others,
+                        excluded=r.excluded, mounts_skipped=len(r.mounts),
+                        files_read=r.files_read,
                         bytes_read=r.bytes_read, changed=r.changed, deleted=r.deleted,
                         skipped=len(r.skipped), unreadable=len(r.unreadable),
                         unstable=len(r.unstable),
@@ -200,6 +220,7 @@ class Scanner:
             raise NotADirectoryError(errno.ENOTDIR, f"{os.fsdecode(self.source)} is not a "
                                      f"directory; snapshot takes a directory tree")
         prev = timeline.entry_at(self.repo, self.txn, self.vid, b"", MAX_INSTANT)
+        self.dev = s.st_dev
         self._record_dir(b"", self.source, s, prev)
 
     def _skip(self, path: bytes, reason: str) -> None:
@@ -224,6 +245,7 @@ class Scanner:
         self.repo.map_trimmer.touched(1 + len(before) // 64)  # about one page per 64 names
         seen = set()
         subdirs = []
+        excluded = self.excluder.excluded if self.excluder else None
         with it:
             try:
                 children = list(it)
@@ -233,6 +255,9 @@ class Scanner:
         for de in children:
             name = de.name
             crel = join_path(rel, name)
+            if excluded is not None and excluded(name, de.path):
+                self.report.excluded += 1
+                continue  # recorded as deleted below if it existed before
             if len(crel) > MAX_PATH:
                 self._skip(de.path, f"its path inside the volume is {len(crel)} bytes long; "
                                     f"the index holds paths of up to {MAX_PATH} bytes")
@@ -254,9 +279,13 @@ class Scanner:
                 continue
             if (cs.st_dev, cs.st_ino) in self.exclude:
                 continue
-            seen.add(name)
             kind = kind_of(cs.st_mode)
             old = before.get(name)
+            if cs.st_dev != self.dev and self._not_crossed(crel, de.path, cs, kind, old):
+                if kind == KIND_DIR:
+                    seen.add(name)
+                continue
+            seen.add(name)
             if old is not None and old.kind == KIND_DIR and kind != KIND_DIR:
                 self._delete_tree(crel)
             if kind == KIND_DIR:
@@ -266,7 +295,7 @@ class Scanner:
                 if not unchanged(old, cs, kind):
                     self._record_file(crel, de.path, cs, old)
             else:
-                self.report.others += 1
+                self._count_other(kind)
                 if not unchanged(old, cs, kind):
                     self._record_other(crel, de.path, cs, kind)
         for name, old in before.items():
@@ -276,6 +305,34 @@ class Scanner:
             self._record_dir(crel, cpath, cs, old)
         if self.progress:
             self.progress.update(self.report)
+
+    def _count_other(self, kind: int) -> None:
+        if kind == KIND_SYMLINK:
+            self.report.symlinks += 1
+        else:
+            self.report.others += 1
+
+    def _not_crossed(self, rel: bytes, abspath: bytes, s: os.stat_result, kind: int,
+                     old: Entry | None) -> bool:
+        """For an entry on another filesystem than the root: True if the scan does not
+        cross into it (anytime's own mounts; any with ``one_file_system``). A directory
+        is then recorded as an empty one; anything else is left out."""
+        if abspath in self.anytime_mounts:
+            why = "an anytime mount (never captured)"
+        elif self.one_file_system:
+            why = "another filesystem (--one-file-system)"
+        else:
+            return False
+        self.report.mounts.append((os.fsdecode(abspath), why))
+        if kind != KIND_DIR:
+            return True
+        self.report.dirs += 1
+        if not unchanged(old, s, KIND_DIR):
+            self.builder.put_entry(rel, Entry.from_stat(s, KIND_DIR))
+            self.report.changed += 1
+        if old is not None and old.kind == KIND_DIR:
+            self._delete_tree(rel)
+        return True
 
     def _delete(self, rel: bytes, old: Entry) -> None:
         self.builder.put_entry(rel, Entry(KIND_DELETED))
@@ -364,7 +421,7 @@ class Scanner:
                 pass
             else:
                 self.report.files -= 1
-                self.report.others += 1
+                self._count_other(kind_of(s.st_mode))
                 self._record_other(job.path, job.abspath, s, kind_of(s.st_mode))
                 self.report.changed -= 1
                 return
@@ -450,12 +507,17 @@ class Scanner:
                     self._record_file(job.path, job.abspath, s, None, drain=False)
                 else:
                     self.report.files -= 1
-                    self.report.others += 1
+                    self._count_other(kind_of(s.st_mode))
                     self._record_other(job.path, job.abspath, s, kind_of(s.st_mode))
                 return None
             (ids, job.end, job.before, after, xattrs, job.started_ns, job.tries,
              job.last_ids) = res
             if job.probe:  # first read of a new path: now we know what it is
+                if job.before.st_dev != self.dev and self._not_crossed(
+                        job.path, job.abspath, job.before, KIND_FILE, None):
+                    self.report.files -= 1
+                    self.report.changed -= 1
+                    return None  # a file mounted from another filesystem (-x)
                 job.probe = False
                 job.file_id, job.existing = self._file_id_for(job.before, None)
                 job.entry = Entry.from_stat(job.before, KIND_FILE)

@@ -223,5 +223,5 @@ def test_counts_agree_with_their_nouns(anytime, src_dir):
     os.mkfifo(src_dir / "fifo")
     (src_dir / "two").write_text("y")
     out = anytime("snapshot", src_dir, check=0).stdout.decode()
-    assert "2 files, 1 dir, 2 other entries; read 1 file (" in out, out
+    assert "2 files, 1 dir, 1 symlink, 1 other entry; read 1 file (" in out, out
     assert " 2 commits " in anytime("volumes", check=0).stdout.decode()

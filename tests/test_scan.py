@@ -175,3 +175,90 @@ def test_an_unreadable_file_is_recorded_unreadable_not_unchanged(anytime, world_
     assert anytime("cat", secret, env=env, check=0).stdout == b"root only\n"
     log = json.loads(anytime("log", f, "--json", env=env, check=0).stdout)
     assert log[-1]["unreadable"] is False
+
+
+# --- excludes and mount points ------------------------------------------------------------
+def at(s: dict) -> str:
+    return f"@{s['instant_ns'] // 10**9}.{s['instant_ns'] % 10**9:09d}"
+
+
+def listed(anytime, path, *args) -> list[str]:
+    return anytime("ls", path, *args, check=0).stdout.decode().split()
+
+
+def test_excludes(anytime, repo, src_dir, tmp_path):
+    for rel in ("a/x.o", "a/x.c", "a/node_modules/m.js", "node_modules/n.js", "b/c/d/x.tmp",
+                "b/keep.tmp", "top.log", "a/top.log", "#hash", "!bang"):
+        (src_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src_dir / rel).write_text(rel)
+    s1 = snap(anytime, src_dir)
+    assert s1["excluded"] == 0
+    patterns = tmp_path / "excludes"
+    patterns.write_text(f"# build output\n*.o\n\n  node_modules  \n{src_dir}/top.log\n"
+                        f"b/**/*.tmp\n\\!bang\n")
+    s2 = snap(anytime, src_dir, "--exclude-file", patterns, "--exclude", "d")
+    # x.o, both node_modules, /top.log, d (not walked), b/keep.tmp, !bang
+    assert s2["excluded"] == 7
+    assert sorted(listed(anytime, src_dir)) == ["#hash", "a", "b"]
+    assert sorted(listed(anytime, src_dir / "a")) == ["top.log", "x.c"]  # anchored: only /top.log
+    assert listed(anytime, src_dir / "b") == ["c"]  # keep.tmp too: '**' may be no directory
+    assert listed(anytime, src_dir / "b" / "c") == []
+    # as restic: the new commit shows the tree as captured with these excludes; earlier
+    # instants keep what they had
+    assert s2["deleted"] == 10  # the 7, and the 3 files under node_modules and d
+    assert anytime("cat", src_dir / "a" / "x.o", "--at", at(s1), check=0).stdout == b"a/x.o"
+    anytime("cat", src_dir / "a" / "x.o", check=13)
+    # a re-run with the same excludes changes nothing
+    s3 = snap(anytime, src_dir, "--exclude-file", patterns, "--exclude", "d")
+    assert (s3["changed"], s3["deleted"]) == (0, 0)
+
+
+def test_bad_excludes_change_nothing(anytime, repo, src_dir, tmp_path):
+    (src_dir / "f").write_text("f")
+    r = anytime("snapshot", src_dir, "--exclude", "!f", check=2)
+    assert b"negation" in r.stderr
+    r = anytime("snapshot", src_dir, "--exclude-file", tmp_path / "missing", check=2)
+    assert b"cannot read the exclude file" in r.stderr and b"missing" in r.stderr
+    r = anytime("snapshot", src_dir, "--exclude", "/", check=2)
+    assert json.loads(anytime("volumes", "--json", check=0).stdout) == []
+
+
+@needs_root
+def test_one_file_system(anytime, repo, src_dir, loop_fs, binds):
+    other = loop_fs(8)
+    (other / "elsewhere.bin").write_bytes(os.urandom(100_000))
+    (src_dir / "here.txt").write_text("here\n")
+    (src_dir / "disk").mkdir()
+    binds(other, src_dir / "disk")  # another filesystem mounted inside the tree
+    crossed = snap(anytime, src_dir)
+    assert crossed["mounts_skipped"] == []
+    assert "elsewhere.bin" in listed(anytime, src_dir / "disk")
+
+    s = snap(anytime, src_dir, "-x")
+    assert s["mounts_skipped"] == [{"path": str(src_dir / "disk"),
+                                    "reason": "another filesystem (--one-file-system)"}]
+    assert listed(anytime, src_dir / "disk") == []  # the mount point, kept empty
+    assert sorted(listed(anytime, src_dir)) == ["disk", "here.txt"]
+    assert "elsewhere.bin" in listed(anytime, src_dir / "disk", "--at", at(crossed))
+    text = anytime("snapshot", src_dir, "--one-file-system", check=0).stdout.decode()
+    assert "1 mount point not crossed" in text and str(src_dir / "disk") in text
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None,
+                    reason="needs FUSE to mount a volume inside its own tree")
+def test_an_anytime_mount_inside_the_tree_is_never_captured(anytime, repo, src_dir):
+    from test_mount import mounted
+
+    (src_dir / "data.bin").write_bytes(os.urandom(1 << 20))
+    (src_dir / "tt").mkdir()
+    first = snap(anytime, src_dir)
+    with mounted(anytime, src_dir, src_dir / "tt") as mp:
+        assert (mp / "latest" / "data.bin").stat().st_size == 1 << 20
+        (src_dir / "new.txt").write_text("new\n")
+        s = snap(anytime, src_dir)  # without -x
+        assert s["mounts_skipped"] == [{"path": str(src_dir / "tt"),
+                                        "reason": "an anytime mount (never captured)"}]
+        assert s["bytes_read"] == 4  # new.txt only: nothing through the mount
+        assert s["files"] == 2
+    assert listed(anytime, src_dir / "tt") == []
+    assert first["bytes_read"] == 1 << 20

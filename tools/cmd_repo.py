@@ -54,6 +54,15 @@ def register(sub, common) -> None:
     p.add_argument("--label", help="name the instant of this commit")
     p.add_argument("--name", help="volume name (default: derived from the path)")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    p.add_argument("-x", "--one-file-system", action="store_true",
+                   help="do not cross into other filesystems mounted inside the tree "
+                        "(their mount points are kept as empty directories)")
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                   help="leave out entries matching PATTERN (repeatable): '*.o' or "
+                        "'node_modules' match names anywhere, '/srv/data/tmp' an absolute "
+                        "path, '**' any number of directories")
+    p.add_argument("--exclude-file", action="append", default=[], metavar="FILE",
+                   help="read exclude patterns from FILE, one a line ('#' comments)")
     p.add_argument("--before-hook", help="command run before capturing (e.g. to flush an app)")
     p.add_argument("--after-hook", help="command run after committing")
     p.set_defaults(func=cmd_snapshot)
@@ -96,25 +105,31 @@ def run_hook(cmd: str | None, what: str) -> None:
 
 
 def cmd_snapshot(args) -> int:
-    from anytime.capture import snapshot
+    from anytime.capture import read_pattern_file, snapshot
     from anytime.vfs.instants import format_instant
 
     from .progress import Progress
     from .text import plural
 
+    excludes = list(args.exclude)
+    for f in args.exclude_file:
+        excludes += read_pattern_file(f)
     with open_repo(args) as repo:
         progress = Progress(enabled=None if not args.json else False,
                             expect_entries=expected_entries(repo, args.path, args.name))
         run_hook(args.before_hook, "before")
         try:
             report = snapshot(repo, args.path, name=args.name, label=args.label,
-                              progress=progress)
+                              progress=progress, excludes=excludes,
+                              one_file_system=args.one_file_system)
         finally:
             progress.clear()
         run_hook(args.after_hook, "after")
     summary = {
         "volume": report.volume, "instant": format_instant(report.instant),
         "instant_ns": report.instant, "files": report.files, "dirs": report.dirs,
+        "symlinks": report.symlinks, "others": report.others, "excluded": report.excluded,
+        "mounts_skipped": [{"path": p, "reason": r} for p, r in report.mounts],
         "files_read": report.files_read, "bytes_read": report.bytes_read,
         "changed": report.changed, "deleted": report.deleted,
         "skipped": [{"path": p, "reason": r} for p, r in report.skipped],
@@ -127,10 +142,17 @@ def cmd_snapshot(args) -> int:
     else:
         others = f", {plural(report.others, 'other entry', 'other entries')}" \
             if report.others else ""
+        links = f", {plural(report.symlinks, 'symlink')}" if report.symlinks else ""
         print(f"{report.volume}: committed {format_instant(report.instant)}: "
-              f"{plural(report.files, 'file')}, {plural(report.dirs, 'dir')}{others}; "
+              f"{plural(report.files, 'file')}, {plural(report.dirs, 'dir')}{links}{others}; "
               f"read {plural(report.files_read, 'file')} ({report.bytes_read / 1e6:.1f} MB); "
               f"{report.changed} changed, {report.deleted} deleted")
+        if report.excluded:
+            print(f"{plural(report.excluded, 'entry')} excluded by patterns")
+        if report.mounts:
+            print(f"{plural(len(report.mounts), 'mount point')} not crossed, kept as empty "
+                  f"{('directory', 'directories')[len(report.mounts) > 1]}:"
+                  + listing(report.mounts))
         if report.resized:
             n = len(report.resized)
             print(f"{plural(n, 'file')} read to another length than {('its', 'their')[n > 1]} "

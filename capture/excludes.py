@@ -1,0 +1,142 @@
+"""What a scan leaves out: exclude patterns and mount points it does not cross.
+
+Patterns follow restic's and borg's shell-style rules, matched against each entry's
+absolute path on the source filesystem (``/srv/data/build/x.o``):
+
+  ``*``, ``?``, ``[abc]``, ``[!abc]``   glob within one path component (never across ``/``)
+  ``**``                             any number of whole components, none included
+  a pattern without ``/``            matches a name anywhere in the tree (``*.o``,
+                                     ``node_modules``)
+  a pattern with ``/`` inside        matches the end of a path at a component boundary
+                                     (``cache/*.tmp`` excludes ``/a/cache/x.tmp``)
+  a pattern starting with ``/``      an absolute path from the filesystem root
+                                     (``/srv/data/tmp``, ``/home/*/.cache``)
+  ``\\``                              makes the next character literal
+
+A trailing ``/`` is ignored. An excluded directory is not walked: nothing under it is
+captured. Negation (``!``) is not supported; such a pattern is refused rather than read
+as a name. A pattern file holds one pattern a line; blank lines and lines whose first
+non-blank character is ``#`` are ignored, and surrounding blanks are removed.
+
+An entry captured before and excluded now is recorded as deleted by the commit that
+excludes it, as restic's snapshots show the tree as captured with that run's excludes;
+earlier instants keep it.
+
+Mount points: ``mounts_of_type`` reads ``/proc/self/mountinfo``, so a scan can skip
+anytime's own time-travel mounts (fstype ``fuse.anytime``) wherever they sit in the
+tree, and with ``--one-file-system`` any other filesystem too.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from anytime.store.errors import UsageError
+
+#: The filesystem type (``fuse.`` + subtype) of anytime's own mounts in mountinfo.
+ANYTIME_FSTYPE = "fuse.anytime"
+
+
+def _component(glob: bytes) -> bytes:
+    """The regex of one path component's glob (bytes): ``*``/``?`` stay inside it."""
+    out, i, n = [], 0, len(glob)
+    while i < n:
+        c = glob[i:i + 1]
+        i += 1
+        if c == b"*":
+            out.append(b"[^/]*")
+        elif c == b"?":
+            out.append(b"[^/]")
+        elif c == b"\\" and i < n:
+            out.append(re.escape(glob[i:i + 1]))
+            i += 1
+        elif c == b"[":
+            j = i + (glob[i:i + 1] in (b"!", b"^"))
+            j += glob[j:j + 1] == b"]"  # a ']' first is part of the set
+            j = glob.find(b"]", j)
+            if j < 0:
+                out.append(b"\\[")
+                continue
+            body = glob[i:j].replace(b"\\", b"\\\\")
+            if body[:1] in (b"!", b"^"):
+                body = b"^" + body[1:]
+            out.append(b"(?!/)[" + body + b"]")
+            i = j + 1
+        else:
+            out.append(re.escape(c))
+    return b"".join(out)
+
+
+def _path_regex(pattern: bytes) -> bytes:
+    """The regex (to fullmatch an absolute path) of a pattern with a ``/``: from the root
+    if it starts with one, else from any component boundary."""
+    parts = [b"/" if pattern.startswith(b"/") else b".*/"]
+    comps = [c for c in pattern.split(b"/") if c]
+    for k, comp in enumerate(comps):
+        last = k == len(comps) - 1
+        if comp == b"**":
+            parts.append(b".*" if last else b"(?:[^/]*/)*")
+        else:
+            parts.append(_component(comp) + (b"" if last else b"/"))
+    return b"".join(parts)
+
+
+class Excluder:
+    """Compiled exclude patterns: ``excluded(name, abspath)`` for one directory entry.
+
+    Name-only patterns become one regex matched against the entry's name; the others
+    one regex matched against its absolute path, tried only if there are any."""
+
+    def __init__(self, patterns: list[str]):
+        self.patterns = list(patterns)
+        names, paths = [], []
+        for p in self.patterns:
+            raw = p.rstrip("/")
+            if not raw:
+                raise UsageError(f"exclude pattern {p!r} would exclude everything; give a "
+                                 f"name or a path inside the tree")
+            if raw.startswith("!"):
+                raise UsageError(f"exclude pattern {p!r}: negation ('!') is not supported; "
+                                 f"write '\\!' for a name that starts with '!'")
+            b = os.fsencode(raw)
+            if b"/" in b:
+                paths.append(_path_regex(b))
+            else:
+                names.append(_component(b))
+        self._name = re.compile(b"|".join(names)).fullmatch if names else None
+        self._path = re.compile(b"|".join(paths)).fullmatch if paths else None
+
+    def excluded(self, name: bytes, abspath: bytes) -> bool:
+        return bool(self._name and self._name(name) or self._path and self._path(abspath))
+
+
+def read_pattern_file(path: str) -> list[str]:
+    """The patterns of an exclude file (format in this module's docstring)."""
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        raise UsageError(f"cannot read the exclude file {path}: {e.strerror}") from None
+    return [s for s in (line.strip() for line in lines) if s and not s.startswith("#")]
+
+
+def _unescape(field: str) -> bytes:
+    """A mountinfo path field: spaces, tabs, newlines and backslashes are octal escapes."""
+    return re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]),
+                  os.fsencode(field))
+
+
+def mounts_of_type(fstype: str, mountinfo: str = "/proc/self/mountinfo") -> set[bytes]:
+    """Mount points (bytes) of filesystems of type ``fstype``; empty where unknown."""
+    found = set()
+    try:
+        with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                fields = left.split(" ")
+                if len(fields) > 4 and right.split(" ", 1)[0] == fstype:
+                    found.add(_unescape(fields[4]))
+    except OSError:
+        pass
+    return found
