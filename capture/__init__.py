@@ -3,7 +3,10 @@
 Modes (this release has ``scan``): scan walks a tree and records what differs from the
 stat cache (the previous versions in the index), leaving out what its excludes name and
 the mounts it does not cross (capture/excludes.py). Each call of :func:`snapshot` makes
-exactly one commit, or none if it fails (packs it wrote are reclaimed later).
+exactly one commit, or none if it fails (packs it wrote are reclaimed later). An
+interrupted one (KeyboardInterrupt) commits nothing either, but keeps the blocks it
+stored, indexed, and raises :class:`Interrupted` saying how many: the next snapshot
+finds them instead of storing them again.
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ from anytime.store.volumes import (
 )
 
 from .excludes import Excluder, read_pattern_file
-from .scan import Scanner, ScanReport
+from .scan import Interrupted, Scanner, ScanReport
 
-__all__ = ["snapshot", "ScanReport", "read_pattern_file"]
+__all__ = ["snapshot", "Interrupted", "ScanReport", "read_pattern_file"]
 
 
 def _volume_for(repo, source: str, name: str | None):

@@ -79,6 +79,16 @@ def unchanged(prev: Entry | None, s: os.stat_result, kind: int) -> bool:
             and not prev.flags & FLAG_UNREADABLE)
 
 
+class Interrupted(KeyboardInterrupt):
+    """A scan stopped by SIGINT (or what the caller maps to it) before its commit:
+    nothing was committed, but ``blocks``/``bytes`` stored so far are kept (see
+    :meth:`~anytime.store.writer.CommitBuilder.checkpoint`)."""
+
+    def __init__(self, blocks: int, nbytes: int):
+        super().__init__(blocks, nbytes)
+        self.blocks, self.bytes = blocks, nbytes
+
+
 @dataclass
 class ScanReport:
     """What a scan did. ``skipped`` lists (path, reason) for entries it could not read,
@@ -103,6 +113,8 @@ class ScanReport:
     excluded: int = 0
     #: (path, why) of mount points not crossed, recorded as empty directories
     mounts: list[tuple[str, str]] = field(default_factory=list)
+    #: the commit's block counts: blocks_new, bytes_new, bytes_stored, blocks_dup
+    stored: dict = field(default_factory=dict)
     committed: bool = False
 
     @property
@@ -196,15 +208,20 @@ class Scanner:
                         unstable=len(r.unstable),
                         resized=len(r.resized), partial=r.partial)
             r.instant = self.builder.commit(info, label=label)
+            r.stored = dict(self.builder.stats)
             r.committed = True
             return r
-        except BaseException:
+        except BaseException as err:
             for job in self.pending:
                 for f in job.segments:
                     f.cancel()
                 if job.fd is not None:
                     os.close(job.fd)
             self.pool.shutdown(wait=True, cancel_futures=True)
+            if isinstance(err, KeyboardInterrupt) and not self.builder.done:
+                # keep what was stored, as borg's checkpoints and restic's saved index
+                # do: the re-run of a long first snapshot finds these blocks
+                raise Interrupted(*self.builder.checkpoint()) from None
             self.builder.abort()
             raise
         finally:

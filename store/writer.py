@@ -276,6 +276,20 @@ class CommitBuilder:
         self._close_spills()
         return t
 
+    def checkpoint(self) -> tuple[int, int]:
+        """Abandon the commit but keep the blocks stored so far: make their packs durable
+        and index them, listed with commit instant 0 as :meth:`_flush_blocks` does (no
+        commit references them; the next snapshot dedups against them, prune reclaims
+        what stays unreferenced); returns (blocks, bytes) kept. The owner thread calls
+        it once no :meth:`store_block` runs, instead of :meth:`abort`; a crash or a
+        second interrupt during it loses only blocks not yet indexed, as before."""
+        if self.done:
+            return 0, 0
+        self._flush_blocks(wait=True, synced=self.packw.sync())
+        kept = self.stats["blocks_new"], self.stats["bytes_new"]
+        self.abort()
+        return kept
+
     def abort(self) -> None:
         if not self.done:
             self.packw.abort(keep=self._flushed_packs)

@@ -9,10 +9,13 @@ import functools
 import json
 import os
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
+from conftest import anytime_command
 from treeutil import snap, view_at
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to bind-mount")
@@ -262,3 +265,44 @@ def test_an_anytime_mount_inside_the_tree_is_never_captured(anytime, repo, src_d
         assert s["files"] == 2
     assert listed(anytime, src_dir / "tt") == []
     assert first["bytes_read"] == 1 << 20
+
+
+# --- an interrupted first snapshot ----------------------------------------------------------
+def pack_bytes(repo_dir) -> int:
+    return sum(p.stat().st_size for p in (repo_dir / "packs").rglob("*.pack"))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_first_snapshot_keeps_its_blocks(anytime, repo, repo_dir, src_dir, sig):
+    files = {}
+    for d in range(4):
+        (src_dir / f"d{d}").mkdir()
+        for i in range(25):
+            files[f"d{d}/f{i:02d}"] = data = os.urandom(2 << 20)  # 200 MB, incompressible
+            (src_dir / f"d{d}" / f"f{i:02d}").write_bytes(data)
+    total = sum(map(len, files.values()))
+    env = dict(os.environ, ANYTIME_REPO=str(repo_dir), ANYTIME_PACK_TARGET=str(4 << 20))
+    proc = subprocess.Popen([anytime_command(), "snapshot", str(src_dir)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # interrupt it once most of the tree is stored, well before its commit
+    while pack_bytes(repo_dir) < total * 6 // 10 and proc.poll() is None:
+        time.sleep(0.002)
+    at_signal = pack_bytes(repo_dir)
+    assert proc.poll() is None, "the snapshot finished before it could be interrupted"
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert b"nothing was committed" in err and b"stored so far are kept" in err
+    assert b"Traceback" not in err
+    assert json.loads(anytime("volumes", "--json", check=0).stdout)[0]["commits"] == 0
+    anytime("check", check=0)
+
+    s = json.loads(anytime("snapshot", src_dir, "--json", env={"ANYTIME_PACK_TARGET": str(4 << 20)},
+                           check=0).stdout)
+    # what was in packs at the signal is kept and found again, not stored again
+    assert s["bytes_new"] <= total - at_signal + (1 << 20)
+    assert s["blocks_dup"] >= at_signal // (1 << 20) - 1
+    assert s["files"] == 100 and s["files_read"] == 100
+    for rel in ("d0/f00", "d1/f13", "d3/f24"):
+        assert anytime("cat", src_dir / rel, check=0).stdout == files[rel]
+    anytime("check", "--read-data", check=0)

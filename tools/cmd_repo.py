@@ -105,7 +105,9 @@ def run_hook(cmd: str | None, what: str) -> None:
 
 
 def cmd_snapshot(args) -> int:
-    from anytime.capture import read_pattern_file, snapshot
+    import signal
+
+    from anytime.capture import Interrupted, read_pattern_file, snapshot
     from anytime.vfs.instants import format_instant
 
     from .progress import Progress
@@ -118,11 +120,19 @@ def cmd_snapshot(args) -> int:
         progress = Progress(enabled=None if not args.json else False,
                             expect_entries=expected_entries(repo, args.path, args.name))
         run_hook(args.before_hook, "before")
+        term = signal.signal(signal.SIGTERM, _interrupt)  # stopped as by Ctrl-C
         try:
             report = snapshot(repo, args.path, name=args.name, label=args.label,
                               progress=progress, excludes=excludes,
                               one_file_system=args.one_file_system)
+        except Interrupted as e:
+            progress.clear()
+            print(f"anytime: interrupted; nothing was committed, but the {e.blocks} blocks "
+                  f"({e.bytes / 1e6:.1f} MB) stored so far are kept: the next snapshot of "
+                  f"{args.path} finds them instead of storing them again", file=sys.stderr)
+            return 130
         finally:
+            signal.signal(signal.SIGTERM, term)
             progress.clear()
         run_hook(args.after_hook, "after")
     summary = {
@@ -130,7 +140,7 @@ def cmd_snapshot(args) -> int:
         "instant_ns": report.instant, "files": report.files, "dirs": report.dirs,
         "symlinks": report.symlinks, "others": report.others, "excluded": report.excluded,
         "mounts_skipped": [{"path": p, "reason": r} for p, r in report.mounts],
-        "files_read": report.files_read, "bytes_read": report.bytes_read,
+        "files_read": report.files_read, "bytes_read": report.bytes_read, **report.stored,
         "changed": report.changed, "deleted": report.deleted,
         "skipped": [{"path": p, "reason": r} for p, r in report.skipped],
         "unreadable": [{"path": p, "reason": r} for p, r in report.unreadable],
@@ -202,6 +212,10 @@ def expected_entries(repo, path: str, name: str | None) -> int:
 
 def listing(items: list[tuple[str, str]]) -> str:
     return "".join(f"\n  {p}: {r}" for p, r in items)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def some(paths: list[str], n: int = 5) -> str:
