@@ -29,7 +29,7 @@ def test_check_counts_leftover_packs(anytime, repo_dir, src_dir):
     stray.parent.mkdir(exist_ok=True)
     stray.write_bytes(b"ANYTPACK" + bytes(24))
     r = anytime("check", check=0)
-    assert b"1 uncommitted pack files" in r.stdout
+    assert b"1 uncommitted pack file (" in r.stdout
     anytime("snapshot", src_dir, check=0)
     assert not stray.exists(), "the next writer reclaims packs no commit references"
 

@@ -225,3 +225,14 @@ def test_counts_agree_with_their_nouns(anytime, src_dir):
     out = anytime("snapshot", src_dir, check=0).stdout.decode()
     assert "2 files, 1 dir, 1 symlink, 1 other entry; read 1 file (" in out, out
     assert " 2 commits " in anytime("volumes", check=0).stdout.decode()
+
+
+def test_check_and_restore_count_in_the_singular_too(anytime, src_dir):
+    anytime("init", check=0)
+    (src_dir / "only").write_text("one small file")
+    anytime("snapshot", src_dir, "--label", "one", check=0)
+    out = anytime("check", check=0).stdout.decode()
+    assert "1 block," in out and "1 block version checked" in out, out
+    (src_dir / "only").write_text("changed since")
+    r = anytime("restore", src_dir / "only", "--at", "one", "--in-place", check=15)
+    assert b"1 existing entry differs from the version at" in r.stderr, r.stderr

@@ -228,21 +228,26 @@ def cmd_check(args) -> int:
     from anytime.store.check import check
     from anytime.store.errors import DamagedData
 
+    from .text import plural
+
     with open_repo(args) as repo:
         rep = check(repo, read_data=args.read_data)
     if args.json:
         json.dump(rep.to_json(), sys.stdout, indent=2)
         print()
         if rep.problems:
-            raise DamagedData(f"{len(rep.problems)} problems found (listed in the report)")
+            raise DamagedData(f"{plural(len(rep.problems), 'problem')} found (listed in the "
+                              f"report)")
         return 0
     for w in rep.warnings:
         print(f"anytime: warning: {w}", file=sys.stderr)
-    print(f"{rep.packs} packs, {rep.blocks} blocks, {rep.block_versions} block versions "
-          f"checked; {rep.leftover_packs} uncommitted pack files (reclaimed by the next "
+    print(f"{plural(rep.packs, 'pack')}, {plural(rep.blocks, 'block')}, "
+          f"{plural(rep.block_versions, 'block version')} checked; "
+          f"{plural(rep.leftover_packs, 'uncommitted pack file')} (reclaimed by the next "
           f"snapshot)")
     if rep.problems:
-        raise DamagedData(f"{len(rep.problems)} problems:\n  " + "\n  ".join(rep.problems[:50]))
+        raise DamagedData(f"{plural(len(rep.problems), 'problem')}:\n  "
+                          + "\n  ".join(rep.problems[:50]))
     print("no problems found")
     return 0
 

@@ -9,6 +9,7 @@ import sys
 from anytime.store.errors import DestinationError, PartialError
 
 from .cmd_repo import open_repo
+from .text import plural
 
 # The restore engine and the vfs are imported by cmd_restore when it runs:
 # 'anytime --help' imports every command module (tools/cli.py).
@@ -71,7 +72,8 @@ def cmd_restore(args) -> int:
         conflicts = r.conflicts
         if conflicts and not args.dry_run:
             raise DestinationError(
-                f"{len(conflicts)} existing entries differ from the version at "
+                f"{plural(len(conflicts), 'existing entry', 'existing entries')} "
+                f"{('differs', 'differ')[len(conflicts) > 1]} from the version at "
                 f"{format_instant(view.instant)}; nothing was changed. Choose --overwrite, "
                 f"--skip or --keep-both:\n  {_listing([a.dest for a in conflicts])}")
         if args.dry_run:
@@ -100,8 +102,9 @@ def cmd_restore(args) -> int:
               f"{c.get('delete', 0)} deleted" + (f", {len(failed)} failed" if failed else ""))
     if failed:
         raise PartialError(
-            f"{len(failed)} entries could not be restored (the rest was); what was at "
-            f"their destination is unchanged. 'anytime check' tells what is damaged:\n  "
+            f"{plural(len(failed), 'entry')} could not be restored (the rest was); what was "
+            f"at {('its', 'their')[len(failed) > 1]} destination is unchanged. 'anytime "
+            f"check' tells what is damaged:\n  "
             + _listing([b"%s: %s" % (a.dest, a.failed.encode()) for a in failed]))
     return 0
 

@@ -95,6 +95,8 @@ from anytime.store.format import (
 from anytime.vfs.instants import format_instant
 from anytime.vfs.view import View
 
+from .text import plural
+
 POLICIES = ("overwrite", "skip", "keep-both")
 #: Actions that write a new entry (staged, then placed).
 WRITES = ("create", "replace", "keep-both")
@@ -461,7 +463,8 @@ class Restorer:
     def _left(self) -> str:
         """What a restore that stops now leaves at the destination."""
         if self.placed:
-            return (f"{self.placed} entries already placed stay, each complete; the others "
+            return (f"{plural(self.placed, 'entry')} already placed "
+                    f"{('stays', 'stay')[self.placed > 1]}, each complete; the others "
                     f"were not placed and their temporary files were removed")
         return "nothing at the destination was changed (temporary files were removed)"
 
