@@ -483,3 +483,15 @@ def test_a_version_recorded_unreadable_fails_alone(anytime, world_dir):
     assert b"secret" in r.stderr and b"could not be read when this version" in r.stderr
     assert (tree / "secret").read_text() == "root edit\n"
     assert (tree / "ok").read_text() == "ok at v1\n"
+
+
+def test_a_missing_pack_fails_its_files_not_the_destination(anytime, src_dir, tmp_path,
+                                                            repo_dir, damaged):
+    """A pack file gone from the repository is the repository's failure (exit 3 with the
+    file listed), not a destination error."""
+    os.unlink(max(repo_dir.glob("packs/*/*.pack"), key=lambda p: p.stat().st_size))
+    dest = tmp_path / "out"
+    r = anytime("restore", src_dir, "--at", "v1", "--to", dest)
+    assert r.returncode == 3, r.stderr
+    assert b"bad.bin" in r.stderr and b"missing" in r.stderr
+    assert {p.name: p.read_bytes() for p in (dest / "sub").iterdir()} == damaged
