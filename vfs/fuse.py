@@ -12,6 +12,21 @@ kernel stops sending OPEN/RELEASE altogether (FUSE_CAP_NO_OPEN_SUPPORT) and keep
 data cached; reads then arrive by path, resolved once and cached. This halves the round
 trips of tools that read many small files (tar, cp -a).
 
+Permissions: the kernel checks every request against the owners, modes and POSIX ACLs
+the mount shows (``default_permissions`` plus FUSE_CAP_POSIX_ACL: the kernel reads each
+inode's ``system.posix_acl_access`` through getxattr once and applies it exactly as on
+the original filesystem, with the caller's uid, gid and supplementary groups, root's
+capabilities included). That is the original tree's own check, and it costs nothing per
+request once an inode's ACL is cached (an owner's requests never fetch it). What the
+kernel cannot see is checked here: a node of versions/ hangs under directories of
+versions/, not under the directories of its own instant, so its lookups, opens and
+xattr reads also need search permission on those (``Namespace.reachable``, with the
+caller from ``fuse_get_context`` and its groups from ``/proc/PID/status``). On a kernel
+without FUSE_CAP_POSIX_ACL (before Linux 4.9) the kernel checks mode bits only, whose
+group bits are an ACL's mask: opens of files and directories with an ACL are then
+checked here too (never granting more than the ACL; a named user the mode bits refuse
+stays refused), and OPEN is never skipped.
+
 Threads: libfuse's multithreaded loop calls in here from several threads; each call uses
 its own short LMDB read transactions. The open-file table is guarded by a lock.
 
@@ -39,8 +54,10 @@ if sys.platform.startswith("linux"):
 
 import mfusepy  # noqa: E402
 
+from anytime.store import clock  # noqa: E402
 from anytime.store.errors import DamagedData  # noqa: E402
 
+from .access import ACL_XATTR, Caller, R  # noqa: E402
 from .namespace import Namespace, Node  # noqa: E402
 
 log = logging.getLogger("anytime.mount")
@@ -54,6 +71,9 @@ MAX_READ = 1 << 20
 #: Resolved paths kept by a final mount (entries; cleared when full).
 NODE_CACHE = 200_000
 FUSE_READDIR_PLUS = 1
+FUSE_CAP_POSIX_ACL = 1 << 19
+#: How long a caller's supplementary groups (read from /proc/PID/status) are kept (s).
+GROUPS_TTL = 1.0
 FUSE_FILL_DIR_PLUS = 2
 
 
@@ -105,6 +125,8 @@ class Adapter(mfusepy.Operations):
         # paths resolve to the same node forever (cached here).
         self.no_open = ns.kernel_cacheable()
         self._nodes: dict[str, Node] | None = {} if self.no_open else None
+        self.kernel_acl = False  # set by init: the kernel enforces ACLs itself
+        self._groups: dict[int, tuple[float, frozenset[int]]] = {}
 
     # --- lifecycle ---------------------------------------------------------------------
     def init_with_config(self, conn, config) -> None:
@@ -117,6 +139,12 @@ class Adapter(mfusepy.Operations):
             config.negative_timeout = timeout if self.ns.at is not None else LIVE_TIMEOUT
             config.kernel_cache = 0  # decided per open (keep_cache)
         if conn is not None:
+            if conn.capable & FUSE_CAP_POSIX_ACL:
+                conn.want |= FUSE_CAP_POSIX_ACL  # implies default_permissions
+                self.kernel_acl = True
+            else:
+                log.warning("this kernel does not enforce POSIX ACLs on FUSE mounts: "
+                            "opens of files with an ACL are checked by the mount instead")
             conn.max_readahead = MAX_READ
             if hasattr(conn, "max_read"):
                 conn.max_read = MAX_READ
@@ -143,6 +171,34 @@ class Adapter(mfusepy.Operations):
             cache[path] = node
         return node
 
+    def _caller(self) -> Caller:
+        """The identity of the current request; supplementary groups are read from
+        ``/proc/PID/status`` (kept GROUPS_TTL seconds per pid; none if unreadable)."""
+        uid, gid, pid = mfusepy.fuse_get_context()
+        if uid == 0:
+            return Caller(0, gid)
+        now = clock.monotonic()
+        hit = self._groups.get(pid)
+        if hit is None or now - hit[0] > GROUPS_TTL:
+            hit = (now, _proc_groups(pid))
+            if len(self._groups) > 4096:
+                self._groups.clear()
+            self._groups[pid] = hit
+        return Caller(uid, gid, hit[1])
+
+    def _check(self, node: Node, mask: int = 0) -> None:
+        """EACCES unless the caller may reach ``node`` (its ancestors at its instant, for
+        nodes of versions/) and, where the kernel does not apply ACLs, ``mask`` on a node
+        with one."""
+        acl = (mask and not self.kernel_acl and node.entry is not None
+               and ACL_XATTR in node.entry.xattrs)
+        if not (node.hidden_parents or acl):
+            return
+        caller = self._caller()
+        ok = self.ns.may(node, caller, mask) if acl else self.ns.reachable(node, caller)
+        if not ok:
+            raise mfusepy.FuseOSError(errno.EACCES)
+
     def _handle_node(self, fh) -> Node | None:
         if fh is None:
             return None
@@ -151,12 +207,18 @@ class Adapter(mfusepy.Operations):
 
     @_guard
     def getattr(self, path, fh=None):
-        node = self._handle_node(fh) or self._node(path)
+        node = self._handle_node(fh)
+        if node is None:
+            node = self._node(path)
+            self._check(node)  # a lookup: the ancestors at the node's instant
         return self.ns.getattr(node)
 
+    @_guard
     def opendir(self, path):
         # (ENOSYS here would save the OPENDIR round trip, but libfuse 3.14's high-level
         # readdir then dereferences a missing directory handle and crashes.)
+        if not self.kernel_acl or self.ns.checks_parents(_b(path)):
+            self._check(self._node(path), R)
         fh = next(self._next)
         with self._lock:
             self._dirs[fh] = None
@@ -174,7 +236,9 @@ class Adapter(mfusepy.Operations):
         with self._lock:
             items = self._dirs.get(fh)
         if items is None:
-            items = [(b".", None), (b"..", None)] + self.ns.listdir(self._node(path))
+            node = self._node(path)
+            caller = self._caller() if node.kind == "vfile" else None
+            items = [(b".", None), (b"..", None)] + self.ns.listdir(node, caller)
             with self._lock:
                 if fh in self._dirs:
                     self._dirs[fh] = items
@@ -187,13 +251,18 @@ class Adapter(mfusepy.Operations):
     def readlink(self, path):
         return _s(self.ns.readlink(self._node(path)))
 
+    def _checked(self, path: str) -> Node:
+        node = self._node(path)
+        self._check(node)
+        return node
+
     @_guard
     def listxattr(self, path):
-        return [_s(k) for k in self.ns.xattrs(self._node(path))]
+        return [_s(k) for k in self.ns.xattrs(self._checked(path))]
 
     @_guard
     def getxattr(self, path, name, position=0):
-        val = self.ns.xattrs(self._node(path)).get(_b(name))
+        val = self.ns.xattrs(self._checked(path)).get(_b(name))
         if val is None:
             raise mfusepy.FuseOSError(errno.ENODATA)
         return val
@@ -212,7 +281,8 @@ class Adapter(mfusepy.Operations):
         node = self._node(path)
         if node.kind != "entry":
             raise mfusepy.FuseOSError(errno.EISDIR)
-        if self.no_open:
+        self._check(node, R)
+        if self.no_open and self.kernel_acl:
             # Every file of this mount is final: ENOSYS tells the kernel to stop sending
             # OPEN/RELEASE at all (FUSE_CAP_NO_OPEN_SUPPORT); reads then come by path.
             raise mfusepy.FuseOSError(errno.ENOSYS)
@@ -227,7 +297,7 @@ class Adapter(mfusepy.Operations):
         with self._lock:
             node = self._handles.get(fi.fh)
         if node is None:
-            if not self.no_open:
+            if not (self.no_open and self.kernel_acl):
                 raise mfusepy.FuseOSError(errno.EBADF)
             node = self._node(path)
         try:
@@ -250,6 +320,18 @@ class Adapter(mfusepy.Operations):
     # --- read-only ---------------------------------------------------------------------
     chmod = chown = create = link = mkdir = mknod = removexattr = rename = rmdir = \
         setxattr = symlink = truncate = unlink = utimens = write = fallocate = _erofs
+
+
+def _proc_groups(pid: int) -> frozenset[int]:
+    """Supplementary groups of process ``pid`` (the ``Groups:`` line of its status)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Groups:"):
+                    return frozenset(int(g) for g in line.split()[1:])
+    except (OSError, ValueError):
+        pass
+    return frozenset()
 
 
 _pinned: set[int] = set()

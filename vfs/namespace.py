@@ -54,6 +54,7 @@ from anytime.store.format import (
 )
 from anytime.store.volumes import Volume, get_volume_by_id
 
+from .access import ACL_XATTR, Caller, R, W, X, permits
 from .instants import format_instant, is_relative, parse_instant
 from .view import View
 
@@ -88,7 +89,10 @@ class Node:
     ``entry``), ``"synthetic"`` (a directory of the namespace itself), ``"vdir"`` (a
     directory of versions/ mirroring a volume directory) or ``"vfile"`` (a file of
     versions/ shown as the directory of its versions). ``stable`` says the content at this
-    mount path can never change (the kernel may keep its cached data).
+    mount path can never change (the kernel may keep its cached data). ``hidden_parents``
+    says the node's ancestors in its view are not the directories on its mount path (the
+    nodes of versions/), so a kernel that checks the mount path does not check them: see
+    :meth:`Namespace.reachable`.
     """
 
     kind: str
@@ -98,6 +102,7 @@ class Node:
     entry: Entry | None = None
     slot: int = 0
     stable: bool = False
+    hidden_parents: bool = False
 
 
 class Namespace:
@@ -120,6 +125,7 @@ class Namespace:
         self._slots: dict[int, int] = {}
         self._named: dict[bytes, tuple[int, float, bool]] = {}  # name -> instant, last use, relative
         self._blocks_cache: dict[tuple[int, int, int], int] = {}
+        self._search_cache: dict[tuple[Caller, int, bytes], bool] = {}
         self._root_time = clock.now_ns()
 
     # --- the volume and its horizon --------------------------------------------------
@@ -238,7 +244,7 @@ class Namespace:
             if e.kind == KIND_FILE:
                 tail = rest[i + 1:]
                 if not tail:
-                    return Node("vfile", path, self.view(t), inner_next, e, 0, False)
+                    return Node("vfile", path, self.view(t), inner_next, e, 0, False, True)
                 if len(tail) > 1:
                     raise _enoent(path)
                 return self._version_of(path, inner_next, tail[0])
@@ -248,7 +254,7 @@ class Namespace:
         if found is None:
             raise _enoent(path)
         t, e = found
-        return Node("vdir", path, self.view(t), inner, e, 0, False)
+        return Node("vdir", path, self.view(t), inner, e, 0, False, True)
 
     def _version_of(self, path: bytes, inner: bytes, name: bytes) -> Node:
         """A file of versions/ at a typed instant: named like the root's instants."""
@@ -258,7 +264,7 @@ class Namespace:
         if e is None or e.kind != KIND_FILE:
             raise _enoent(path)
         return Node("entry", path, view, inner, e, self.slot(t),
-                    not relative and t <= view.vol.horizon)
+                    not relative and t <= view.vol.horizon, True)
 
     def file_versions(self, inner: bytes) -> list[tuple[int, Entry]]:
         """Distinct versions of a regular file (metadata-only changes skipped), oldest first."""
@@ -277,9 +283,12 @@ class Namespace:
         return out
 
     # --- listing -----------------------------------------------------------------------
-    def listdir(self, node: Node) -> list[tuple[bytes, dict]]:
+    def listdir(self, node: Node, caller: Caller | None = None) -> list[tuple[bytes, dict]]:
         """(name, attributes) of a directory node's children; attributes hold at least
-        ``st_mode`` and ``st_ino``, and are complete for view entries."""
+        ``st_mode`` and ``st_ino``, and are complete for view entries.
+
+        With ``caller``, a file's directory of versions lists only the versions that
+        caller could read at their instants (:meth:`may`)."""
         if node.kind == "entry":
             if node.entry.kind != KIND_DIR:
                 raise NotADirectoryError(errno.ENOTDIR, "not a directory")
@@ -310,9 +319,18 @@ class Namespace:
                                    "st_ino": self._path_ino(0, node.path + b"/" + name)}))
             return out
         if node.kind == "vfile":
-            return [(self._instant_name(t),
-                     self._entry_attrs(self.view(t), self.slot(t), node.inner, e))
-                    for t, e in self.file_versions(node.inner)]
+            out = []
+            for t, e in self.file_versions(node.inner):
+                view = self.view(t)
+                if caller is not None and not self.may(
+                        Node("entry", b"", view, node.inner, e), caller, R):
+                    continue
+                # names and types only: full attributes would let the kernel answer a later
+                # lookup of the version by another caller without asking (see reachable)
+                attrs = self._entry_attrs(view, self.slot(t), node.inner, e)
+                out.append((self._instant_name(t),
+                            {"st_mode": attrs["st_mode"], "st_ino": attrs["st_ino"]}))
+            return out
         raise NotADirectoryError(errno.ENOTDIR, "not a directory")
 
     def _instant_name(self, t: int) -> bytes:
@@ -356,9 +374,8 @@ class Namespace:
         if node.kind == "synthetic":
             return self._synthetic_attrs(node.path)
         e = node.entry  # vdir / vfile: the newest live version of the dir or file
-        mode = st.S_IMODE(e.mode)
-        if node.kind == "vfile":
-            mode |= (mode & 0o444) >> 2  # may list the versions iff may read the file
+        # a file's versions are listed to everyone, each caller seeing those they may read
+        mode = 0o555 if node.kind == "vfile" else st.S_IMODE(e.mode)
         return {"st_mode": st.S_IFDIR | mode, "st_ino": self._path_ino(0, node.path),
                 "st_nlink": 2, "st_uid": e.uid, "st_gid": e.gid, "st_size": 0,
                 "st_atime": e.mtime_ns, "st_mtime": e.mtime_ns, "st_ctime": e.ctime_ns,
@@ -423,6 +440,63 @@ class Namespace:
                 self._blocks_cache[key] = n
         return n
 
+    # --- access ------------------------------------------------------------------------
+    def may(self, node: Node, caller: Caller, mask: int) -> bool:
+        """Whether ``caller`` may do ``mask`` (``access.R|W|X``) on ``node`` as the original
+        tree allowed at the node's instant: search on every ancestor directory in the
+        node's view (:meth:`reachable`), and ``mask`` on the node (mode, owner, access ACL:
+        :func:`~anytime.vfs.access.permits`).
+
+        The namespace's own directories (the root, ``labels/``, ``versions/``) and a
+        file's directory of versions are r-x for everyone (that listing shows each caller
+        only the versions they may read: :meth:`listdir`). A directory of versions/
+        mirroring a volume directory is checked as the newest version of it, the one it
+        shows. Nothing may be written (a caller asking for W is refused)."""
+        if mask & W:
+            return False
+        if node.kind in ("synthetic", "vfile"):
+            return True
+        if not self.reachable(node, caller):
+            return False
+        e = node.entry
+        return permits(caller, IFMT_OF_KIND.get(e.kind, 0) | st.S_IMODE(e.mode), e.uid, e.gid,
+                       e.xattrs.get(ACL_XATTR), mask)
+
+    def reachable(self, node: Node, caller: Caller) -> bool:
+        """Whether ``caller`` may search every ancestor directory of ``node`` in the node's
+        own view: the directories of the node's instant, not those of the mount path (for
+        ``versions/pd/g/INSTANT``, the root and ``pd`` as they were at INSTANT).
+
+        A view's records at its ``at`` never change, so answers are cached per caller
+        (root costs nothing: it may search anything)."""
+        if caller.root or node.view is None or not node.inner:
+            return True
+        view, parent = node.view, b""
+        for part in node.inner.split(b"/"):
+            if not self._searchable(view, parent, caller):
+                return False
+            parent = parent + b"/" + part if parent else part
+        return True
+
+    def _searchable(self, view: View, inner: bytes, caller: Caller) -> bool:
+        key = (caller, view.at, inner)
+        hit = self._search_cache.get(key)
+        if hit is not None:
+            return hit
+        e = view.lookup(inner)
+        ok = e is not None and e.kind == KIND_DIR and permits(
+            caller, st.S_IFDIR | st.S_IMODE(e.mode), e.uid, e.gid, e.xattrs.get(ACL_XATTR), X)
+        with self._lock:
+            if len(self._search_cache) > 100_000:
+                self._search_cache.clear()
+            self._search_cache[key] = ok
+        return ok
+
+    def checks_parents(self, path: bytes) -> bool:
+        """Whether a mount path may resolve to a node with ``hidden_parents`` (is under
+        versions/): lets an adapter skip the check without resolving anything else."""
+        return self.at is None and path.lstrip(b"/").startswith(VERSIONS + b"/")
+
     # --- content -----------------------------------------------------------------------
     def readlink(self, node: Node) -> bytes:
         if node.kind != "entry" or node.entry.kind != KIND_SYMLINK:
@@ -430,7 +504,13 @@ class Namespace:
         return node.entry.target
 
     def xattrs(self, node: Node) -> dict[bytes, bytes]:
-        return dict(node.entry.xattrs) if node.kind == "entry" else {}
+        """Extended attributes; a directory of versions/ mirroring a volume directory has
+        only the access ACL of the version it shows, so the kernel checks it as it checks
+        the mode."""
+        if node.kind == "entry":
+            return dict(node.entry.xattrs)
+        acl = node.entry.xattrs.get(ACL_XATTR) if node.kind == "vdir" else None
+        return {} if acl is None else {ACL_XATTR: acl}
 
     def read(self, node: Node, offset: int, size: int) -> bytes:
         """Bytes of a file node; raises anytime.store.errors.DamagedData on bad blocks."""
