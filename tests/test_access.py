@@ -1,5 +1,5 @@
-"""Who may read what through a mount: POSIX ACLs and the directories of a version's
-instant (real users and groups, real ACLs, real mounts).
+"""Who may read what through a mount: POSIX ACLs, the directories of a version's instant,
+and how a mount ends (real users and groups, real ACLs, real mounts, real signals).
 
 Users and groups are created for each test (``useradd``/``groupadd``, names unique per
 run) and removed at teardown; reads are made as them with ``setpriv``. The original tree
@@ -9,15 +9,18 @@ original tree gave at that instant.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
+from conftest import anytime_command
 from test_mount import mnt_dirs, mounted  # noqa: F401 - mnt_dirs is a fixture
 from treeutil import at_epoch, snap
 
@@ -247,3 +250,95 @@ def test_namespace_check_agrees_with_the_original_tree(anytime, acl_history, rep
                     assert not ns.may(node, caller, W)
         root = Caller(0, 0)
         assert all(ns.may(ns.resolve(f"/latest/{q}".encode()), root, R) for q in PATHS)
+
+
+def _popen_mount(repo_dir, *args) -> subprocess.Popen:
+    env = dict(os.environ, ANYTIME_REPO=str(repo_dir))
+    return subprocess.Popen([anytime_command(), "mount", "-f", *map(str, args)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _wait_mounted(mp: Path, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 30
+    while not os.path.ismount(mp):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the mount did not come up"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_foreground_mount_ends_cleanly_on_a_signal(anytime, src_dir, repo_dir, mnt_dirs,  # noqa: F811
+                                                   sig):
+    """Ctrl-C (or SIGTERM) on 'mount -f' unmounts and exits 0, without a traceback."""
+    anytime("init", check=0)
+    (src_dir / "a").write_text("a\n")
+    snap(anytime, src_dir)
+    mp = mnt_dirs()
+    proc = _popen_mount(repo_dir, "src", mp)
+    try:
+        _wait_mounted(mp, proc)
+        assert (mp / "latest" / "a").read_text() == "a\n"
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert b"Traceback" not in err and b"RuntimeError" not in err, err
+    assert not os.path.ismount(mp)
+
+
+def test_second_signal_stops_with_files_open(anytime, src_dir, repo_dir, mnt_dirs):  # noqa: F811
+    """With a file open the first Ctrl-C detaches (the open file keeps reading); a second
+    one stops the process at once."""
+    anytime("init", check=0)
+    (src_dir / "a").write_text("a\n")
+    snap(anytime, src_dir)
+    mp = mnt_dirs()
+    proc = _popen_mount(repo_dir, "src", mp)
+    f = None
+    try:
+        _wait_mounted(mp, proc)
+        f = open(mp / "latest" / "a", "rb")
+        proc.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 30
+        while os.path.ismount(mp) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not os.path.ismount(mp)
+        assert f.read() == b"a\n"
+        assert proc.poll() is None  # still serving the open file
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if f is not None:
+            with contextlib.suppress(OSError):  # its mount is gone: ENOTCONN
+                f.close()
+    assert proc.returncode == 128 + signal.SIGINT and b"Traceback" not in err, err
+
+
+def test_volume_without_a_commit(anytime, repo_dir, src_dir, mnt_dirs):  # noqa: F811
+    """A volume whose first capture never committed: the time-travel root works and is
+    empty (labels/ and versions/, no latest/) until the first commit shows in latest/;
+    '--at' refuses with exit 14 and says to snapshot first."""
+    from anytime.store.repo import Repository
+    from anytime.store.volumes import create_volume
+
+    anytime("init", check=0)
+    with Repository.open(str(repo_dir)) as repo:  # what a first snapshot stopped early leaves
+        with repo.env.begin(write=True) as txn:
+            create_volume(repo, txn, "src", str(src_dir), repo.block_size, 1)
+    r = anytime("mount", "src", mnt_dirs(), "--at", "now", check=14)
+    assert b"no commits yet" in r.stderr and b"anytime snapshot" in r.stderr
+    with mounted(anytime, "src", mnt_dirs()) as mp:
+        assert sorted(os.listdir(mp)) == ["labels", "versions"]
+        assert os.listdir(mp / "versions") == [] and os.listdir(mp / "labels") == []
+        assert not (mp / "latest").exists()
+        (src_dir / "a").write_text("first\n")
+        snap(anytime, src_dir)
+        deadline = time.monotonic() + 10
+        while not (mp / "latest" / "a").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert (mp / "latest" / "a").read_text() == "first\n"
+        assert os.listdir(mp / "versions") == ["a"]

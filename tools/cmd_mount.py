@@ -119,6 +119,7 @@ def cmd_mount(args) -> int:
 
         repo, ns = _namespace(args)
         try:
+            # Ctrl-C (SIGINT), SIGTERM and SIGHUP unmount: a normal end, exit 0
             fuse.serve(ns, mp, on_ready=lambda: fuse.raise_readahead(mp), debug=args.debug)
         finally:
             repo.close()

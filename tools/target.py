@@ -68,7 +68,8 @@ def resolve_instant(repo, vol: Volume, text: str | None, strict: bool = True) ->
         if strict:
             first = timeline.first_commit(repo, txn, vol.id)
             if first is None:
-                raise BeforeHistory(f"volume '{vol.name}' has no commits yet")
+                raise BeforeHistory(f"volume '{vol.name}' has no commits yet; capture it "
+                                    f"first ('anytime snapshot {vol.source}')")
             if t < first:
                 raise BeforeHistory(
                     f"{text} ({format_instant(t)}) is before the history of '{vol.name}', "

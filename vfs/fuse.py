@@ -44,7 +44,10 @@ import itertools
 import logging
 import os
 import re
+import shutil
+import signal
 import struct
+import subprocess
 import sys
 import threading
 
@@ -473,13 +476,89 @@ def mount_options(ns: Namespace) -> dict:
     return opts
 
 
-def serve(ns: Namespace, mountpoint: str, on_ready=None, debug: bool = False) -> None:
-    """Mount ``ns`` at ``mountpoint`` and serve requests until it is unmounted."""
+def serve(ns: Namespace, mountpoint: str, on_ready=None, debug: bool = False) -> int | None:
+    """Mount ``ns`` at ``mountpoint`` and serve requests until it is unmounted.
+
+    Returns the signal (SIGINT, SIGTERM, SIGHUP) that asked for the unmount, or None if
+    it was unmounted from outside (``anytime umount``); see :class:`SignalUnmount`."""
     opts = mount_options(ns)
     if debug:
         opts["debug"] = True
     cls = _PlusFUSE if mfusepy.fuse_version_major == 3 else mfusepy.FUSE
-    cls(Adapter(ns, mountpoint, on_ready), mountpoint, raw_fi=True, **opts)
+    with SignalUnmount(mountpoint) as stop:
+        cls(Adapter(ns, mountpoint, on_ready), mountpoint, raw_fi=True, **opts)
+    return stop.signum
+
+
+class SignalUnmount:
+    """Ends a mount cleanly on SIGINT (Ctrl-C), SIGTERM or SIGHUP.
+
+    libfuse's own handlers for these stop its loop with an error (mfusepy then raises
+    ``RuntimeError: 8``). Instead, while the mount is served, the three are blocked in
+    every thread (libfuse's threads inherit the mask of the thread that serves) and a
+    watcher thread takes them with ``sigwait`` and detaches the mount (``fusermount3 -u
+    -z``, as ``anytime umount --lazy``): the loop then ends as after any unmount. Files
+    still open keep reading until closed, then the process exits; a second signal ends it
+    at once (exit 128 + signal). Where signals cannot be masked (Windows), nothing is
+    changed."""
+
+    SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP}) \
+        if hasattr(signal, "SIGHUP") else frozenset()
+    _WAKE = getattr(signal, "SIGUSR1", None)  # ends the watcher when serving ends
+
+    def __init__(self, mountpoint: str):
+        self.mountpoint = mountpoint
+        self.signum: int | None = None
+        self._old = None
+        self._done = False
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> SignalUnmount:
+        if (not hasattr(signal, "pthread_sigmask") or self._WAKE is None
+                or threading.current_thread() is not threading.main_thread()):
+            return self
+        self._old = signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS | {self._WAKE})
+        self._thread = threading.Thread(target=self._watch, name="anytime-signals",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._thread is None:
+            return
+        self._done = True
+        signal.pthread_kill(self._thread.ident, self._WAKE)
+        self._thread.join(5)
+        signal.pthread_sigmask(signal.SIG_SETMASK, self._old)
+
+    def _watch(self) -> None:
+        while True:
+            sig = signal.sigwait(self.SIGNALS | {self._WAKE})
+            if self._done:
+                return
+            if sig == self._WAKE:
+                continue
+            if self.signum is not None:
+                log.warning("%s again: stopping now; files still open under %s lose it",
+                            signal.Signals(sig).name, self.mountpoint)
+                logging.shutdown()
+                os._exit(128 + sig)
+            self.signum = sig
+            log.info("%s: unmounting %s", signal.Signals(sig).name, self.mountpoint)
+            detach(self.mountpoint)
+
+
+def detach(mountpoint: str) -> None:
+    """Detach the mount at ``mountpoint`` now (lazily: open files keep working)."""
+    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    cmd = [tool, "-u", "-z", mountpoint] if tool else ["umount", "-l", mountpoint]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as e:
+        log.error("could not unmount %s: %s", mountpoint, e)
+        return
+    if r.returncode != 0:
+        log.error("could not unmount %s: %s", mountpoint, (r.stderr or r.stdout).strip())
 
 
 def mount_device(mountpoint: str) -> str | None:

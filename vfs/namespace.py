@@ -235,6 +235,8 @@ class Namespace:
     def _versions(self, path: bytes, rest: list[bytes]) -> Node:
         inner = b""
         found = None if rest else self._last_alive(b"")
+        if not rest and found is None:
+            return Node("synthetic", VERSIONS)  # no commit yet: empty
         for i, part in enumerate(rest):
             inner_next = inner + b"/" + part if inner else part
             found = self._last_alive(inner_next)
@@ -301,8 +303,13 @@ class Namespace:
                     labs = timeline.labels(self.repo, txn, self._vol.id)
                 return [(n.encode("utf-8", "surrogateescape"), self._view_root_attrs(t))
                         for n, t in labs]
-            return ([(LATEST, self._view_root_attrs(self._latest_instant())),
-                     (LABELS, self._synthetic_attrs(LABELS)),
+            if node.path == VERSIONS:
+                return []
+            # A volume without a commit yet (a first capture still running, or stopped)
+            # shows empty labels/ and versions/; latest/ appears with the first commit.
+            latest = self._latest_instant()
+            return ([(LATEST, self._view_root_attrs(latest))] if latest else []) + (
+                    [(LABELS, self._synthetic_attrs(LABELS)),
                      (VERSIONS, self._synthetic_attrs(VERSIONS))]
                     + [(self._instant_name(t), self._view_root_attrs(t))
                        for t in self.root_selection()])
