@@ -139,6 +139,7 @@ class _FileJob:
     last_ids: list[bytes] | None = None  # block ids of the previous read
     end: int | None = None  # where the last read really ended, if not at st_size
     old: Entry | None = None  # the previous version of the path
+    link: tuple[int, int] | None = None  # (dev, ino) of a file with more than one link
 
 
 class Scanner:
@@ -163,6 +164,9 @@ class Scanner:
         self.inflight = 0
         self._batch: list[_FileJob] = []
         self.hardlinks: dict[tuple[int, int], int] = {}
+        # other links of a file met while it is read: recorded once the read tells how
+        self.link_waits: dict[tuple[int, int], list[tuple[bytes, Entry]]] = {}
+        self.unreadable_links: set[tuple[int, int]] = set()
         self.txn = None
         self.inodes_known = True  # does the index hold inode records of this volume?
         self.excluder = excluder
@@ -409,13 +413,21 @@ class Scanner:
         if s.st_nlink > 1 and key in self.hardlinks:
             e.file_id = self.hardlinks[key]
             e.xattrs = read_xattrs(abspath)
-            self.builder.put_entry(rel, e)
+            if key in self.link_waits:
+                self.link_waits[key].append((rel, e))
+            else:
+                if key in self.unreadable_links:
+                    e.flags |= FLAG_UNREADABLE
+                self.builder.put_entry(rel, e)
             return
         fid, existing = self._file_id_for(s, old)
+        link = None
         if s.st_nlink > 1:
+            link = key
             self.hardlinks[key] = fid
+            self.link_waits[key] = []
         e.file_id = fid
-        job = _FileJob(rel, abspath, e, None, s, fid, existing, old=old)
+        job = _FileJob(rel, abspath, e, None, s, fid, existing, old=old, link=link)
         if s.st_size > SEGMENT_BLOCKS * self.bs:
             try:
                 job.fd = os.open(abspath, OPEN_FLAGS)
@@ -444,8 +456,20 @@ class Scanner:
                 return
         if isinstance(err, FileNotFoundError):
             self.report.changed -= 1  # vanished since listed: it is recorded as deleted next time
+            self._release_links(job)
         else:
             self._unreadable(job, err)
+
+    def _release_links(self, job: _FileJob, flags: int = 0) -> None:
+        """Record the other links of ``job``'s file met while it was read, with ``flags``
+        (``FLAG_UNREADABLE`` when its read failed: a link must not show older content)."""
+        if job.link is None:
+            return
+        if flags:
+            self.unreadable_links.add(job.link)
+        for rel, e in self.link_waits.pop(job.link, ()):
+            e.flags |= flags
+            self.builder.put_entry(rel, e)
 
     def _unreadable(self, job: _FileJob, err: OSError) -> None:
         """Record a file that could not be opened or read as unreadable at this instant:
@@ -458,7 +482,9 @@ class Scanner:
             s = None
         if s is None or not st_.S_ISREG(s.st_mode):  # gone or replaced: as before
             self._skip(job.abspath, reason)
+            self._release_links(job, FLAG_UNREADABLE)
             return
+        self._release_links(job, FLAG_UNREADABLE)
         self.report.unreadable.append((os.fsdecode(job.abspath), reason))
         if self.progress:
             self.progress.warn(f"cannot read {os.fsdecode(job.abspath)}: {reason}; recorded "
@@ -608,5 +634,6 @@ class Scanner:
                 if new != HOLE_ID:
                     self.builder.put_block_version(job.file_id, i, new)
         self.builder.put_entry(job.path, e)
+        self._release_links(job)
         self.builder.map_inode(e.src_dev, e.src_ino, e.file_id, e.mtime_ns, e.size)
         self.repo.map_trimmer.touched()  # the index lookups for this file

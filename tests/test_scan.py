@@ -122,6 +122,7 @@ def test_an_unreadable_file_is_recorded_unreadable_not_unchanged(anytime, world_
     repo_path.mkdir()
     f, secret = tree / "f", tree / "secret"
     f.write_bytes(b"version one\n")
+    os.link(f, tree / "f2")  # a second link: never shows older content either
     secret.write_bytes(b"root only\n")
     os.chmod(secret, 0o600)  # root's: nobody never reads it
     for p in (tree, f, repo_path):
@@ -144,8 +145,9 @@ def test_an_unreadable_file_is_recorded_unreadable_not_unchanged(anytime, world_
     assert str(secret) in err  # still unreadable: listed again
 
     # the content of the first snapshot is not passed off as current
-    r = anytime("cat", f, env=env, check=16)
-    assert str(f).encode() in r.stderr and b"could not be read" in r.stderr
+    for path in (f, tree / "f2"):
+        r = anytime("cat", path, env=env, check=16)
+        assert str(path).encode() in r.stderr and b"could not be read" in r.stderr
     at1 = f"@{s1['instant_ns'] // 10**9}.{s1['instant_ns'] % 10**9:09d}"
     assert anytime("cat", f, "--at", at1, env=env, check=0).stdout == b"version one\n"
     log = json.loads(anytime("log", f, "--json", env=env, check=0).stdout)
@@ -175,6 +177,7 @@ def test_an_unreadable_file_is_recorded_unreadable_not_unchanged(anytime, world_
     r = anytime("snapshot", tree, "--json", env=env, check=0)
     assert json.loads(r.stdout)["unreadable"] == []
     assert anytime("cat", f, env=env, check=0).stdout == b"version one\n"
+    assert anytime("cat", tree / "f2", env=env, check=0).stdout == b"version one\n"
     assert anytime("cat", secret, env=env, check=0).stdout == b"root only\n"
     log = json.loads(anytime("log", f, "--json", env=env, check=0).stdout)
     assert log[-1]["unreadable"] is False
