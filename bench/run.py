@@ -43,6 +43,18 @@ BIG_BYTES = 550 * MiB
 BIG_NAME = "big.bin"
 SO_ROOTS = ("/usr/lib", "/usr/lib64", "/usr/local/lib", "/usr/libexec", "/opt")
 DIFF_FILES = 10
+# The small-files corpus (bench/README.md): SMALL_FILES files of SMALL_BYTES in all, cut
+# from real files under SMALL_ROOTS and spread over SMALL_DIRS directories.
+SMALL_FILES = 50_000
+SMALL_BYTES = 207_000_000
+SMALL_DIRS = 2_500
+SMALL_ROOTS = ("/usr/share", "/usr/lib")
+SMALL_SEED = 8
+SMALL_PER_SOURCE = 64 * 1024  # bytes taken from the start of each source file, at most
+#: Corpora of the capture part, in order.
+CAPTURE_CORPORA = ("stdlib", "bigfile", "small")
+#: Commands whose start-up time is measured (fig I), and how many times each.
+STARTUP_RUNS = 7
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
 T_START = perf_counter()
@@ -278,6 +290,101 @@ def wait_listable(path: Path, t0: float, timeout: float, proc=None) -> float:
         if perf_counter() > deadline:
             raise BenchError(f"{path} not listable after {timeout:.0f} s")
         sleep(0.002)
+
+
+def small_sources(roots=SMALL_ROOTS) -> list[str]:
+    """Regular files under ``roots``, each inode once, in sorted order."""
+    out, seen = [], set()
+    for root in roots:
+        for dirpath, dirnames, files in os.walk(root):
+            dirnames.sort()
+            for f in sorted(files):
+                p = os.path.join(dirpath, f)
+                try:
+                    s = os.lstat(p)
+                except OSError:
+                    continue
+                if stat.S_ISREG(s.st_mode) and s.st_size and (s.st_dev, s.st_ino) not in seen:
+                    seen.add((s.st_dev, s.st_ino))
+                    out.append(p)
+    return out
+
+
+def build_small(dest: Path, n_files: int = SMALL_FILES, total: int = SMALL_BYTES,
+                n_dirs: int = SMALL_DIRS, seed: int = SMALL_SEED) -> dict:
+    """The small-files corpus: ``n_files`` files of ``total`` bytes in all under ``dest``.
+
+    Contents: the files under SMALL_ROOTS in an order shuffled by ``seed``, the first
+    SMALL_PER_SOURCE bytes of each, concatenated and cut into consecutive pieces, so
+    every file is a slice of real text, source, compressed or binary data and no two
+    hold the same bytes. Sizes: log-normal (median about 2.5 KB, mean total/n_files,
+    at most 64 KiB). Tree: ``n_dirs`` directories, each added under a directory picked
+    at random among those less than 7 deep (a few large subtrees, many leaves), named
+    after real directories under /usr/share; files spread over them with log-normal
+    weights. Modification times within three years before 2026-01-01. The same
+    machine gives the same tree, byte for byte.
+    """
+    import math
+    import random
+
+    rng = random.Random(seed)
+    sources = small_sources()
+    rng.shuffle(sources)
+    dir_names = sorted({d for _, ds, _ in os.walk("/usr/share") for d in ds
+                        if d.isprintable() and len(d) < 40})
+    file_names = sorted({os.path.basename(p) for p in sources if len(os.path.basename(p)) < 60})
+    sigma = 1.0
+    mu = math.log(total / n_files) - sigma * sigma / 2
+    sizes = [min(SMALL_PER_SOURCE, int(rng.lognormvariate(mu, sigma))) for _ in range(n_files)]
+    scale = total / sum(sizes)
+    sizes = [min(SMALL_PER_SOURCE, int(x * scale)) for x in sizes]
+    sizes[-1] += total - sum(sizes)  # exact total
+    dirs, depth, names_in = [b""], {b"": 0}, {b"": set()}
+    for _ in range(n_dirs - 1):
+        parent = rng.choice([d for d in dirs if depth[d] < 7]) if rng.random() < 0.3 \
+            else rng.choice(dirs[-200:])
+        if depth[parent] >= 7:
+            parent = b""
+        name = rng.choice(dir_names).encode()
+        while name in names_in[parent]:
+            name += b"_"
+        names_in[parent].add(name)
+        d = parent + b"/" + name if parent else name
+        dirs.append(d)
+        depth[d], names_in[d] = depth[parent] + 1, set()
+    weights = [rng.lognormvariate(0, 1.2) for _ in dirs]
+    homes = rng.choices(dirs, weights=weights, k=n_files)
+    for d in dirs:
+        os.makedirs(os.path.join(bytes(dest), d), exist_ok=True)
+    buf = bytearray()
+    it = iter(sources)
+    base = 1_767_225_600  # 2026-01-01 UTC
+    written = 0
+    for size, home in zip(sizes, homes, strict=True):
+        while len(buf) < size:
+            try:
+                with open(next(it), "rb") as f:
+                    buf += f.read(SMALL_PER_SOURCE)
+            except OSError:
+                continue
+            except StopIteration:
+                raise BenchError("not enough source files for the small-files corpus") from None
+        name = rng.choice(file_names).encode()
+        while name in names_in[home]:
+            name = b"%d-" % rng.randrange(100) + name
+        names_in[home].add(name)
+        path = os.path.join(bytes(dest), home, name)
+        with open(path, "wb") as f:
+            f.write(buf[:size])
+        del buf[:size]
+        t = (base - rng.randrange(3 * 365 * 86400)) * 10**9 + rng.randrange(10**9)
+        os.utime(path, ns=(t, t))
+        written += size
+    for d in dirs:  # last: creating a file stamps its directory
+        t = (base - rng.randrange(365 * 86400)) * 10**9
+        os.utime(os.path.join(bytes(dest), d), ns=(t, t))
+    return {"files": n_files, "dirs": n_dirs, "bytes": written,
+            "max_depth": max(depth.values()), "sources": len(sources)}
 
 
 # --- the tools ------------------------------------------------------------------------
@@ -593,17 +700,36 @@ class Bench:
             log(f"concatenating shared libraries into {big} ({BIG_BYTES // MiB} MiB)")
             self._build_big(big)
             bdone.write_text("ok")
-        log("reading both corpora once so every tool sees a warm source")
+        small = self.src("small")
+        built = 0.0
+        sdone = self.corpus / "small.done"
+        want = f"{SMALL_FILES} {SMALL_BYTES} {SMALL_DIRS} {SMALL_SEED} {SMALL_PER_SOURCE}"
+        if not sdone.exists() or sdone.read_text() != want:
+            rmtree(small)
+            small.mkdir(parents=True)
+            log(f"making the small-files corpus: {SMALL_FILES:,} files, "
+                f"{SMALL_BYTES / 1e6:.0f} MB, cut from files under {', '.join(SMALL_ROOTS)}")
+            self.extra["small_build"] = build_small(small)
+            sdone.write_text(want)
+            built = perf_counter()
+        log("reading the corpora once so every tool sees a warm source")
         warm(self.corpus)
+        # A file changed within the last second is read twice by anytime (a write may be
+        # in flight, capture/scan.py "recent"); a real tree has settled, so let it.
+        if built:
+            sleep(max(0.0, built + 1.5 - perf_counter()))
         entries = sum(len(d) + len(f) for _, d, f in os.walk(std))
         files, fbytes = tree_bytes(std)
         self.extra["corpora"] = {
             "stdlib": {"source": str(stdlib), "entries": entries, "files": files,
                        "bytes": fbytes},
             "bigfile": {"bytes": big.stat().st_size},
+            "small": dict(zip(("files", "bytes"), tree_bytes(small), strict=True)),
         }
         log(f"corpora ready: stdlib {entries} entries, {fbytes / 1e6:.0f} MB; "
-            f"bigfile {big.stat().st_size / 1e6:.0f} MB")
+            f"bigfile {big.stat().st_size / 1e6:.0f} MB; small "
+            f"{self.extra['corpora']['small']['files']:,} files, "
+            f"{self.extra['corpora']['small']['bytes'] / 1e6:.0f} MB")
 
     def _build_big(self, big: Path) -> None:
         seen = set()
@@ -640,7 +766,7 @@ class Bench:
         log("== capture (A first capture, B re-scan, C repository size, D peak memory)")
         self.repos.mkdir(parents=True, exist_ok=True)
         res: dict = {}
-        for corpus in ("stdlib", "bigfile"):
+        for corpus in CAPTURE_CORPORA:
             src = self.src(corpus)
             for name, tool in self.tools.items():
                 repo = self.repo(name, corpus)
@@ -679,10 +805,13 @@ class Bench:
         for corpus in ("stdlib", "bigfile"):
             self.add(Row("A", "first capture", corpus, "s", vals(corpus, "first"),
                          "<= 0.5x faster peer", "le_min_peer", 0.5, key="capture"))
-        for corpus in ("stdlib", "bigfile"):
+        self.add(Row("A", f"first capture, {SMALL_FILES:,} small files", "small", "s",
+                     vals("small", "first"), "< faster peer", "le_min_peer", 1.0,
+                     key="capture"))
+        for corpus in CAPTURE_CORPORA:
             self.add(Row("B", "re-scan, nothing changed", corpus, "s", vals(corpus, "rescan"),
                          "<= 0.25x faster peer", "le_min_peer", 0.25))
-        for corpus in ("stdlib", "bigfile"):
+        for corpus in CAPTURE_CORPORA:
             self.add(Row("C", "repository size after first capture (du)", corpus, "MB",
                          vals(corpus, "size"), "<= smaller peer", "le_min_peer", 1.0,
                          key="size"))
@@ -692,6 +821,29 @@ class Bench:
             self.add(Row("D", "peak private memory (RssAnon), first capture", corpus, "MB",
                          vals(corpus, "anon"), "<= 100 MB", "abs_le", 100e6))
         self.bigger_repo_rss()
+        self.startup()
+
+    def startup(self) -> None:
+        """Fig I: start-up of short commands (process start to exit), median of
+        STARTUP_RUNS, on the stdlib repository; the modules are byte-compiled (main)."""
+        at = self.tools["anytime"]
+        std = self.src("stdlib")
+        repo = self.repo("anytime", "stdlib")
+        cmds = {"--help": ["--help"], "ls": ["ls", str(std)],
+                "cat": ["cat", str(std / "os.py")], "log": ["log", str(std / "os.py")]}
+        for name, args in cmds.items():
+            val, note = None, ""
+            if at.available() and self.state.get("repos", {}).get("anytime-stdlib"):
+                try:
+                    times = sorted(must(run([at.exe, *args], env=at.env(repo)),
+                                        f"anytime {name}").secs for _ in range(STARTUP_RUNS))
+                    val = times[len(times) // 2]
+                    log(f"anytime {name}: {val * 1000:.0f} ms (median of {STARTUP_RUNS})")
+                except BenchError as e:
+                    note = str(e)
+                    self.note(f"start-up of anytime {name}: {e}")
+            self.add(Row("I", f"start-up: anytime {name}", "stdlib", "s", {"anytime": val},
+                         "< 60 ms", "abs_lt", 0.06, note=note, key=f"startup_{name}"))
 
     def bigger_repo_rss(self) -> None:
         """anytime's peak RSS when the repository already holds the other corpus."""
