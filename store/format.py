@@ -17,8 +17,12 @@ FORMAT_VERSION = 1
 #: new repositories, and added to older ones by their first staged commit, so that
 #: programs that do neither refuse the repository.
 FEATURE_STAGED = "staged-commits"
+#: Small blocks may be compressed with a zstd dictionary kept in the index
+#: (``CODEC_ZSTD_DICT``): readers must know the codec. Listed in new repositories, and
+#: added to older ones when their first dictionary is stored.
+FEATURE_ZDICT = "zstd-dictionaries"
 #: Feature flags this program understands; a repository listing another is refused.
-KNOWN_FEATURES: frozenset[str] = frozenset({FEATURE_STAGED})
+KNOWN_FEATURES: frozenset[str] = frozenset({FEATURE_STAGED, FEATURE_ZDICT})
 
 # --- packs -------------------------------------------------------------------------
 PACK_MAGIC = b"ANYTPACK"
@@ -29,6 +33,9 @@ RECORD_MAGIC = b"ATRC"
 RECORD_HEADER = struct.Struct("<4s32sB3xIIQ")
 CODEC_RAW = 0
 CODEC_ZSTD = 1
+#: One zstd frame compressed with the dictionary whose id its frame header names (the
+#: dictionary is in ``meta`` under :func:`zdict_key`).
+CODEC_ZSTD_DICT = 2
 #: Pack files are closed once they pass this size (bytes).
 DEFAULT_PACK_TARGET = 64 * 1024 * 1024
 
@@ -87,6 +94,25 @@ ZSTD_LEVEL = 3
 #: which on 1 MiB blocks of binaries gives 1.4% smaller output for about 15% more time
 #: (docs/format.md).
 ZSTD_LARGE_MIN = 512 * 1024
+#: Blocks of at most ZDICT_MAX_BLOCK bytes are compressed with the repository's zstd
+#: dictionary once it has one (``CODEC_ZSTD_DICT``): a frame of a few KB has too little
+#: context of its own (docs/format.md "Small blocks").
+ZDICT_MAX_BLOCK = 64 * 1024
+#: The dictionary is trained on the first small blocks a repository stores, until
+#: ZDICT_SAMPLE_BLOCKS of them or ZDICT_SAMPLE_BYTES, whichever comes first; at least
+#: ZDICT_MIN_SAMPLE_BYTES are needed (fewer train nothing).
+ZDICT_SAMPLE_BLOCKS = 4000
+ZDICT_SAMPLE_BYTES = 16 << 20
+ZDICT_MIN_SAMPLE_BYTES = 1 << 20
+#: Dictionary size (bytes) and fastCover training parameters (fixed: the parameter
+#: search would cost 10x the time for 1% less).
+ZDICT_SIZE = 512 * 1024
+ZDICT_TRAIN = {"k": 1024, "d": 8}
+#: The dictionary is kept zstd-compressed (this level, content size in the frame).
+ZDICT_STORE_LEVEL = 19
+ZDICT_PREFIX = b"zdict/"
+#: ``meta`` key of the dictionary used for new small blocks (its id, u32 BE).
+ZDICT_CURRENT = b"zdict"
 ZSTD_LARGE_PARAMS = {"window_log": 20, "hash_log": 19, "chain_log": 19, "search_log": 1,
                      "min_match": 4, "target_length": 0, "strategy": 2}
 
@@ -163,6 +189,11 @@ def label_key(vol: int, name: bytes) -> bytes:
 #: id u32 BE -> the commit's instant u64 BE. Present only between a large commit's first
 #: staged transaction and its commit point (see store/writer.py).
 PENDING_PREFIX = b"pending/"
+
+
+def zdict_key(dict_id: int) -> bytes:
+    """``meta`` key of zstd dictionary ``dict_id`` (the dictionary's bytes)."""
+    return ZDICT_PREFIX + U32.pack(dict_id)
 
 
 def pending_key(vol: int) -> bytes:

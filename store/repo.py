@@ -33,6 +33,7 @@ from .format import (
     ALL_DBS,
     BLOCK_LOC,
     CODEC_ZSTD,
+    CODEC_ZSTD_DICT,
     DB_BLOCKS,
     DB_BLOCKVERS,
     DB_ENTRIES,
@@ -48,10 +49,12 @@ from .format import (
     PENDING_PREFIX,
     U32,
     U64,
+    ZDICT_CURRENT,
     ZSTD_LEVEL,
     block_size_problem,
     pending_key,
     vol_key,
+    zdict_key,
 )
 from .mapping import MapTrimmer
 from .packs import PackReader
@@ -185,7 +188,10 @@ class Repository:
         self.cache = BlockCache()
         #: index accesses are counted here (read_txn, writers, scans; store/mapping.py)
         self.map_trimmer = MapTrimmer(os.path.join(root, "index", "data.mdb"))
-        self._dctx_pool: list = []  # zstandard.ZstdDecompressor
+        # decompressors by dictionary id (0: none), and the dictionaries read so far
+        # (zstandard.ZstdDecompressor, zstandard.ZstdCompressionDict)
+        self._dctx_pools: dict[int, list] = {0: []}
+        self._zdicts: dict[int, object] = {}
 
     # --- opening ---------------------------------------------------------------------
     @classmethod
@@ -268,21 +274,50 @@ class Repository:
         self.map_trimmer.touched()
         return self.env.begin(buffers=False)
 
-    def _decompress(self, stored: bytes, raw_len: int) -> bytes:
-        """zstd-decompress with a pooled decompressor (one per concurrent caller).
+    def _decompress(self, stored: bytes, raw_len: int, zdict=None) -> bytes:
+        """zstd-decompress with a pooled decompressor (one per concurrent caller), with
+        dictionary ``zdict`` (id, dictionary) if given.
 
         A pool rather than thread-locals: FUSE calls arrive on libfuse's threads, which
         get a fresh Python thread state for every callback, so a thread-local would be
         rebuilt on each read."""
-        pool = self._dctx_pool
+        dict_id = zdict[0] if zdict else 0
+        pool = self._dctx_pools.get(dict_id)
+        if pool is None:
+            pool = self._dctx_pools.setdefault(dict_id, [])
         try:
             d = pool.pop()
         except IndexError:
-            d = _zstandard().ZstdDecompressor()
+            zstd = _zstandard()
+            d = zstd.ZstdDecompressor(dict_data=zdict[1]) if zdict else zstd.ZstdDecompressor()
         try:
             return d.decompress(stored, max_output_size=raw_len)
         finally:
             pool.append(d)
+
+    def zdict(self, txn, dict_id: int):
+        """zstd dictionary ``dict_id`` (a ``zstandard.ZstdCompressionDict``, kept once
+        read: dictionaries never change), or None if the index has none of that id."""
+        d = self._zdicts.get(dict_id)
+        if d is None:
+            raw = txn.get(zdict_key(dict_id), db=self.dbs[DB_META])
+            if raw is None:
+                return None
+            zstd = _zstandard()
+            d = self._zdicts.setdefault(dict_id, zstd.ZstdCompressionDict(
+                zstd.ZstdDecompressor().decompress(bytes(raw))))
+        return d
+
+    def current_zdict(self) -> tuple[int, object] | None:
+        """(id, dictionary) that new small blocks are compressed with, if there is one
+        (store/writer.py)."""
+        with self.read_txn() as txn:
+            v = txn.get(ZDICT_CURRENT, db=self.dbs[DB_META])
+            if v is None:
+                return None
+            dict_id = U32.unpack(v)[0]
+            d = self.zdict(txn, dict_id)
+        return None if d is None else (dict_id, d)
 
     def block_location(self, txn, block_id: bytes) -> tuple[bytes, int, int, int, int] | None:
         loc = txn.get(block_id, db=self.dbs[DB_BLOCKS])
@@ -304,9 +339,10 @@ class Repository:
                               f"index; run 'anytime check'")
         pack_id, offset, stored_len, raw_len, _codec = loc
         codec, raw_len, stored = self.packs.read_record(pack_id, offset, stored_len, block_id)
-        if codec == CODEC_ZSTD:
+        if codec in (CODEC_ZSTD, CODEC_ZSTD_DICT):
             try:
-                data = self._decompress(stored, raw_len)
+                data = self._decompress(stored, raw_len, self._frame_zdict(txn, codec, stored,
+                                                                        block_id))
             except _zstandard().ZstdError as e:
                 raise DamagedData(f"block {block_id.hex()[:16]} does not decompress: {e}") from None
         else:
@@ -314,6 +350,17 @@ class Repository:
         if len(data) != raw_len:
             raise DamagedData(f"block {block_id.hex()[:16]} has the wrong length")
         return data
+
+    def _frame_zdict(self, txn, codec: int, stored: bytes, block_id: bytes):
+        """(id, dictionary) named by the header of a ``CODEC_ZSTD_DICT`` frame."""
+        if codec != CODEC_ZSTD_DICT:
+            return None
+        dict_id = _zstandard().get_frame_parameters(stored).dict_id
+        d = self.zdict(txn, dict_id)
+        if d is None:
+            raise DamagedData(f"block {block_id.hex()[:16]} needs zstd dictionary {dict_id}, "
+                              f"which the index does not hold; run 'anytime check'")
+        return dict_id, d
 
     def committed_packs(self, txn) -> set[bytes]:
         return {bytes(k) for k in txn.cursor(db=self.dbs[DB_PACKS]).iternext(values=False)}

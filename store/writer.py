@@ -36,6 +36,7 @@ from .format import (
     BLOCK_LOC,
     CODEC_RAW,
     CODEC_ZSTD,
+    CODEC_ZSTD_DICT,
     DB_BLOCKS,
     DB_BLOCKVERS,
     DB_COMMITS,
@@ -46,10 +47,20 @@ from .format import (
     DB_PACKS,
     DB_VOLUMES,
     FEATURE_STAGED,
+    FEATURE_ZDICT,
     HOLE_ID,
     INODE_VALUE,
     PACK_INFO,
+    U32,
     U64,
+    ZDICT_CURRENT,
+    ZDICT_MAX_BLOCK,
+    ZDICT_MIN_SAMPLE_BYTES,
+    ZDICT_SAMPLE_BLOCKS,
+    ZDICT_SAMPLE_BYTES,
+    ZDICT_SIZE,
+    ZDICT_STORE_LEVEL,
+    ZDICT_TRAIN,
     ZSTD_LARGE_MIN,
     ZSTD_LARGE_PARAMS,
     Entry,
@@ -62,6 +73,7 @@ from .format import (
     pending_key,
     split_path,
     vol_key,
+    zdict_key,
 )
 from .mapping import TRIM_EVERY
 from .packs import PackWriter
@@ -77,6 +89,8 @@ FLUSH_BLOCKS = 65_536
 #: the commit and the repository. ``ANYTIME_STAGE_RECORDS`` overrides the first (tests).
 STAGE_RECORDS = int(os.environ.get("ANYTIME_STAGE_RECORDS") or 10_000)
 BLOCKS_PER_TXN = 2_048
+#: Small blocks sampled to train a dictionary (``ANYTIME_ZDICT_SAMPLE_BLOCKS``: tests).
+SAMPLE_BLOCKS = int(os.environ.get("ANYTIME_ZDICT_SAMPLE_BLOCKS") or ZDICT_SAMPLE_BLOCKS)
 
 
 def _put_sorted(txn, db, items, suffix: bytes = b"", *, trim) -> None:
@@ -121,6 +135,12 @@ class CommitBuilder:
         self._local = threading.local()
         self.stats = {"blocks_new": 0, "bytes_new": 0, "bytes_stored": 0, "blocks_dup": 0}
         self.done = False
+        # the repository's dictionary for small blocks; without one, the first small
+        # blocks are kept (``_samples``) to train one
+        self._zdict = repo.current_zdict()
+        self._samples: list[tuple[bytes, bytes]] | None = [] if self._zdict is None else None
+        self._sample_bytes = 0  # of the blocks in _samples, (block id, data) each
+        self._training = False
 
     # --- blocks (any thread) -----------------------------------------------------------
     def _cctx(self, size: int) -> zstandard.ZstdCompressor:
@@ -155,8 +175,15 @@ class CommitBuilder:
                 del self._new_blocks[bid]
                 self.stats["blocks_dup"] += 1
             return bid
-        z = self._cctx(len(data)).compress(data)
-        codec, stored = (CODEC_ZSTD, z) if len(z) < len(data) else (CODEC_RAW, data)
+        if self._samples is not None and len(data) <= ZDICT_MAX_BLOCK and self._sample(bid, data):
+            return bid  # held back: stored once the dictionary is trained (or at commit)
+        self._store_new(bid, data)
+        return bid
+
+    def _store_new(self, bid: bytes, data: bytes) -> None:
+        """Compress and append a block reserved in ``_new_blocks``."""
+        codec, z = self._compress(data)
+        codec, stored = (codec, z) if len(z) < len(data) else (CODEC_RAW, data)
         pack_id, offset = self.packw.append(bid, codec, len(data), stored)
         with self._lock:
             self._new_blocks[bid] = (pack_id, offset, len(stored), len(data), codec)
@@ -166,7 +193,76 @@ class CommitBuilder:
             flush = len(self._new_blocks) >= FLUSH_BLOCKS
         if flush:
             self._flush_blocks()
-        return bid
+
+    def _compress(self, data: bytes) -> tuple[int, bytes]:
+        """(codec, zstd frame) of a block: small blocks with the repository's dictionary
+        when there is one."""
+        n = len(data)
+        zd = self._zdict
+        if zd is not None and n <= ZDICT_MAX_BLOCK:
+            c = getattr(self._local, "zdict", None)
+            if c is None or self._local.zdict_id != zd[0]:
+                c = self._local.zdict = zstandard.ZstdCompressor(
+                    level=self.repo.zstd_level, dict_data=zd[1], write_content_size=False)
+                self._local.zdict_id = zd[0]
+            return CODEC_ZSTD_DICT, c.compress(data)
+        return CODEC_ZSTD, self._cctx(n).compress(data)
+
+    def _sample(self, bid: bytes, data: bytes) -> bool:
+        """Hold a new small block back to train the dictionary on; False once sampling is
+        over. The thread that completes the sample trains the dictionary; blocks that
+        come meanwhile are held too, and then all are stored with it."""
+        with self._lock:
+            samples = self._samples
+            if samples is None:
+                return False
+            samples.append((bid, data))
+            if self._training:
+                return True
+            self._sample_bytes += len(data)
+            if len(samples) < SAMPLE_BLOCKS and self._sample_bytes < ZDICT_SAMPLE_BYTES:
+                return True
+            self._training = True
+            train = [d for _, d in samples]
+        self._zdict = self._train(train)
+        with self._lock:  # sampling is over, whatever training gave
+            samples, self._samples = self._samples or [], None
+        for b, d in samples:
+            self._store_new(b, d)
+        return True
+
+    def _end_sampling(self) -> None:
+        """Store the blocks held back for a dictionary that was not trained (too few)."""
+        with self._lock:
+            samples, self._samples = self._samples or [], None
+        for bid, data in samples:
+            self._store_new(bid, data)
+
+    def _train(self, samples: list[bytes]) -> tuple[int, zstandard.ZstdCompressionDict] | None:
+        """Train a dictionary on ``samples`` and store it as the repository's current
+        one (its own transaction: it is durable before any block compressed with it is
+        indexed). Returns (id, dictionary), or None if there are too few bytes or zstd
+        cannot train on them."""
+        if sum(map(len, samples)) < ZDICT_MIN_SAMPLE_BYTES:
+            return None
+        repo = self.repo
+        meta = repo.dbs[DB_META]
+        while True:  # ids below 32768 are reserved by zstd
+            dict_id = 32768 + int.from_bytes(os.urandom(4), "big") % (2**31 - 32768)
+            with repo.read_txn() as txn:
+                if txn.get(zdict_key(dict_id), db=meta) is None:
+                    break
+        try:
+            zd = zstandard.train_dictionary(ZDICT_SIZE, samples, dict_id=dict_id,
+                                            level=repo.zstd_level, **ZDICT_TRAIN)
+        except zstandard.ZstdError:
+            return None
+        repo.require_feature(FEATURE_ZDICT)
+        packed = zstandard.ZstdCompressor(level=ZDICT_STORE_LEVEL).compress(zd.as_bytes())
+        with repo.env.begin(write=True) as txn:
+            txn.put(zdict_key(dict_id), packed, db=meta)
+            txn.put(ZDICT_CURRENT, U32.pack(dict_id), db=meta)
+        return dict_id, zd
 
     def _flush_blocks(self, wait: bool = False, synced: list | None = None) -> None:
         """Close the open pack, index the new blocks of closed (fsynced) packs, then
@@ -227,6 +323,7 @@ class CommitBuilder:
     # --- commit --------------------------------------------------------------------------
     def commit(self, info: dict, label: str | None = None, instant: int | None = None) -> int:
         """Make the commit durable and visible; returns its instant."""
+        self._end_sampling()
         packs = self.packw.sync()  # 1. pack bytes durable
         repo, dbs = self.repo, self.repo.dbs
         vid = self.vol.id

@@ -38,6 +38,7 @@ def _repo_with_volume(path):
 
 def test_blocks_are_indexed_early_and_the_commit_reads_back(tmp_path, monkeypatch):
     monkeypatch.setattr(writer, "FLUSH_BLOCKS", 20)
+    monkeypatch.setattr(writer, "SAMPLE_BLOCKS", 1)  # hold no blocks back for a dictionary
     monkeypatch.setenv("ANYTIME_PACK_TARGET", "8192")
     repo, vol = _repo_with_volume(tmp_path / "r")
     b = writer.CommitBuilder(repo, vol)
@@ -54,6 +55,7 @@ def test_blocks_are_indexed_early_and_the_commit_reads_back(tmp_path, monkeypatc
 
 def test_abort_after_early_indexing_keeps_the_repository_consistent(tmp_path, monkeypatch):
     monkeypatch.setattr(writer, "FLUSH_BLOCKS", 10)
+    monkeypatch.setattr(writer, "SAMPLE_BLOCKS", 1)
     monkeypatch.setenv("ANYTIME_PACK_TARGET", "4096")
     repo, vol = _repo_with_volume(tmp_path / "r")
     b = writer.CommitBuilder(repo, vol)
