@@ -107,7 +107,7 @@ ZDICT_MIN_SAMPLE_BYTES = 1 << 20
 #: Dictionary size (bytes) and fastCover training parameters (fixed: the parameter
 #: search would cost 10x the time for 1% less).
 ZDICT_SIZE = 512 * 1024
-ZDICT_TRAIN = {"k": 1024, "d": 8}
+ZDICT_TRAIN = {"k": 1024, "d": 8, "accel": 4}
 #: The dictionary is kept zstd-compressed (this level, content size in the frame).
 ZDICT_STORE_LEVEL = 19
 ZDICT_PREFIX = b"zdict/"
