@@ -15,6 +15,7 @@ process leaves them for the next writer to delete.
 from __future__ import annotations
 
 import heapq
+import operator
 import os
 import struct
 import tempfile
@@ -24,6 +25,8 @@ from . import modes
 
 _LENS = struct.Struct("<II")
 DEFAULT_LIMIT = 20_000
+_READ_CHUNK = 1 << 18
+_KEY = operator.itemgetter(0)
 
 
 class SortedSpill:
@@ -46,32 +49,45 @@ class SortedSpill:
         return self._count
 
     def _spill(self) -> None:
-        self._mem.sort()
+        self._mem.sort(key=_KEY)  # stable: equal keys stay in the order added
         modes.make_dir(self.tmpdir)
         # mkstemp creates the file 0600 (modes.FILE_MODE) whatever the umask
         fd, path = tempfile.mkstemp(prefix="spill-", dir=self.tmpdir)
-        with os.fdopen(fd, "wb", buffering=1 << 20) as f:
-            for key, _seq, value in self._mem:
-                f.write(_LENS.pack(len(key), len(value)))
-                f.write(key)
-                f.write(value)
+        pack = _LENS.pack
+        with os.fdopen(fd, "wb", buffering=0) as f:
+            # one write of the whole run: a Python call per field costs more than sorting
+            f.write(b"".join([b for key, _seq, value in self._mem
+                              for b in (pack(len(key), len(value)), key, value)]))
         self._runs.append(path)
         self._mem = []
 
     def _read_run(self, path: str, rank: int) -> Iterator[tuple[bytes, int, bytes]]:
-        with open(path, "rb", buffering=1 << 18) as f:
-            n = 0
-            while head := f.read(_LENS.size):
-                klen, vlen = _LENS.unpack(head)
-                key = f.read(klen)
-                # runs are older than what follows them: order equal keys by run, then
-                # by position within the run
-                yield key, (rank << 40) | n, f.read(vlen)
-                n += 1
+        """The pairs of one run, read ``_READ_CHUNK`` bytes at a time and cut in memory."""
+        unpack = _LENS.unpack_from
+        hs = _LENS.size
+        with open(path, "rb", buffering=0) as f:
+            buf, pos, n = b"", 0, 0
+            while True:
+                chunk = f.read(_READ_CHUNK)
+                if not chunk:
+                    return
+                buf = buf[pos:] + chunk
+                pos, end = 0, len(buf)
+                while pos + hs <= end:
+                    klen, vlen = unpack(buf, pos)
+                    stop = pos + hs + klen + vlen
+                    if stop > end:
+                        break
+                    k = pos + hs
+                    # runs are older than what follows them: order equal keys by run,
+                    # then by position within the run
+                    yield buf[k:k + klen], (rank << 40) | n, buf[k + klen:stop]
+                    pos = stop
+                    n += 1
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         """Every pair, sorted by key (stable: equal keys in the order they were added)."""
-        self._mem.sort()
+        self._mem.sort(key=_KEY)  # stable: equal keys stay in the order added
         rank = len(self._runs)
         mem = ((k, (rank << 40) | s, v) for k, s, v in self._mem)
         streams = [self._read_run(p, i) for i, p in enumerate(self._runs)] + [mem]
