@@ -45,6 +45,12 @@ def pack_path(root: str, pack_id: bytes) -> str:
     return os.path.join(root, "packs", h[:2], h + ".pack")
 
 
+#: Records are written to the pack file in batches of about this many bytes (or
+#: WRITE_PARTS headers and payloads), not one system call each.
+WRITE_BYTES = 1 << 20
+WRITE_PARTS = 512
+
+
 class PackWriter:
     """Appends records to pack files, starting a new pack past ``target`` bytes.
 
@@ -62,6 +68,8 @@ class PackWriter:
         self._size = 0
         self._records = 0
         self._unsynced: list[int] = []
+        self._buf: list[bytes] = []  # record headers and bytes not yet written
+        self._buffered = 0
 
     def _open(self) -> None:
         self._id = os.urandom(16)  # what secrets.token_bytes does
@@ -83,7 +91,11 @@ class PackWriter:
             if self._fd is None:
                 self._open()
             offset = self._size
-            os.writev(self._fd, (header, stored))
+            buf = self._buf
+            buf += (header, stored)
+            self._buffered += len(header) + len(stored)
+            if self._buffered >= WRITE_BYTES or len(buf) >= WRITE_PARTS:
+                self._write_out()
             self._size += len(header) + len(stored)
             self._records += 1
             pack_id = self._id
@@ -91,9 +103,20 @@ class PackWriter:
                 self._close()
         return pack_id, offset
 
+    def _write_out(self) -> None:
+        """Write the buffered records (with the lock held): one system call for many
+        small records instead of one each."""
+        if self._buf:
+            data = self._buf[0] if len(self._buf) == 1 else b"".join(self._buf)
+            self._buf, self._buffered = [], 0
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
+
     def _close(self) -> None:
         if self._fd is None:
             return
+        self._write_out()
         os.fsync(self._fd)  # sync now so the final commit waits for less
         os.close(self._fd)
         self.finished.append((self._id, self._size, self._records))
@@ -117,6 +140,7 @@ class PackWriter:
         """Drop the packs written by this writer that nothing references (all but
         ``keep``, packs already indexed)."""
         with self.lock:
+            self._buf, self._buffered = [], 0
             if self._fd is not None:
                 os.close(self._fd)
                 self.finished.append((self._id, self._size, self._records))
