@@ -382,6 +382,7 @@ class CommitBuilder:
         second interrupt during it loses only blocks not yet indexed, as before."""
         if self.done:
             return 0, 0
+        self._end_sampling()  # blocks held back for a dictionary are kept too
         self._flush_blocks(wait=True, synced=self.packw.sync())
         kept = self.stats["blocks_new"], self.stats["bytes_new"]
         self.abort()

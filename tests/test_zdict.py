@@ -135,3 +135,22 @@ def test_a_missing_dictionary_is_damaged_data(anytime, repo_dir, src_dir):
     env.close()
     r = anytime("cat", next(iter(files)))
     assert r.returncode == 16 and b"dictionary" in r.stderr and b"Traceback" not in r.stderr
+
+
+def test_an_interrupted_commit_keeps_the_blocks_held_for_the_dictionary(tmp_path):
+    """checkpoint (Ctrl-C during a snapshot) stores and indexes the small blocks still
+    held back as the dictionary's sample, so the re-run finds them."""
+    from anytime.store import writer
+    from anytime.store.repo import Repository
+    from anytime.store.volumes import create_volume
+
+    repo = Repository.init(str(tmp_path / "r"))
+    with repo.env.begin(write=True) as txn:
+        vol = create_volume(repo, txn, "v", "/nowhere", 1 << 20, 1)
+    b = writer.CommitBuilder(repo, vol)
+    blocks = [b"small block %d\n" % i * 50 for i in range(20)]  # fewer than the sample
+    ids = [b.store_block(d) for d in blocks]
+    assert b.checkpoint() == (20, sum(map(len, blocks)))
+    with repo.read_txn() as txn:
+        assert [repo.read_block(txn, bid) for bid in ids] == blocks
+    repo.close()
