@@ -102,7 +102,7 @@ ZDICT_MAX_BLOCK = 64 * 1024
 #: ZDICT_SAMPLE_BLOCKS of them or ZDICT_SAMPLE_BYTES, whichever comes first; at least
 #: ZDICT_MIN_SAMPLE_BYTES are needed (fewer train nothing).
 ZDICT_SAMPLE_BLOCKS = 4000
-ZDICT_SAMPLE_BYTES = 16 << 20
+ZDICT_SAMPLE_BYTES = 10 << 20
 ZDICT_MIN_SAMPLE_BYTES = 1 << 20
 #: Dictionary size (bytes) and fastCover training parameters (fixed: the parameter
 #: search would cost 10x the time for 1% less).

@@ -91,6 +91,12 @@ STAGE_RECORDS = int(os.environ.get("ANYTIME_STAGE_RECORDS") or 10_000)
 BLOCKS_PER_TXN = 2_048
 #: Small blocks sampled to train a dictionary (``ANYTIME_ZDICT_SAMPLE_BLOCKS``: tests).
 SAMPLE_BLOCKS = int(os.environ.get("ANYTIME_ZDICT_SAMPLE_BLOCKS") or ZDICT_SAMPLE_BLOCKS)
+#: Bytes of small blocks held back while the dictionary is trained, besides the sample
+#: (training takes about a second; the blocks that come after these are stored without
+#: the dictionary, so memory stays bounded however slow training is).
+HOLD_BYTES = 4 << 20
+#: Bytes of each sampled block the dictionary is trained on.
+TRAIN_PREFIX = 4096
 
 
 def _put_sorted(txn, db, items, suffix: bytes = b"", *, trim) -> None:
@@ -141,6 +147,7 @@ class CommitBuilder:
         self._samples: list[tuple[bytes, bytes]] | None = [] if self._zdict is None else None
         self._sample_bytes = 0  # of the blocks in _samples, (block id, data) each
         self._training = False
+        self._held_bytes = 0  # held back while the dictionary is trained
 
     # --- blocks (any thread) -----------------------------------------------------------
     def _cctx(self, size: int) -> zstandard.ZstdCompressor:
@@ -216,14 +223,20 @@ class CommitBuilder:
             samples = self._samples
             if samples is None:
                 return False
-            samples.append((bid, data))
-            if self._training:
+            if self._training:  # held meanwhile, up to HOLD_BYTES; later ones go on
+                if self._held_bytes + len(data) > HOLD_BYTES:
+                    return False
+                self._held_bytes += len(data)
+                samples.append((bid, data))
                 return True
+            samples.append((bid, data))
             self._sample_bytes += len(data)
             if len(samples) < SAMPLE_BLOCKS and self._sample_bytes < ZDICT_SAMPLE_BYTES:
                 return True
             self._training = True
-            train = [d for _, d in samples]
+            # the start of each block: a tenth of the training memory for stdlib-like
+            # samples, and about 0.2% larger output than training on whole blocks
+            train = [d[:TRAIN_PREFIX] for _, d in samples]
         self._zdict = self._train(train)
         with self._lock:  # sampling is over, whatever training gave
             samples, self._samples = self._samples or [], None
