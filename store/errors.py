@@ -14,7 +14,8 @@ EXIT_CODES = (
     (1, "a comparison found differences (diff --exit-code), or a general error"),
     (2, "bad usage: an argument that cannot be parsed"),
     (3, "a snapshot or restore completed partially (some entries were skipped)"),
-    (10, "no repository at the location, or it is damaged / of another format"),
+    (10, "no repository at the location, it is not this user's, or it is damaged / of "
+         "another format"),
     (11, "another process holds the repository's writer lock"),
     (12, "the volume or path was never protected"),
     (13, "the path does not exist at the requested instant"),
@@ -23,6 +24,7 @@ EXIT_CODES = (
     (16, "stored data is damaged (checksum mismatch, missing pack), or was never "
          "captured (a file unreadable when its version was recorded)"),
     (17, "a mount failed or the mountpoint is unusable"),
+    (18, "the repository's disk is full (nothing of the run was committed)"),
     (130, "interrupted (Ctrl-C)"),
 )
 
@@ -52,6 +54,12 @@ class RepositoryFormatError(AnytimeError):
 
 
 class RepositoryExists(AnytimeError):
+    exit_code = 10
+
+
+class RepositoryAccessDenied(AnytimeError):
+    """The repository exists but this user may not read or write it."""
+
     exit_code = 10
 
 
@@ -93,3 +101,10 @@ class ContentUnavailable(DamagedData):
 
 class MountError(AnytimeError):
     exit_code = 17
+
+
+class RepositoryFull(AnytimeError):
+    """The disk (or quota) holding the repository is full: the message names it. Not an
+    OSError, so that capture never takes it for a source file it could not read."""
+
+    exit_code = 18

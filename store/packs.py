@@ -15,7 +15,7 @@ import os
 import threading
 from collections.abc import Iterator
 
-from . import modes
+from . import modes, space
 from .errors import DamagedData
 from .format import (
     CODEC_RAW,
@@ -70,6 +70,10 @@ class PackWriter:
         self._unsynced: list[int] = []
         self._buf: list[bytes] = []  # record headers and bytes not yet written
         self._buffered = 0
+        #: set by a failed write: the open pack may hold a torn record, so nothing more is
+        #: appended and the commit must fail (the pack is deleted by abort)
+        self._broken: BaseException | None = None
+        self._dropped: list[bytes] = []
 
     def _open(self) -> None:
         self._id = os.urandom(16)  # what secrets.token_bytes does
@@ -87,20 +91,26 @@ class PackWriter:
         """Append one record; returns (pack id, offset of the record header)."""
         header = RECORD_HEADER.pack(RECORD_MAGIC, block_id, codec, raw_len, len(stored),
                                     (_xxh3 or _import_xxh3())(stored))
+        n = len(header) + len(stored)
         with self.lock:
-            if self._fd is None:
-                self._open()
-            offset = self._size
-            buf = self._buf
-            buf += (header, stored)
-            self._buffered += len(header) + len(stored)
-            if self._buffered >= WRITE_BYTES or len(buf) >= WRITE_PARTS:
-                self._write_out()
-            self._size += len(header) + len(stored)
-            self._records += 1
-            pack_id = self._id
-            if self._size >= self.target:
-                self._close()
+            if self._broken is not None:
+                raise self._broken
+            try:
+                if self._fd is None:
+                    self._open()
+                offset = self._size
+                buf = self._buf
+                buf += (header, stored)
+                self._buffered += n
+                if self._buffered >= WRITE_BYTES or len(buf) >= WRITE_PARTS:
+                    self._write_out()
+                self._size += n
+                self._records += 1
+                pack_id = self._id
+                if self._size >= self.target:
+                    self._close()
+            except OSError as e:
+                self._fail(e)
         return pack_id, offset
 
     def _write_out(self) -> None:
@@ -112,6 +122,21 @@ class PackWriter:
             view = memoryview(data)
             while view:
                 view = view[os.write(self._fd, view):]
+
+    def _fail(self, err: OSError) -> None:
+        """Give up on the open pack after a failed write (lock held): raise
+        :class:`RepositoryFull` for a full disk, else ``err``; every later call raises it
+        too."""
+        self._buf, self._buffered = [], 0
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            self._dropped.append(self._id)
+        failure: BaseException = err
+        if space.is_full(err, self.root):
+            failure = space.full_error(self.root, "writing a pack")
+        self._broken = failure
+        raise failure from None
 
     def _close(self) -> None:
         if self._fd is None:
@@ -125,15 +150,24 @@ class PackWriter:
     def sync(self) -> list[tuple[bytes, int, int]]:
         """Close the open pack and make every pack written durable; returns them all."""
         with self.lock:
-            self._close()
-            done = list(self.finished)  # what we return is what we made durable
-        for d in {os.path.dirname(pack_path(self.root, p)) for p, _, _ in done} | {
-                os.path.join(self.root, "packs")}:
-            fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+            if self._broken is not None:
+                raise self._broken
             try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+                self._close()
+            except OSError as e:
+                self._fail(e)
+            done = list(self.finished)  # what we return is what we made durable
+        try:
+            for d in {os.path.dirname(pack_path(self.root, p)) for p, _, _ in done} | {
+                    os.path.join(self.root, "packs")}:
+                fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        except OSError as e:
+            space.check(e, self.root, "making packs durable")
+            raise
         return done
 
     def abort(self, keep: set[bytes] = frozenset()) -> None:
@@ -145,7 +179,7 @@ class PackWriter:
                 os.close(self._fd)
                 self.finished.append((self._id, self._size, self._records))
                 self._fd = None
-            for pack_id, _, _ in self.finished:
+            for pack_id in [p for p, _, _ in self.finished] + self._dropped:
                 if pack_id in keep:
                     continue
                 try:
@@ -153,6 +187,7 @@ class PackWriter:
                 except FileNotFoundError:
                     pass
             self.finished.clear()
+            self._dropped.clear()
 
 
 class PackReader:

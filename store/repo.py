@@ -11,6 +11,7 @@ repository after daemonising.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -20,9 +21,11 @@ from contextlib import contextmanager
 
 import lmdb
 
-from . import clock, modes
+from . import clock, modes, space
 from .errors import (
+    AnytimeError,
     DamagedData,
+    RepositoryAccessDenied,
     RepositoryExists,
     RepositoryFormatError,
     RepositoryLocked,
@@ -139,14 +142,19 @@ class BlockCache:
 def _write_config(root: str, config: dict) -> None:
     """Write ``config`` atomically: to config.tmp, fsync, rename, fsync the directory."""
     tmp = os.path.join(root, "config.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, modes.FILE_MODE)
-    os.fchmod(fd, modes.FILE_MODE)  # a config.tmp left by a crash keeps its old mode
-    with open(fd, "w") as f:
-        json.dump(config, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(tmp, os.path.join(root, "config"))
-    _fsync_dir(root)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+                     modes.FILE_MODE)
+        os.fchmod(fd, modes.FILE_MODE)  # a config.tmp left by a crash keeps its old mode
+        with open(fd, "w") as f:
+            json.dump(config, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, os.path.join(root, "config"))
+        _fsync_dir(root)
+    except OSError as e:
+        space.check(e, root, "writing the config")
+        raise
 
 
 def _fsync_dir(path: str) -> None:
@@ -166,6 +174,51 @@ def _zstandard():
     return zstandard
 
 
+def _allocate(path: str) -> None:
+    """Give every page of ``path`` its disk blocks now.
+
+    LMDB's lock file (reader slots) is made sparse with ftruncate and mapped shared; the
+    first store to a slot on a page without blocks allocates them, and on a full disk
+    that is a SIGBUS that kills the process (seen: a snapshot filling its repository's
+    disk died in read_txn). Allocated up front, a full disk fails here, as an error.
+    A no-op for blocks already allocated; skipped where the filesystem cannot do it."""
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+    finally:
+        os.close(fd)
+
+
+def index_error(err: Exception, root: str) -> AnytimeError:
+    """What to tell the user about LMDB failure ``err`` on the index of the repository
+    at ``root``."""
+    if space.is_full(err, root):
+        return space.full_error(root, "writing the index")
+    text = str(err)
+    index = os.path.join(root, "index")
+    if "permission denied" in text.lower():
+        return access_denied(root, index)
+    return RepositoryFormatError(
+        f"the repository index {index} cannot be used ({text}): it is damaged, or not "
+        f"an anytime index. The data is in the packs, but this release cannot rebuild "
+        f"the index from them: put back {index} from a copy of the repository, or keep "
+        f"this repository aside and start a new one with 'anytime init'")
+
+
+def access_denied(root: str, path: str) -> RepositoryAccessDenied:
+    try:
+        owner = modes.owner_name(os.stat(root).st_uid)
+    except OSError:
+        owner = "another user"
+    return RepositoryAccessDenied(
+        f"permission denied on {path}: the repository {root} belongs to {owner} and is "
+        f"private to it (it holds every protected file unencrypted). Run anytime as that "
+        f"user, or as root; or let the owner change its modes or owner (chmod, chown)")
+
+
 class Repository:
     """An open repository. Thread-safe for reading; see the module doc for writing."""
 
@@ -179,11 +232,22 @@ class Repository:
                                or config.get("pack_target", DEFAULT_PACK_TARGET))
         # mode: the index directory 0700, data.mdb and lock.mdb 0600 (py-lmdb drops the
         # execute bits for the files; the umask can only narrow them)
-        self.env = lmdb.open(os.path.join(root, "index"), map_size=MAP_SIZE,
-                             max_dbs=len(ALL_DBS) + 2, max_readers=MAX_READERS,
-                             readahead=False, subdir=True, mode=modes.DIR_MODE)
-        with self.env.begin(write=True) as txn:
-            self.dbs = {name: self.env.open_db(name, txn=txn) for name in ALL_DBS}
+        try:
+            self.env = lmdb.open(os.path.join(root, "index"), map_size=MAP_SIZE,
+                                 max_dbs=len(ALL_DBS) + 2, max_readers=MAX_READERS,
+                                 readahead=False, subdir=True, mode=modes.DIR_MODE)
+        except lmdb.Error as e:
+            raise index_error(e, root) from None
+        try:
+            _allocate(os.path.join(root, "index", "lock.mdb"))
+            with self.env.begin(write=True) as txn:
+                self.dbs = {name: self.env.open_db(name, txn=txn) for name in ALL_DBS}
+        except (OSError, lmdb.Error) as e:
+            self.env.close()
+            if isinstance(e, OSError):
+                space.check(e, root, "allocating the index's lock file")
+                raise
+            raise index_error(e, root) from None
         self.packs = PackReader(root)
         self.cache = BlockCache()
         #: index accesses are counted here (read_txn, writers, scans; store/mapping.py)
@@ -367,6 +431,17 @@ class Repository:
 
     # --- writing ---------------------------------------------------------------------
     @contextmanager
+    def write_txn(self, what: str = "writing the index"):
+        """An LMDB write transaction, committed on leaving; a failure for lack of space
+        (LMDB's map growing into a full disk) raises :class:`RepositoryFull`."""
+        try:
+            with self.env.begin(write=True) as txn:
+                yield txn
+        except lmdb.Error as e:
+            space.check(e, self.root, what)
+            raise
+
+    @contextmanager
     def writer_lock(self, wait: bool = False):
         """Hold the repository's writer lock; reclaims uncommitted packs on entry."""
         path = os.path.join(self.root, "lock")
@@ -414,7 +489,7 @@ class Repository:
             if vols[vid] is not None:
                 vol = Volume.decode(vols[vid])
                 self._roll_back_volume(vid, vol.horizon, vol.next_file_id)
-            with self.env.begin(write=True) as txn:
+            with self.write_txn() as txn:
                 txn.delete(pending_key(vid), db=self.dbs[DB_META])
         return pending
 
@@ -436,7 +511,7 @@ class Repository:
         db = self.dbs[name]
         removed, start = 0, prefix
         while start is not None:
-            with self.env.begin(write=True) as txn:
+            with self.write_txn() as txn:
                 cur = txn.cursor(db=db)
                 cur.set_range(start)
                 start, n = None, 0

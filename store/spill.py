@@ -14,6 +14,7 @@ process leaves them for the next writer to delete.
 
 from __future__ import annotations
 
+import errno
 import heapq
 import operator
 import os
@@ -21,7 +22,7 @@ import struct
 import tempfile
 from collections.abc import Iterator
 
-from . import modes
+from . import modes, space
 
 _LENS = struct.Struct("<II")
 DEFAULT_LIMIT = 20_000
@@ -50,14 +51,23 @@ class SortedSpill:
 
     def _spill(self) -> None:
         self._mem.sort(key=_KEY)  # stable: equal keys stay in the order added
-        modes.make_dir(self.tmpdir)
-        # mkstemp creates the file 0600 (modes.FILE_MODE) whatever the umask
-        fd, path = tempfile.mkstemp(prefix="spill-", dir=self.tmpdir)
-        pack = _LENS.pack
-        with os.fdopen(fd, "wb", buffering=0) as f:
-            # one write of the whole run: a Python call per field costs more than sorting
-            f.write(b"".join([b for key, _seq, value in self._mem
-                              for b in (pack(len(key), len(value)), key, value)]))
+        path = None
+        try:
+            modes.make_dir(self.tmpdir)
+            # mkstemp creates the file 0600 (modes.FILE_MODE) whatever the umask
+            fd, path = tempfile.mkstemp(prefix="spill-", dir=self.tmpdir)
+            pack = _LENS.pack
+            with os.fdopen(fd, "wb", buffering=0) as f:
+                # one write of the whole run: a Python call per field costs more than sorting
+                run = b"".join([b for key, _seq, value in self._mem
+                                for b in (pack(len(key), len(value)), key, value)])
+                if f.write(run) != len(run):  # unbuffered: a short write is a full disk
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError as e:
+            if path is not None:
+                os.unlink(path)
+            space.check(e, os.path.dirname(self.tmpdir), "writing a spill file in tmp/")
+            raise
         self._runs.append(path)
         self._mem = []
 

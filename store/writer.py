@@ -300,7 +300,7 @@ class CommitBuilder:
             dbs = self.repo.dbs
             todo.sort()
             for i in range(0, len(todo), BLOCKS_PER_TXN):
-                with self.repo.env.begin(write=True) as txn:
+                with self.repo.write_txn() as txn:
                     if i == 0:  # packs first: a pack named in `packs` is never reclaimed
                         for pack_id, (size, n) in closed.items():
                             if pack_id not in self._flushed_packs:
@@ -358,13 +358,13 @@ class CommitBuilder:
             repo.require_feature(FEATURE_STAGED)
         staged = False
         while more:
-            with repo.env.begin(write=True) as txn:  # staged: invisible, past the horizon
+            with repo.write_txn() as txn:  # staged: invisible, past the horizon
                 if not staged:
                     txn.put(pending_key(vid), suffix, db=dbs[DB_META])
                 _put_records(txn, batch, trim=repo.map_trimmer)
             staged, batch = True, more
             more = list(itertools.islice(records, STAGE_RECORDS))
-        with repo.env.begin(write=True) as txn:  # 2. the one commit point
+        with repo.write_txn() as txn:  # 2. the one commit point
             for pack_id, size, nrec in packs:
                 txn.put(pack_id, PACK_INFO.pack(size, nrec, t), db=dbs[DB_PACKS])
             _put_sorted(txn, dbs[DB_BLOCKS], sorted(

@@ -17,7 +17,6 @@ from anytime.store.errors import (
     EXIT_CODES,
     AnytimeError,
     DestinationError,
-    RepositoryFormatError,
 )
 
 #: Command modules, each with ``register(sub, common)``; ``COMMAND_MODULES`` maps a
@@ -201,11 +200,9 @@ def main(argv: list[str] | None = None) -> int:
 
         if not isinstance(e, lmdb.Error):
             raise
-        full = "space" in str(e).lower()
-        err = (DestinationError("no space left on the repository's disk; free space and run "
-                                "the command again (nothing was committed)") if full else
-               RepositoryFormatError(f"the repository index could not be used: {e}; "
-                                     f"run 'anytime check'"))
+        from anytime.store.repo import index_error, locate
+
+        err = index_error(e, locate(args.repo))
         print(f"anytime: error: {err}", file=sys.stderr)
         return err.exit_code
 
