@@ -208,6 +208,22 @@ def index_error(err: Exception, root: str) -> AnytimeError:
         f"this repository aside and start a new one with 'anytime init'")
 
 
+def _not_ours(root: str, raw: bytes) -> str:
+    """Why the config at ``root`` is not an anytime config: another tool's repository
+    (borg: an INI config with a [repository] section; restic: config beside keys/,
+    data/ and snapshots/), or a damaged file."""
+    if raw.lstrip().startswith(b"[repository]"):
+        return (f"{root} is a borg repository, not an anytime one; use borg to read it "
+                f"(for example 'borg list {root}')")
+    if all(os.path.isdir(os.path.join(root, d)) for d in ("keys", "data", "snapshots")):
+        return (f"{root} is a restic repository, not an anytime one; use restic to read it "
+                f"(for example 'restic -r {root} snapshots')")
+    return (f"{os.path.join(root, 'config')} is not an anytime repository config: it is "
+            f"damaged, or {root} belongs to another program. If it was anytime's, put "
+            f"back the config from a copy of the repository (it holds the block key, "
+            f"without which nothing can be read)")
+
+
 def access_denied(root: str, path: str) -> RepositoryAccessDenied:
     try:
         owner = modes.owner_name(os.stat(root).st_uid)
@@ -296,14 +312,23 @@ class Repository:
         root = os.path.abspath(root)
         path = os.path.join(root, "config")
         try:
-            with open(path) as f:
-                config = json.load(f)
+            with open(path, "rb") as f:
+                raw = f.read()
         except FileNotFoundError:
             raise RepositoryNotFound(
                 f"no anytime repository at {root}; create one with 'anytime init' "
                 f"(or point --repo / $ANYTIME_REPO at an existing one)") from None
-        except (ValueError, OSError) as e:
-            raise RepositoryFormatError(f"the repository config {path} is unreadable: {e}") from None
+        except PermissionError:
+            raise access_denied(root, path) from None
+        except OSError as e:
+            raise RepositoryFormatError(f"the repository config {path} cannot be read: "
+                                        f"{e.strerror}") from None
+        try:
+            config = json.loads(raw)
+            if not isinstance(config, dict) or "format_version" not in config:
+                raise ValueError("not an anytime config")
+        except ValueError:  # UnicodeDecodeError and JSONDecodeError too
+            raise RepositoryFormatError(_not_ours(root, raw)) from None
         version = config.get("format_version")
         if version != FORMAT_VERSION:
             raise RepositoryFormatError(
@@ -314,6 +339,13 @@ class Repository:
             raise RepositoryFormatError(
                 f"the repository at {root} uses features this anytime does not know "
                 f"({', '.join(sorted(unknown))}); upgrade anytime to use it.")
+        key = config.get("block_key")
+        if not (isinstance(key, str) and len(key) == 64
+                and all(c in "0123456789abcdef" for c in key)):
+            raise RepositoryFormatError(
+                f"the repository config {path} is damaged: it has no valid block key, "
+                f"without which no block can be named. Put back the config from a copy of "
+                f"the repository")
         problem = block_size_problem(config.get("block_size", DEFAULT_BLOCK_SIZE))
         if problem:  # a volume made with it would drop every file's content
             raise RepositoryFormatError(
