@@ -1,6 +1,7 @@
-"""Checking a repository: every pack readable, every indexed block where the index says.
+"""Checking a repository: every pack readable, every indexed block where the index says,
+and for each damaged block, which files at which instants it spoils.
 
-Read-only. What it verifies:
+Read-only for the index. What it verifies:
   - every pack listed in ``packs`` exists and its records walk cleanly (checksums match);
   - every block in ``blocks`` points at a record of that id in a committed pack;
   - every block version names a block that is indexed (or a hole);
@@ -8,6 +9,12 @@ Read-only. What it verifies:
     next writer reclaims them.
 With ``read_data`` it also decompresses every block and compares its keyed BLAKE3 hash
 with its id.
+
+A block whose indexed copy fails any of these is *damaged*: check appends it to the
+repository's ``damaged`` file (store/damage.py), so that the next capture meeting its
+content stores it again, and reports the volumes, paths and instant ranges that read it
+(:class:`Affected`). A damaged copy the index no longer points at (the block was stored
+anew) and damage records superseded so are *reclaimable*, not damage.
 """
 
 from __future__ import annotations
@@ -15,9 +22,47 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 
-from . import modes
-from .format import DB_BLOCKS, DB_BLOCKVERS, HOLE_ID, block_id
+from . import damage, modes
+from .format import (
+    BLOCK_LOC,
+    DB_BLOCKS,
+    DB_BLOCKVERS,
+    DB_ENTRIES,
+    DB_PACKS,
+    ENTRY_FIXED,
+    HOLE_ID,
+    KIND_FILE,
+    PACK_INFO,
+    block_id,
+    split_blockver_key,
+    split_entry_key,
+    vol_key,
+)
 from .packs import iter_records, pack_path
+from .volumes import list_volumes
+
+
+@dataclass
+class Affected:
+    """One path of one volume that reads a damaged block from ``from_ns`` until
+    ``to_ns`` (exclusive; None: still at the volume's latest instant)."""
+
+    volume: str
+    source: str
+    path: str
+    block_no: int
+    from_ns: int
+    to_ns: int | None
+
+
+@dataclass
+class DamagedBlock:
+    block: str  # id, hex
+    pack: str | None  # where the index puts it (None: not indexed)
+    offset: int | None
+    reason: str
+    message: str  # as listed in CheckReport.problems
+    affected: list[Affected] = field(default_factory=list)
 
 
 @dataclass
@@ -25,8 +70,12 @@ class CheckReport:
     packs: int = 0
     blocks: int = 0
     block_versions: int = 0
+    bytes_checked: int = 0
     leftover_packs: int = 0
+    #: damaged copies no longer used and damage records superseded by a good copy
+    reclaimable: int = 0
     problems: list[str] = field(default_factory=list)
+    damaged: list[DamagedBlock] = field(default_factory=list)
     #: what is not damage but should be fixed (a repository others can read)
     warnings: list[str] = field(default_factory=list)
 
@@ -34,46 +83,170 @@ class CheckReport:
         return dict(asdict(self), ok=not self.problems)
 
 
+class _Checker:
+    def __init__(self, repo, txn, read_data: bool, progress):
+        self.repo, self.txn, self.read_data, self.progress = repo, txn, read_data, progress
+        self.rep = CheckReport()
+        self.bad: dict[bytes, DamagedBlock] = {}
+        #: (pack id, offset) -> (block id, checksum ok), for every record walked
+        self.records: dict[tuple[bytes, int], tuple[bytes, bool]] = {}
+        self.missing: set[bytes] = set()
+
+    def damaged(self, bid: bytes, loc, reason: str) -> None:
+        if bid in self.bad:
+            return
+        pack, offset = (loc[0].hex(), loc[1]) if loc else (None, None)
+        where = f" (pack {pack} at offset {offset})" if loc else ""
+        msg = f"block {bid.hex()[:16]}{where} {reason}"
+        self.bad[bid] = DamagedBlock(bid.hex(), pack, offset, reason, msg)
+        self.rep.problems.append(msg)
+
+    def walk_packs(self, known: dict[bytes, int]) -> None:
+        total, done = sum(known.values()), 0
+        for pack_id in sorted(known):
+            self.rep.packs += 1
+            path = pack_path(self.repo.root, pack_id)
+            if not os.path.exists(path):
+                self.missing.add(pack_id)
+                self.rep.problems.append(f"pack {pack_id.hex()} is missing")
+                done += known[pack_id]
+                continue
+            for offset, bid, _codec, _raw, slen, ok in iter_records(path):
+                self.records[(pack_id, offset)] = (bid, ok)
+                if self.progress:
+                    self.progress.bytes_done(done + offset + slen, total)
+            done += known[pack_id]
+            self.rep.bytes_checked += os.path.getsize(path)
+        if self.progress:
+            self.progress.bytes_done(total, total)
+
+    def check_blocks(self) -> None:
+        for bid, val in self.txn.cursor(db=self.repo.dbs[DB_BLOCKS]):
+            bid = bytes(bid)
+            self.rep.blocks += 1
+            pack_id, offset = BLOCK_LOC.unpack(val)[:2]
+            loc = (pack_id, offset)
+            found = self.records.get(loc)
+            if pack_id in self.missing:
+                self.damaged(bid, loc, "is in a pack that is missing")
+            elif found is None or found[0] != bid:
+                self.damaged(bid, loc, "is not there: the pack is damaged or cut short "
+                                       "before it")
+            elif not found[1]:
+                self.damaged(bid, loc, "fails its checksum")
+            elif self.read_data:
+                self.read_back(bid, loc)
+        # a bad copy the index no longer uses (its block was stored again): reclaimable
+        in_use = {(bytes.fromhex(d.pack), d.offset) for d in self.bad.values() if d.pack}
+        self.rep.reclaimable += sum(1 for loc, (_bid, ok) in self.records.items()
+                                    if not ok and loc not in in_use)
+
+    def read_back(self, bid: bytes, loc) -> None:
+        try:
+            data = self.repo.read_located(self.txn, bid,
+                                          self.repo.block_location(self.txn, bid))
+        except Exception as e:  # noqa: BLE001 - reported, the check goes on
+            self.damaged(bid, loc, f"cannot be read back: {e}")
+            return
+        if block_id(self.repo.block_key, data) != bid:
+            self.damaged(bid, loc, "does not match its id")
+
+    def check_versions(self) -> dict[tuple[int, int], list[tuple[int, int, int | None]]]:
+        """Count block versions, find those naming unindexed blocks, and return the
+        ranges that read damaged blocks: (volume id, file id) -> [(block number, from,
+        to)]."""
+        blocks_db = self.repo.dbs[DB_BLOCKS]
+        spoiled: dict[tuple[int, int], list[list]] = {}
+        prev_prefix, prev_range = None, None
+        for key, bid in self.txn.cursor(db=self.repo.dbs[DB_BLOCKVERS]):
+            self.rep.block_versions += 1
+            vid, fid, block_no, t = split_blockver_key(key)
+            if prev_range is not None and prev_prefix == (vid, fid, block_no):
+                prev_range[2] = t  # the next version of that block ends the range
+            prev_prefix, prev_range = (vid, fid, block_no), None
+            bid = bytes(bid)
+            if bid == HOLE_ID:
+                continue
+            if bid not in self.bad and self.txn.get(bid, db=blocks_db) is None:
+                self.damaged(bid, None, "is named by a block version but not in the index")
+            if bid in self.bad:
+                prev_range = [block_no, t, None, bid]
+                spoiled.setdefault((vid, fid), []).append(prev_range)
+        return spoiled
+
+    def affected(self, spoiled) -> None:
+        """Attach to each damaged block the paths and instants that read it."""
+        vols = {v.id: v for v in list_volumes(self.repo, self.txn)}
+        for vid in sorted({vid for vid, _ in spoiled}):
+            vol = vols.get(vid)
+            if vol is None:
+                continue
+            fids = {f for v, f in spoiled if v == vid}
+            for path, fid, size, start, end in self._file_versions(vid, fids):
+                for block_no, t0, t1, bid in spoiled[(vid, fid)]:
+                    lo = max(start, t0)
+                    ends = [t for t in (end, t1) if t is not None]
+                    hi = min(ends) if ends else None
+                    if (hi is not None and hi <= lo) or block_no * vol.block_size >= size:
+                        continue  # not at the same time, or past the end of the file
+                    self.bad[bid].affected.append(Affected(
+                        vol.name, vol.source, os.fsdecode(path), block_no, lo, hi))
+
+    def _file_versions(self, vid: int, fids: set[int]):
+        """(path, file id, size, from, to) for each path version of volume ``vid`` that
+        is a file with one of ``fids`` (to: the next version's instant, None for the
+        last)."""
+        cur = self.txn.cursor(db=self.repo.dbs[DB_ENTRIES])
+        prefix = vol_key(vid)
+        if not cur.set_range(prefix):
+            return
+        pending = None
+        for key, val in cur:
+            if not key.startswith(prefix):
+                break
+            _vid, path, t = split_entry_key(key)
+            if pending is not None:
+                yield (*pending, t if pending[0] == path else None)
+                pending = None
+            fixed = ENTRY_FIXED.unpack_from(val, 0)
+            kind, size, fid = fixed[0], fixed[6], fixed[10]
+            if kind == KIND_FILE and fid in fids:
+                pending = (path, fid, size, t)
+        if pending is not None:
+            yield (*pending, None)
+
+    def damage_records(self) -> None:
+        """Record what this check found in ``damaged``; count superseded records."""
+        on_file = damage.load(self.repo.root)
+        blocks_db = self.repo.dbs[DB_BLOCKS]
+        for bid, wheres in on_file.items():
+            val = self.txn.get(bid, db=blocks_db)
+            now = BLOCK_LOC.unpack(val)[:2] if val is not None else (damage.NO_PACK, 0)
+            for where in wheres:
+                if where != now or bid not in self.bad:
+                    self.rep.reclaimable += 1
+        for bid, d in self.bad.items():
+            where = (bytes.fromhex(d.pack), d.offset) if d.pack else (damage.NO_PACK, 0)
+            if where not in on_file.get(bid, {}):
+                damage.record(self.repo.root, bid, where[0], where[1], d.reason)
+
+
 def check(repo, read_data: bool = False, progress=None) -> CheckReport:
-    rep = CheckReport()
+    with repo.read_txn() as txn:
+        c = _Checker(repo, txn, read_data, progress)
+        known = {bytes(k): PACK_INFO.unpack(v)[0]
+                 for k, v in txn.cursor(db=repo.dbs[DB_PACKS])}
+        c.walk_packs(known)
+        c.check_blocks()
+        spoiled = c.check_versions()
+        if spoiled:
+            c.affected(spoiled)
+        c.damage_records()
+    rep = c.rep
+    rep.damaged = list(c.bad.values())
     exposed = modes.exposure(repo.root)
     if exposed:
         rep.warnings.append(exposed)
-    with repo.read_txn() as txn:
-        records: dict[bytes, set[tuple[bytes, int]]] = {}
-        known = repo.committed_packs(txn)
-        for pack_id in sorted(known):
-            rep.packs += 1
-            path = pack_path(repo.root, pack_id)
-            if not os.path.exists(path):
-                rep.problems.append(f"pack {pack_id.hex()} is missing")
-                continue
-            for offset, bid, _codec, _raw, _slen, ok in iter_records(path):
-                if not ok:
-                    rep.problems.append(f"pack {pack_id.hex()}: record at {offset} "
-                                        f"(block {bid.hex()[:16]}) fails its checksum")
-                records.setdefault(bid, set()).add((pack_id, offset))
-        for bid, loc in txn.cursor(db=repo.dbs[DB_BLOCKS]):
-            rep.blocks += 1
-            pack_id, offset = bytes(loc[:16]), int.from_bytes(loc[16:24], "little")
-            if (pack_id, offset) not in records.get(bytes(bid), ()):
-                rep.problems.append(f"block {bytes(bid).hex()[:16]} is indexed at "
-                                    f"{pack_id.hex()}:{offset}, where no such record is")
-                continue
-            if read_data:
-                try:
-                    data = repo._read_block(txn, bytes(bid))
-                except Exception as e:  # noqa: BLE001 - reported, the check goes on
-                    rep.problems.append(str(e))
-                    continue
-                if block_id(repo.block_key, data) != bid:
-                    rep.problems.append(f"block {bytes(bid).hex()[:16]} does not match its id")
-        blocks_db = repo.dbs[DB_BLOCKS]
-        for _key, bid in txn.cursor(db=repo.dbs[DB_BLOCKVERS]):
-            rep.block_versions += 1
-            if bid != HOLE_ID and txn.get(bytes(bid), db=blocks_db) is None:
-                rep.problems.append(f"a block version names block {bytes(bid).hex()[:16]}, "
-                                    f"which is not indexed")
     top = os.path.join(repo.root, "packs")
     for sub in os.listdir(top):
         for name in os.listdir(os.path.join(top, sub)):

@@ -181,6 +181,23 @@ def blockver_key(vol: int, file_id: int, block_no: int, instant: int) -> bytes:
     return blockver_prefix(vol, file_id, block_no) + U64.pack(instant)
 
 
+_BLOCKVER_KEY = struct.Struct(">IQQQ")
+
+
+def split_blockver_key(key: bytes) -> tuple[int, int, int, int]:
+    """(volume id, file id, block number, instant) of a ``blockvers`` key."""
+    return _BLOCKVER_KEY.unpack(key)
+
+
+def split_entry_key(key: bytes) -> tuple[int, bytes, int]:
+    """(volume id, path, instant) of an ``entries`` key (inverse of :func:`entry_key`)."""
+    key = bytes(key)
+    inner = key[4:-8]  # parent 00 name 00
+    i = inner.index(SEP)
+    return U32.unpack_from(key)[0], join_path(inner[:i], inner[i + 1:-1]), \
+        U64.unpack_from(key, len(key) - 8)[0]
+
+
 def label_key(vol: int, name: bytes) -> bytes:
     return U32.pack(vol) + name
 

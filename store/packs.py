@@ -208,7 +208,7 @@ class PackReader:
                         fd = os.open(pack_path(self.root, pack_id), os.O_RDONLY | os.O_CLOEXEC)
                     except FileNotFoundError:
                         raise DamagedData(f"pack {pack_id.hex()} is missing from the "
-                                          f"repository; run 'anytime check'") from None
+                                          f"repository") from None
                     self._fds[pack_id] = fd
         return fd
 

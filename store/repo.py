@@ -21,7 +21,7 @@ from contextlib import contextmanager
 
 import lmdb
 
-from . import clock, modes, space
+from . import clock, damage, modes, space
 from .errors import (
     AnytimeError,
     DamagedData,
@@ -58,6 +58,9 @@ from .format import (
     pending_key,
     vol_key,
     zdict_key,
+)
+from .format import (
+    block_id as block_id_of,
 )
 from .mapping import MapTrimmer
 from .packs import PackReader
@@ -272,6 +275,9 @@ class Repository:
         # (zstandard.ZstdDecompressor, zstandard.ZstdCompressionDict)
         self._dctx_pools: dict[int, list] = {0: []}
         self._zdicts: dict[int, object] = {}
+        #: damage records in force for the writer (read when it takes the writer lock)
+        self.damage: damage.Damage = {}
+        self._noted: set[tuple[bytes, bytes, int]] = set()
 
     # --- opening ---------------------------------------------------------------------
     @classmethod
@@ -430,9 +436,50 @@ class Repository:
 
     def _read_block(self, txn, block_id: bytes) -> bytes:
         loc = self.block_location(txn, block_id)
+        try:
+            return self.read_located(txn, block_id, loc)
+        except DamagedData as e:
+            self.note_damage(block_id, loc, str(e))
+            raise DamagedData(
+                f"{e}. It is recorded in {os.path.join(self.root, damage.NAME)}: the next "
+                f"'anytime snapshot' that reads the same content (the live file, if it is "
+                f"still intact) stores the block again, and every instant that uses it "
+                f"reads right again; 'anytime check' lists the files and instants it "
+                f"spoils") from None
+
+    def read_block_verified(self, txn, block_id: bytes) -> bytes:
+        """:meth:`read_block`, and the plaintext hashed against its id (a restore's
+        check); a mismatch is recorded as damage and raises :class:`DamagedData`."""
+        data = self.read_block(txn, block_id)
+        if block_id_of(self.block_key, data) != block_id:
+            self.note_damage(block_id, self.block_location(txn, block_id),
+                             "does not match its id")
+            raise DamagedData(f"block {block_id.hex()[:16]} does not match its id")
+        return data
+
+    def note_damage(self, block_id: bytes, loc, reason: str) -> None:
+        """Append a damage record (store/damage.py) for a block found damaged at ``loc``
+        (its ``BLOCK_LOC`` fields, or None when it is not indexed); once per process.
+        Safe for readers: an O_APPEND write, no lock, no LMDB write."""
+        pack_id, offset = (loc[0], loc[1]) if loc else (damage.NO_PACK, 0)
+        key = (block_id, pack_id, offset)
+        if key in self._noted:
+            return
+        self._noted.add(key)
+        damage.record(self.root, block_id, pack_id, offset, reason)
+
+    def is_damaged(self, block_id: bytes, loc: bytes) -> bool:
+        """True if a damage record in force names block ``block_id`` at index value
+        ``loc``: the writer stores the block again instead of deduplicating."""
+        wheres = self.damage.get(block_id)
+        return bool(wheres) and BLOCK_LOC.unpack(loc)[:2] in wheres
+
+    def read_located(self, txn, block_id: bytes, loc) -> bytes:
+        """The plaintext of the record at ``loc`` (:meth:`block_location`'s tuple; None:
+        not indexed), checked against its header, checksum and length."""
         if loc is None:
             raise DamagedData(f"block {block_id.hex()[:16]} is referenced but not in the "
-                              f"index; run 'anytime check'")
+                              f"index")
         pack_id, offset, stored_len, raw_len, _codec = loc
         codec, raw_len, stored = self.packs.read_record(pack_id, offset, stored_len, block_id)
         if codec in (CODEC_ZSTD, CODEC_ZSTD_DICT):
@@ -455,7 +502,7 @@ class Repository:
         d = self.zdict(txn, dict_id)
         if d is None:
             raise DamagedData(f"block {block_id.hex()[:16]} needs zstd dictionary {dict_id}, "
-                              f"which the index does not hold; run 'anytime check'")
+                              f"which the index does not hold")
         return dict_id, d
 
     def committed_packs(self, txn) -> set[bytes]:
@@ -488,6 +535,7 @@ class Repository:
                     f"{self.root}; wait for it to finish") from None
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+            self.damage = damage.load(self.root)
             self.roll_back_unfinished()
             self.reclaim_leftover_packs()
             import shutil

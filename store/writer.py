@@ -176,7 +176,10 @@ class CommitBuilder:
                 return bid
             self._new_blocks[bid] = None  # reserve: another thread may race us
         with self.repo.read_txn() as txn:
-            known = txn.get(bid, db=self.repo.dbs[DB_BLOCKS]) is not None
+            loc = txn.get(bid, db=self.repo.dbs[DB_BLOCKS])
+        # a copy known damaged is not reused: stored again, the index then points at the
+        # new copy, which mends every instant that uses the block (store/damage.py)
+        known = loc is not None and not (self.repo.damage and self.repo.is_damaged(bid, loc))
         if known:
             with self._lock:
                 del self._new_blocks[bid]

@@ -50,3 +50,32 @@ def test_a_second_writer_is_refused_while_one_runs(anytime, repo_dir, src_dir):
         assert anytime("cat", src_dir / "a", check=0).stdout == b"x", "readers never wait"
         assert anytime("mark", src_dir, "during", check=0).returncode == 0
     anytime("snapshot", src_dir, check=0)
+
+
+def test_check_shows_progress_on_a_terminal(anytime, repo_dir, src_dir):
+    """On a terminal, check shows the pack bytes checked of the total."""
+    import pty
+    import subprocess
+
+    from conftest import anytime_command
+
+    anytime("init", check=0)
+    (src_dir / "a.bin").write_bytes(os.urandom(400_000))
+    anytime("snapshot", src_dir, check=0)
+    master, slave = pty.openpty()
+    with subprocess.Popen([anytime_command(), "check"], stderr=slave,
+                          stdout=subprocess.DEVNULL,
+                          env=dict(os.environ, ANYTIME_REPO=str(repo_dir))) as p:
+        os.close(slave)
+        out = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO once the child has closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+    os.close(master)
+    assert p.returncode == 0
+    assert b"100.0%" in out and b"MB" in out, out

@@ -227,13 +227,24 @@ def some(paths: list[str], n: int = 5) -> str:
 def cmd_check(args) -> int:
     from anytime.store.check import check
     from anytime.store.errors import DamagedData
+    from anytime.vfs.instants import format_instant
 
+    from .progress import Progress
     from .text import plural
 
+    progress = Progress(enabled=None if not args.json else False)
     with open_repo(args) as repo:
-        rep = check(repo, read_data=args.read_data)
+        try:
+            rep = check(repo, read_data=args.read_data, progress=progress)
+        finally:
+            progress.clear()
     if args.json:
-        json.dump(rep.to_json(), sys.stdout, indent=2)
+        out = rep.to_json()
+        for d in out["damaged"]:
+            for a in d["affected"]:
+                a["from"] = format_instant(a["from_ns"])
+                a["to"] = format_instant(a["to_ns"]) if a["to_ns"] is not None else None
+        json.dump(out, sys.stdout, indent=2)
         print()
         if rep.problems:
             raise DamagedData(f"{plural(len(rep.problems), 'problem')} found (listed in the "
@@ -241,15 +252,51 @@ def cmd_check(args) -> int:
         return 0
     for w in rep.warnings:
         print(f"anytime: warning: {w}", file=sys.stderr)
-    print(f"{plural(rep.packs, 'pack')}, {plural(rep.blocks, 'block')}, "
-          f"{plural(rep.block_versions, 'block version')} checked; "
-          f"{plural(rep.leftover_packs, 'uncommitted pack file')} (reclaimed by the next "
-          f"snapshot)")
+    print(f"{plural(rep.packs, 'pack')} ({rep.bytes_checked / 1e6:.1f} MB), "
+          f"{plural(rep.blocks, 'block')}, {plural(rep.block_versions, 'block version')} "
+          f"checked; {plural(rep.leftover_packs, 'uncommitted pack file')} (reclaimed by "
+          f"the next snapshot); {rep.reclaimable} damaged copies or records superseded by "
+          f"good copies (reclaimable)")
     if rep.problems:
-        raise DamagedData(f"{plural(len(rep.problems), 'problem')}:\n  "
-                          + "\n  ".join(rep.problems[:50]))
+        raise DamagedData(damage_text(rep))
     print("no problems found")
     return 0
+
+
+def damage_text(rep, limit: int = 50, per_block: int = 10) -> str:
+    """The problems of a check report, each damaged block with the files and instants it
+    spoils, and what to do."""
+    from anytime.vfs.instants import format_instant
+
+    from .text import plural
+
+    blocks = {d.message for d in rep.damaged}
+    lines, sources = [f"  {p}" for p in rep.problems if p not in blocks], {}
+    for d in rep.damaged[:limit]:
+        lines.append(f"  {d.message}")
+        for a in d.affected[:per_block]:
+            sources[a.volume] = a.source
+            until = f"to {format_instant(a.to_ns)}" if a.to_ns is not None else \
+                "on (still in the latest instant)"
+            lines.append(f"    spoils {a.volume}:/{a.path} from {format_instant(a.from_ns)} "
+                         f"{until} (block {a.block_no})")
+        if len(d.affected) > per_block:
+            lines.append(f"    ... and {len(d.affected) - per_block} more ('anytime check "
+                         f"--json' lists them all)")
+        if not d.affected:
+            lines.append("    used by no file version (harmless; reclaimed by prune)")
+    if len(rep.damaged) > limit:
+        lines.append(f"  ... and {len(rep.damaged) - limit} more damaged blocks ('anytime "
+                     f"check --json' lists them all)")
+    todo = ""
+    if sources:
+        runs = "; ".join(f"'anytime snapshot {src}'" for src in sorted(set(sources.values())))
+        todo = (f"\nTo mend them, re-run {runs} while the live files are intact: a damaged "
+                f"block met again is stored anew, and every instant that uses it reads "
+                f"right again. Where a live file no longer holds that content, those "
+                f"instants of it stay unreadable; 'anytime restore' still restores "
+                f"everything else.")
+    return f"{plural(len(rep.problems), 'problem')}:\n" + "\n".join(lines) + todo
 
 
 def cmd_volumes(args) -> int:
