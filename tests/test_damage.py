@@ -4,8 +4,11 @@ so every instant that used it reads right again. Real packs, real flipped bytes.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
+import subprocess
 
 import pytest
 
@@ -98,3 +101,35 @@ def test_check_names_the_instants_a_lost_block_spoils(anytime, repo_dir, src_dir
         src_dir / "renamed.bin").read_bytes(), "the latest instant never used it"
     assert anytime("cat", src_dir / "a.bin", "--at", t1).returncode == 16
     assert anytime("check").returncode == 16
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None,
+                    reason="needs /dev/fuse and fusermount3 for a real mount")
+def test_a_read_through_the_mount_records_the_damage(anytime, repo_dir, src_dir, tmp_path):
+    """The mount is a reader: it records the damaged block (no writer lock, no index
+    write) and answers EIO; the next snapshot stores the block again."""
+    anytime("init", "--block-size", str(BS), check=0)
+    data = os.urandom(5 * BS)
+    f = src_dir / "a.bin"
+    f.write_bytes(data)
+    anytime("snapshot", src_dir, check=0)
+    flip_block_of(repo_dir, data)
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+
+    def read_mounted() -> bytes:
+        anytime("mount", src_dir, mp, check=0)
+        try:
+            return (mp / "latest" / "a.bin").read_bytes()
+        finally:
+            anytime("umount", mp)
+            if os.path.ismount(mp):
+                subprocess.run(["fusermount3", "-u", "-z", str(mp)], check=False)
+
+    with pytest.raises(OSError) as err:
+        read_mounted()
+    assert err.value.errno == errno.EIO
+    assert (repo_dir / "damaged").read_text().strip(), "the mount recorded it"
+    os.utime(f)
+    anytime("snapshot", src_dir, check=0)
+    assert read_mounted() == data
