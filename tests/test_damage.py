@@ -133,3 +133,50 @@ def test_a_read_through_the_mount_records_the_damage(anytime, repo_dir, src_dir,
     os.utime(f)
     anytime("snapshot", src_dir, check=0)
     assert read_mounted() == data
+
+
+def test_a_restore_records_a_block_that_does_not_match_its_id(anytime, repo_dir, src_dir,
+                                                               tmp_path):
+    """A record rewritten whole (bytes and checksum agree, content wrong) passes the pack
+    checksum: only the restore's hash against the block id catches it, and it is recorded
+    so the next snapshot stores the block again."""
+    import xxhash
+
+    from anytime.store.format import RECORD_HEADER
+    from anytime.store.packs import iter_records
+
+    anytime("init", "--block-size", str(BS), check=0)
+    data = os.urandom(3 * BS)
+    f = src_dir / "a.bin"
+    f.write_bytes(data)
+    anytime("snapshot", src_dir, check=0)
+    probe = data[BS + 1000:BS + 1032]
+    for pack in repo_dir.glob("packs/*/*.pack"):
+        raw = bytearray(pack.read_bytes())
+        i = raw.find(probe)
+        if i < 0:
+            continue
+        off = max(o for o, *_ in iter_records(str(pack)) if o < i)
+        raw[i] ^= 0x55
+        h = RECORD_HEADER.size
+        fields = list(RECORD_HEADER.unpack_from(raw, off))  # ..., stored length, xxh3
+        stored = bytes(raw[off + h:off + h + fields[-2]])
+        fields[-1] = xxhash.xxh3_64_intdigest(stored)
+        RECORD_HEADER.pack_into(raw, off, *fields)
+        pack.write_bytes(bytes(raw))
+        break
+    else:
+        pytest.fail("the block's bytes are in no pack")
+    assert not (repo_dir / "damaged").exists()
+
+    r = anytime("restore", f, "--at", "now", "--to", tmp_path / "out", "--json")
+    assert r.returncode == 3, r.stderr
+    err = r.stderr.decode()
+    assert "out: block 1 is damaged" in err and "does not match its id" in err, err
+    assert not (tmp_path / "out").exists(), "a damaged file is not left half-written"
+    assert (repo_dir / "damaged").read_text().count("does not match its id") == 1
+
+    os.utime(f)
+    anytime("snapshot", src_dir, check=0)
+    anytime("restore", f, "--at", "now", "--to", tmp_path / "out", check=0)
+    assert (tmp_path / "out").read_bytes() == data

@@ -603,7 +603,7 @@ class Restorer:
                       ) -> None:
         """Write blocks [first, stop) of a file, each checked against its id (holes are
         left unwritten); stops early once the restore is stopped or the file failed."""
-        bs, key, size = self.view.bs, self.repo.block_key, a.entry.size
+        bs, size = self.view.bs, a.entry.size
         halt = self._halt
         with self.repo.read_txn() as txn:
             for i in range(first, stop):
@@ -612,17 +612,14 @@ class Restorer:
                 bid = ids[i]
                 if bid == HOLE_ID:
                     continue
-                try:
-                    data = self.repo.read_block(txn, bid)
+                try:  # hashed against its id; damage found is recorded for the writer
+                    data = self.repo.read_block_verified(txn, bid)
                 except DamagedData as err:
-                    a.failed = f"block {i}: {err}"
+                    a.failed = f"block {i} is damaged in the repository: {err}"
                     return
                 except OSError as err:  # the repository's, not the destination's
                     a.failed = (f"block {i} could not be read from the repository: "
                                 f"{err.strerror or err} ({os.fsdecode(err.filename or '')})")
-                    return
-                if block_id(key, data) != bid:
-                    a.failed = f"block {i} is damaged in the repository (does not match its id)"
                     return
                 want = min(bs, size - i * bs)
                 os.pwrite(fd, data[:want] if want < len(data) else data, i * bs)
