@@ -15,37 +15,13 @@ import os
 import stat
 
 from anytime.store import clock
-from anytime.store.errors import AnytimeError, PathNotFound, UnknownVolume, UsageError
-from anytime.store.volumes import (
-    create_volume,
-    get_volume,
-    list_volumes,
-    unique_name,
-)
+from anytime.store.errors import AnytimeError, PathNotFound, UsageError
+from anytime.store.volumes import volume_for_source
 
 from .excludes import Excluder, read_pattern_file
 from .scan import Interrupted, Scanner, ScanReport
 
 __all__ = ["snapshot", "Interrupted", "ScanReport", "read_pattern_file"]
-
-
-def _volume_for(repo, source: str, name: str | None):
-    with repo.env.begin(write=True) as txn:
-        if name:
-            try:
-                vol = get_volume(repo, txn, name)
-            except UnknownVolume:
-                return create_volume(repo, txn, name, source, repo.block_size, clock.now_ns())
-            if os.path.realpath(vol.source) != os.path.realpath(source):
-                raise AnytimeError(f"volume '{name}' protects {vol.source}, not {source}; "
-                                   f"choose another --name")
-            return vol
-        for vol in list_volumes(repo, txn):
-            if vol.source == source:
-                return vol
-        base = os.path.basename(source.rstrip("/")) or "root"
-        return create_volume(repo, txn, unique_name(repo, txn, base), source,
-                             repo.block_size, clock.now_ns())
 
 
 def snapshot(repo, path: str, name: str | None = None, label: str | None = None,
@@ -72,7 +48,7 @@ def snapshot(repo, path: str, name: str | None = None, label: str | None = None,
         raise UsageError(f"{source} is not a directory; snapshot takes a directory tree "
                          f"(to protect one file, snapshot the directory that holds it)")
     with repo.writer_lock():
-        vol = _volume_for(repo, source, name)
+        vol = volume_for_source(repo, source, name, clock.now_ns())
         scanner = Scanner(repo, vol, os.fsencode(source), progress=progress, workers=workers,
                           excluder=excluder, one_file_system=one_file_system)
         info = {"kind": "scan", "source": source, "started_ns": clock.now_ns()}

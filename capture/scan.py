@@ -41,7 +41,6 @@ from dataclasses import dataclass, field
 
 from anytime.store import clock, timeline
 from anytime.store.format import (
-    DB_INODES,
     FLAG_DENSE,
     FLAG_UNREADABLE,
     FLAG_UNSTABLE,
@@ -55,7 +54,6 @@ from anytime.store.format import (
     Entry,
     join_path,
     kind_of,
-    vol_key,
 )
 from anytime.store.localfs import read_xattrs
 from anytime.store.writer import CommitBuilder
@@ -197,9 +195,7 @@ class Scanner:
             with self.repo.read_txn() as txn:
                 self.txn = txn
                 # A first snapshot knows no inodes: no lookup per new file.
-                cur = txn.cursor(db=self.repo.dbs[DB_INODES])
-                prefix = vol_key(self.vid)
-                self.inodes_known = cur.set_range(prefix) and cur.key().startswith(prefix)
+                self.inodes_known = timeline.has_inodes(self.repo, txn, self.vid)
                 self._scan_root()
                 self._drain(0)
             self.txn = None

@@ -31,6 +31,7 @@ from .format import (
     dir_prefix,
     entry_prefix,
     inode_key,
+    join_path,
     label_key,
     split_path,
     vol_key,
@@ -225,7 +226,63 @@ def commit_count(repo, txn, vol: int) -> int:
     return sum(1 for _ in commits(repo, txn, vol))
 
 
+def has_inodes(repo, txn, vol: int) -> bool:
+    """True if the index holds any inode record of the volume (a first snapshot has none,
+    so it need not look up each new file's inode)."""
+    cur = txn.cursor(db=repo.dbs[DB_INODES])
+    prefix = vol_key(vol)
+    return cur.set_range(prefix) and cur.key().startswith(prefix)
+
+
+def path_histories(repo, txn, vol: int, match, until: int = MAX_INSTANT
+                   ) -> Iterator[tuple[bytes, list[tuple[int, Entry]]]]:
+    """(path, versions at or before ``until``, oldest first) of every path of the volume
+    for which ``match(path, name)`` holds, in key order: one pass over the volume's
+    entries, each path named and matched once, only matching versions decoded."""
+    prefix = vol_key(vol)
+    cur = txn.cursor(db=repo.dbs[DB_ENTRIES])
+    if not cur.set_range(prefix):
+        return
+    group, current, versions = None, None, []
+    for key, val in cur:
+        if not key.startswith(prefix):
+            break
+        if key[:-8] != group:  # a new path (all versions of a path are adjacent)
+            if versions:
+                yield current, versions
+            group = key[:-8]
+            parent, _, name = group[4:-1].partition(b"\x00")
+            current = join_path(parent, name) if name else None
+            versions = [] if name and match(current, name) else None
+        if versions is not None:
+            t = U64.unpack(key[-8:])[0]
+            if t <= until:
+                versions.append((t, Entry.decode(val)))
+    if versions:
+        yield current, versions
+
+
 # --- labels --------------------------------------------------------------------------
+def set_label(repo, vol: int, name: str, instant: int, force: bool = False) -> int | None:
+    """Name ``instant`` of volume ``vol``; returns the instant the label named before (it
+    is moved only with ``force``; without, nothing changes). One LMDB write transaction:
+    atomic against a running writer, which never writes labels of its own volume but at
+    its commit point (LMDB serialises the two)."""
+    key = label_key(vol, name.encode())
+    with repo.env.begin(write=True) as txn:
+        old = txn.get(key, db=repo.dbs[DB_LABELS])
+        old = None if old is None else U64.unpack(old)[0]
+        if old is None or force:
+            txn.put(key, U64.pack(instant), db=repo.dbs[DB_LABELS])
+    return old
+
+
+def remove_label(repo, vol: int, name: str) -> bool:
+    """Remove a label; False if the volume had none of that name."""
+    with repo.env.begin(write=True) as txn:
+        return txn.delete(label_key(vol, name.encode()), db=repo.dbs[DB_LABELS])
+
+
 def label_instant(repo, txn, vol: int, name: str) -> int | None:
     v = txn.get(label_key(vol, name.encode()), db=repo.dbs[DB_LABELS])
     return None if v is None else U64.unpack(v)[0]

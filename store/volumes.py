@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 
-from .errors import UnknownVolume
+from .errors import AnytimeError, UnknownVolume
 from .format import DB_META, DB_VOLNAMES, DB_VOLUMES, vol_key
 
 
@@ -107,3 +107,25 @@ def unique_name(repo, txn, base: str) -> str:
         n += 1
         name = f"{base}-{n}"
     return name
+
+
+def volume_for_source(repo, source: str, name: str | None, now_ns: int) -> Volume:
+    """The volume that protects ``source`` (named ``name`` if given), created with the
+    repository's block size if there is none yet; in one write transaction. Call it
+    under the writer lock. A ``name`` already protecting another source is an error."""
+    with repo.env.begin(write=True) as txn:
+        if name:
+            try:
+                vol = get_volume(repo, txn, name)
+            except UnknownVolume:
+                return create_volume(repo, txn, name, source, repo.block_size, now_ns)
+            if os.path.realpath(vol.source) != os.path.realpath(source):
+                raise AnytimeError(f"volume '{name}' protects {vol.source}, not {source}; "
+                                   f"choose another --name")
+            return vol
+        for vol in list_volumes(repo, txn):
+            if vol.source == source:
+                return vol
+        base = os.path.basename(source.rstrip("/")) or "root"
+        return create_volume(repo, txn, unique_name(repo, txn, base), source,
+                             repo.block_size, now_ns)

@@ -76,3 +76,31 @@ def test_the_checker_sees_violations(tmp_path):
     bad.write_text("def f():\n    from anytime.vfs import view\n"
                    "from anytime import capture\nfrom ..tools import cli\n")
     assert anytime_imports(bad, "store") == {"vfs", "capture", "tools"}
+
+
+def store_internals(path: Path) -> list[str]:
+    """Uses of the store's LMDB handles (``.env``, ``.dbs``) or database names (``DB_*``)
+    in a module: what only the store itself may touch (it has one front door)."""
+    tree = ast.parse(path.read_bytes(), filename=str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr in ("env", "dbs"):
+            found.append(f"{path.name}:{node.lineno}: .{node.attr}")
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").endswith("format"):
+            found += [f"{path.name}:{node.lineno}: {a.name}" for a in node.names
+                      if a.name.startswith("DB_")]
+    return found
+
+
+@pytest.mark.parametrize("package", ["capture", "vfs", "tools"])
+def test_only_the_store_touches_its_index(package):
+    bad = [hit for path in modules(package) for hit in store_internals(path)]
+    assert not bad, f"{package} reaches into the store's index; add a store method:\n" + \
+        "\n".join(bad)
+
+
+def test_the_index_checker_sees_violations(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("from anytime.store.format import DB_LABELS\n"
+                   "def f(repo):\n    return repo.env.begin(), repo.dbs[DB_LABELS]\n")
+    assert len(store_internals(bad)) == 3

@@ -7,18 +7,9 @@ import json
 import os
 import sys
 
-from anytime.store import clock
+from anytime.store import clock, timeline
 from anytime.store.errors import AnytimeError, InstantError, UsageError
-from anytime.store.format import (
-    DB_ENTRIES,
-    DB_LABELS,
-    MAX_INSTANT,
-    U64,
-    Entry,
-    join_path,
-    label_key,
-    vol_key,
-)
+from anytime.store.format import MAX_INSTANT
 from anytime.store.volumes import get_volume_by_id, list_volumes
 from anytime.vfs.instants import format_instant, parse_instant
 
@@ -68,14 +59,11 @@ def cmd_mark(args) -> int:
         target = resolve_target(repo, args.path)
         run_hook(args.before_hook, "before")
         t = resolve_instant(repo, target.vol, args.at) if args.at else clock.now_ns()
-        key = label_key(target.vol.id, args.label.encode())
-        with repo.env.begin(write=True) as txn:
-            old = txn.get(key, db=repo.dbs[DB_LABELS])
-            if old is not None and not args.force:
-                raise AnytimeError(
-                    f"label '{args.label}' already names {format_instant(U64.unpack(old)[0])} "
-                    f"on '{target.vol.name}'; 'anytime unmark' it first or use --force")
-            txn.put(key, U64.pack(t), db=repo.dbs[DB_LABELS])
+        old = timeline.set_label(repo, target.vol.id, args.label, t, force=args.force)
+        if old is not None and not args.force:
+            raise AnytimeError(
+                f"label '{args.label}' already names {format_instant(old)} "
+                f"on '{target.vol.name}'; 'anytime unmark' it first or use --force")
         run_hook(args.after_hook, "after")
     print(f"{target.vol.name}: '{args.label}' names {format_instant(t)}")
     return 0
@@ -84,11 +72,9 @@ def cmd_mark(args) -> int:
 def cmd_unmark(args) -> int:
     with open_repo(args) as repo:
         target = resolve_target(repo, args.path)
-        with repo.env.begin(write=True) as txn:
-            if not txn.delete(label_key(target.vol.id, args.label.encode()),
-                              db=repo.dbs[DB_LABELS]):
-                raise AnytimeError(f"volume '{target.vol.name}' has no label '{args.label}'; "
-                                   f"'anytime log {args.path}' shows its labels")
+        if not timeline.remove_label(repo, target.vol.id, args.label):
+            raise AnytimeError(f"volume '{target.vol.name}' has no label '{args.label}'; "
+                               f"'anytime log {args.path}' shows its labels")
     print(f"{target.vol.name}: removed label '{args.label}'")
     return 0
 
@@ -131,27 +117,17 @@ def _find_in_volume(repo, txn, vol, match, since, until, deleted_only) -> list[d
     """Scan the volume's entries once, in key order (all versions of a path adjacent).
     Versions past the volume's horizon (a commit still being written) are left out."""
     horizon = get_volume_by_id(repo, txn, vol.id).horizon  # as of this transaction
-    prefix = vol_key(vol.id)
-    cur = txn.cursor(db=repo.dbs[DB_ENTRIES])
     rows = []
-    if not cur.set_range(prefix):
-        return rows
-    current = None
-    versions: list[tuple[int, Entry]] = []
-
-    def flush():
-        if current is None or not versions:
-            return
+    for current, versions in timeline.path_histories(repo, txn, vol.id, match, horizon):
         inrange = [(t, e) for t, e in versions if since <= t <= until]
         if not inrange:
-            return
+            continue
         last_t, last_e = inrange[-1]
         if deleted_only and not last_e.deleted:
-            return
+            continue
         live = [(t, e) for t, e in versions if not e.deleted and t <= last_t]
-        path = current.decode("utf-8", "surrogateescape")
         rows.append({
-            "volume": vol.name, "path": path,
+            "volume": vol.name, "path": current.decode("utf-8", "surrogateescape"),
             "original": os.fsdecode(vol.source_path(current)),
             "first": format_instant(versions[0][0]),
             "last_version": format_instant(live[-1][0]) if live else None,
@@ -159,21 +135,5 @@ def _find_in_volume(repo, txn, vol, match, since, until, deleted_only) -> list[d
             "size": live[-1][1].size if live else None,
             "deleted": format_instant(last_t) if last_e.deleted else None,
         })
-
-    group, wanted = None, False  # the key prefix of the path being read; does it match
-    for key, val in cur:
-        if not key.startswith(prefix):
-            break
-        if key[:-8] != group:  # a new path: name it and match it once, not per version
-            group = key[:-8]
-            parent, _, name = group[4:-1].partition(b"\x00")
-            flush()
-            current, versions = (join_path(parent, name) if name else None), []
-            wanted = bool(name) and match(current, name)
-        if wanted:
-            t = U64.unpack(key[-8:])[0]
-            if t <= horizon:
-                versions.append((t, Entry.decode(val)))
-    flush()
     return rows
 
