@@ -262,7 +262,27 @@ _U32LE = struct.Struct("<I")
 _U16LE = struct.Struct("<H")
 
 
-class Entry:
+class Record:
+    """Equality and repr of a plain slotted class from its ``FIELDS`` (what a dataclass
+    would give, without importing dataclasses at start-up)."""
+
+    FIELDS: tuple[str, ...] = ()
+    __slots__ = ()
+
+    def _values(self) -> tuple:
+        return tuple(getattr(self, n) for n in self.FIELDS)
+
+    def __eq__(self, other):
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}("
+                + ", ".join(f"{n}={getattr(self, n)!r}" for n in self.FIELDS) + ")")
+
+
+class Entry(Record):
     """One version of one path: its metadata, and for files the id of its content.
 
     ``file_id`` names the content (the volume's inode): hardlinked paths share it, and
@@ -302,18 +322,10 @@ class Entry:
         self.target = target
         self.xattrs = {} if xattrs is None else xattrs
 
-    def _values(self) -> tuple:
+    def _values(self) -> tuple:  # spelled out: diff compares many entries
         return (self.kind, self.mode, self.uid, self.gid, self.nlink, self.size,
                 self.atime_ns, self.mtime_ns, self.ctime_ns, self.file_id, self.rdev,
                 self.src_dev, self.src_ino, self.flags, self.target, self.xattrs)
-
-    def __eq__(self, other):
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        return self._values() == other._values()
-
-    def __repr__(self) -> str:
-        return "Entry(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self.FIELDS) + ")"
 
     def encode(self) -> bytes:
         parts = [ENTRY_FIXED.pack(self.kind, self.flags, self.mode, self.uid, self.gid,

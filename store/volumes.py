@@ -11,10 +11,10 @@ import json
 import os
 
 from .errors import AnytimeError, UnknownVolume
-from .format import DB_META, DB_VOLNAMES, DB_VOLUMES, vol_key
+from .format import DB_META, DB_VOLNAMES, DB_VOLUMES, Record, vol_key
 
 
-class Volume:
+class Volume(Record):
     """A volume's record (plain class, not a dataclass: see format.Entry)."""
 
     FIELDS = ("id", "name", "source", "block_size", "created_ns", "horizon",
@@ -35,14 +35,6 @@ class Volume:
 
     def as_dict(self) -> dict:
         return {n: getattr(self, n) for n in self.FIELDS}
-
-    def __eq__(self, other):
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        return self.as_dict() == other.as_dict()
-
-    def __repr__(self) -> str:
-        return "Volume(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self.FIELDS) + ")"
 
     def source_path(self, path: bytes) -> bytes:
         """The original absolute path of ``path`` inside the volume (``b""``: the root)."""
