@@ -26,9 +26,7 @@ def assert_full_error(r, fs):
 
 
 def test_packs_fill_the_disk(anytime, src_dir, small_fs):
-    repo = small_fs / "repo"
-    env = {"ANYTIME_REPO": str(repo)}
-    anytime("init", check=0, env=env)
+    env = init_on(anytime, small_fs)
     (src_dir / "small.txt").write_text("first state\n")
     anytime("snapshot", src_dir, check=0, env=env)
     (src_dir / "small.txt").write_text("second state\n")
@@ -44,17 +42,29 @@ def test_packs_fill_the_disk(anytime, src_dir, small_fs):
     assert b"no problems found" in anytime("check", check=0, env=env).stdout
 
 
+def init_on(anytime, fs) -> dict:
+    """A repository initialised on filesystem ``fs``; the environment that selects it."""
+    env = {"ANYTIME_REPO": str(fs / "repo")}
+    anytime("init", check=0, env=env)
+    return env
+
+
+def make_tree(src, dirs: int, per_dir: int, file_of):
+    """``dirs`` directories d0.. under ``src``, each with ``per_dir`` files named and
+    filled by ``file_of(i) -> (name, bytes)``."""
+    for d in range(dirs):
+        (src / f"d{d}").mkdir(parents=True)
+        for i in range(per_dir):
+            name, data = file_of(i)
+            (src / f"d{d}" / name).write_bytes(data)
+    return src
+
+
 def test_many_files_fill_the_disk_while_blocks_are_stored(anytime, tmp_path, small_fs):
     """Thousands of files, each its own blocks, written by every worker thread at once
     into a disk that fills: this died of SIGBUS in read_txn (LMDB's sparse lock file)."""
-    repo = small_fs / "repo"
-    env = {"ANYTIME_REPO": str(repo)}
-    anytime("init", check=0, env=env)
-    src = tmp_path / "tree"
-    for d in range(40):
-        (src / f"d{d}").mkdir(parents=True)
-        for i in range(60):
-            (src / f"d{d}" / f"f{i}").write_bytes(os.urandom(12_000))
+    env = init_on(anytime, small_fs)
+    src = make_tree(tmp_path / "tree", 40, 60, lambda i: (f"f{i}", os.urandom(12_000)))
     for _attempt in range(2):  # and again, into the disk the first attempt left full
         assert_full_error(anytime("snapshot", src, env=env), small_fs)
     assert b"no problems found" in anytime("check", check=0, env=env).stdout
@@ -68,14 +78,9 @@ def test_many_files_fill_the_disk_while_blocks_are_stored(anytime, tmp_path, sma
 def test_the_index_fills_the_disk(anytime, tmp_path, small_fs):
     """Very many small files of one content: the packs fit, the index records do not
     (LMDB's data file growing into the full disk)."""
-    repo = small_fs / "repo"
-    env = {"ANYTIME_REPO": str(repo)}
-    anytime("init", check=0, env=env)
-    src = tmp_path / "many"
-    for d in range(30):
-        (src / f"d{d}").mkdir(parents=True)
-        for i in range(1000):
-            (src / f"d{d}" / f"a-rather-long-file-name-{i:05}").write_bytes(b"same")
+    env = init_on(anytime, small_fs)
+    src = make_tree(tmp_path / "many", 30, 1000,
+                    lambda i: (f"a-rather-long-file-name-{i:05}", b"same"))
     filler = small_fs / "filler"
     with open(filler, "wb") as f:  # leave about 9 MB: spill files fit, the index does not
         os.posix_fallocate(f.fileno(), 0, shutil.disk_usage(small_fs).free - (9 << 20))
