@@ -269,7 +269,7 @@ def set_label(repo, vol: int, name: str, instant: int, force: bool = False) -> i
     atomic against a running writer, which never writes labels of its own volume but at
     its commit point (LMDB serialises the two)."""
     key = label_key(vol, name.encode())
-    with repo.env.begin(write=True) as txn:
+    with repo.write_txn("writing a label") as txn:
         old = txn.get(key, db=repo.dbs[DB_LABELS])
         old = None if old is None else U64.unpack(old)[0]
         if old is None or force:
@@ -279,7 +279,7 @@ def set_label(repo, vol: int, name: str, instant: int, force: bool = False) -> i
 
 def remove_label(repo, vol: int, name: str) -> bool:
     """Remove a label; False if the volume had none of that name."""
-    with repo.env.begin(write=True) as txn:
+    with repo.write_txn("writing a label") as txn:
         return txn.delete(label_key(vol, name.encode()), db=repo.dbs[DB_LABELS])
 
 

@@ -105,7 +105,7 @@ def volume_for_source(repo, source: str, name: str | None, now_ns: int) -> Volum
     """The volume that protects ``source`` (named ``name`` if given), created with the
     repository's block size if there is none yet; in one write transaction. Call it
     under the writer lock. A ``name`` already protecting another source is an error."""
-    with repo.env.begin(write=True) as txn:
+    with repo.write_txn("recording the volume") as txn:
         if name:
             try:
                 vol = get_volume(repo, txn, name)

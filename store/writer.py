@@ -275,7 +275,7 @@ class CommitBuilder:
             return None
         repo.require_feature(FEATURE_ZDICT)
         packed = zstandard.ZstdCompressor(level=ZDICT_STORE_LEVEL).compress(zd.as_bytes())
-        with repo.env.begin(write=True) as txn:
+        with repo.write_txn("storing the compression dictionary") as txn:
             txn.put(zdict_key(dict_id), packed, db=meta)
             txn.put(ZDICT_CURRENT, U32.pack(dict_id), db=meta)
         return dict_id, zd
