@@ -124,7 +124,8 @@ class _Checker:
         for bid, val in self.txn.cursor(db=self.repo.dbs[DB_BLOCKS]):
             bid = bytes(bid)
             self.rep.blocks += 1
-            pack_id, offset = BLOCK_LOC.unpack(val)[:2]
+            where = BLOCK_LOC.unpack(val)
+            pack_id, offset = where[:2]
             loc = (pack_id, offset)
             found = self.records.get(loc)
             if pack_id in self.missing:
@@ -135,16 +136,16 @@ class _Checker:
             elif not found[1]:
                 self.damaged(bid, loc, "fails its checksum")
             elif self.read_data:
-                self.read_back(bid, loc)
+                self.read_back(bid, loc, where)
         # a bad copy the index no longer uses (its block was stored again): reclaimable
         in_use = {(bytes.fromhex(d.pack), d.offset) for d in self.bad.values() if d.pack}
         self.rep.reclaimable += sum(1 for loc, (_bid, ok) in self.records.items()
                                     if not ok and loc not in in_use)
 
-    def read_back(self, bid: bytes, loc) -> None:
+    def read_back(self, bid: bytes, loc, where: tuple) -> None:
+        """Read the block back from ``where`` (its index value, unpacked) and hash it."""
         try:
-            data = self.repo.read_located(self.txn, bid,
-                                          self.repo.block_location(self.txn, bid))
+            data = self.repo.read_located(self.txn, bid, where)
         except Exception as e:  # noqa: BLE001 - reported, the check goes on
             self.damaged(bid, loc, f"cannot be read back: {e}")
             return
