@@ -334,9 +334,9 @@ class Namespace:
                     continue
                 # names and types only: full attributes would let the kernel answer a later
                 # lookup of the version by another caller without asking (see reachable)
-                attrs = self._entry_attrs(view, self.slot(t), node.inner, e)
-                out.append((self._instant_name(t),
-                            {"st_mode": attrs["st_mode"], "st_ino": attrs["st_ino"]}))
+                out.append((self._instant_name(t), {
+                    "st_mode": IFMT_OF_KIND.get(e.kind, 0) | st.S_IMODE(e.mode),
+                    "st_ino": self._entry_ino(self.slot(t), node.inner, e)}))
             return out
         raise NotADirectoryError(errno.ENOTDIR, "not a directory")
 
@@ -402,11 +402,13 @@ class Namespace:
     def _path_ino(self, slot: int, path: bytes) -> int:
         return (slot << _SLOT_SHIFT) | _HASH_BIT | (xxhash.xxh3_64_intdigest(path) & _HASH_MASK)
 
-    def _entry_attrs(self, view: View, slot: int, inner: bytes, e: Entry) -> dict:
+    def _entry_ino(self, slot: int, inner: bytes, e: Entry) -> int:
         if e.file_id and e.kind == KIND_FILE:
-            ino = (slot << _SLOT_SHIFT) | (e.file_id & _FID_MASK)
-        else:
-            ino = self._path_ino(slot, inner)
+            return (slot << _SLOT_SHIFT) | (e.file_id & _FID_MASK)
+        return self._path_ino(slot, inner)
+
+    def _entry_attrs(self, view: View, slot: int, inner: bytes, e: Entry) -> dict:
+        ino = self._entry_ino(slot, inner, e)
         size = e.size
         if e.kind == KIND_SYMLINK:
             size = len(e.target)
