@@ -476,11 +476,10 @@ class Scanner:
             s = os.lstat(job.abspath)
         except OSError:
             s = None
+        self._release_links(job, FLAG_UNREADABLE)
         if s is None or not st_.S_ISREG(s.st_mode):  # gone or replaced: as before
             self._skip(job.abspath, reason)
-            self._release_links(job, FLAG_UNREADABLE)
             return
-        self._release_links(job, FLAG_UNREADABLE)
         self.report.unreadable.append((os.fsdecode(job.abspath), reason))
         if self.progress:
             self.progress.warn(f"cannot read {os.fsdecode(job.abspath)}: {reason}; recorded "
