@@ -177,22 +177,31 @@ def _zstandard():
     return zstandard
 
 
-def _allocate(path: str) -> None:
-    """Give every page of ``path`` its disk blocks now.
+def _allocate(path: str) -> int:
+    """Give every page of ``path`` its disk blocks now; return the descriptor used, which
+    the caller must keep open until it has closed its LMDB environment.
 
     LMDB's lock file (reader slots) is made sparse with ftruncate and mapped shared; the
     first store to a slot on a page without blocks allocates them, and on a full disk
     that is a SIGBUS that kills the process (seen: a snapshot filling its repository's
     disk died in read_txn). Allocated up front, a full disk fails here, as an error.
-    A no-op for blocks already allocated; skipped where the filesystem cannot do it."""
+    A no-op for blocks already allocated; skipped where the filesystem cannot do it.
+
+    Why the descriptor stays open: LMDB marks the environment in use with an fcntl
+    lock on the lock file, and POSIX drops every fcntl lock a process holds on a file
+    when that process closes *any* descriptor of it. Closing this one would leave the
+    environment unmarked; the next process to open it would then take it for unused
+    and reset the reader table under the live readers and the writer (seen: a reader
+    beside a snapshot found no databases, and the snapshot failed with a damaged
+    index)."""
     fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     try:
         os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
     except OSError as e:
         if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            os.close(fd)
             raise
-    finally:
-        os.close(fd)
+    return fd
 
 
 def index_error(err: Exception, root: str) -> AnytimeError:
@@ -257,12 +266,13 @@ class Repository:
                                  readahead=False, subdir=True, mode=modes.DIR_MODE)
         except lmdb.Error as e:
             raise index_error(e, root) from None
+        self._lock_fd = -1  # see _allocate: closed only after self.env
         try:
-            _allocate(os.path.join(root, "index", "lock.mdb"))
+            self._lock_fd = _allocate(os.path.join(root, "index", "lock.mdb"))
             with self.env.begin(write=True) as txn:
                 self.dbs = {name: self.env.open_db(name, txn=txn) for name in ALL_DBS}
         except (OSError, lmdb.Error) as e:
-            self.env.close()
+            self._close_env()
             if isinstance(e, OSError):
                 space.check(e, root, "allocating the index's lock file")
                 raise
@@ -360,7 +370,15 @@ class Repository:
 
     def close(self) -> None:
         self.packs.close()
+        self._close_env()
+
+    def _close_env(self) -> None:
+        """Close the index, then the lock file's descriptor kept by _allocate (in this
+        order: closing the descriptor first would drop LMDB's lock while it is open)."""
         self.env.close()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
 
     def __enter__(self) -> Repository:
         return self
