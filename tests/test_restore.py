@@ -495,3 +495,87 @@ def test_a_missing_pack_fails_its_files_not_the_destination(anytime, src_dir, tm
     assert r.returncode == 3, r.stderr
     assert b"bad.bin" in r.stderr and b"missing" in r.stderr
     assert {p.name: p.read_bytes() for p in (dest / "sub").iterdir()} == damaged
+
+
+# --- durability: fsync before rename ---------------------------------------------------------
+@pytest.fixture
+def syncs(monkeypatch, repo_dir):
+    """Run ``anytime restore`` in-process, recording in order every ``fsync`` (the path its
+    descriptor names) and every rename of a staged entry (the path it is renamed from):
+    the real calls still happen. Returns ``restore(*args)``, which gives that list."""
+    from anytime.tools import cli
+    from anytime.tools import restore as restore_mod
+
+    events: list[tuple[str, str]] = []
+    real_fsync, real_rename, real_rename2 = os.fsync, os.rename, restore_mod._rename2
+
+    def where(fd: int, name=b"") -> str:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        return os.path.join(path, os.fsdecode(name)) if name else path
+
+    def fsync(fd):
+        events.append(("fsync", where(fd)))
+        return real_fsync(fd)
+
+    def rename(src, dst, *, src_dir_fd=None, dst_dir_fd=None):
+        if src_dir_fd is not None:
+            events.append(("rename", where(src_dir_fd, src)))
+        return real_rename(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+
+    def rename2(src_fd, src, dst_fd, dst, flags):
+        events.append(("rename", where(src_fd, src)))
+        return real_rename2(src_fd, src, dst_fd, dst, flags)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr(restore_mod, "_rename2", rename2)
+    monkeypatch.setenv("ANYTIME_REPO", str(repo_dir))
+
+    def restore(*args) -> list[tuple[str, str]]:
+        events.clear()
+        assert cli.main(["restore", *map(os.fspath, args)]) == 0
+        return list(events)
+
+    return restore
+
+
+def test_in_place_restore_syncs_each_file_before_its_rename_and_dirs_after(
+        src_dir, captured, syncs):
+    events = syncs(src_dir, "--at", "v1", "--in-place", "--overwrite", "--delete")
+    assert_same_tree(captured, src_dir)
+    renames = [i for i, (op, _) in enumerate(events) if op == "rename"]
+    staged = [events[i][1] for i in renames]
+    assert len(staged) == 2, events  # docs/report.txt replaced, bin.dat created
+    assert all(".anytime-" in p for p in staged)
+    files = [p for op, p in events if op == "fsync" and ".anytime-" in p]
+    assert sorted(files) == sorted(staged), "each written file is flushed once"
+    for i, p in zip(renames, staged, strict=True):
+        assert ("fsync", p) in events[:i], f"{p} renamed before it was flushed"
+    dirs = [p for op, p in events[renames[-1]:] if op == "fsync"]
+    assert sorted(dirs) == sorted([str(src_dir), str(src_dir / "docs")]), \
+        "each changed directory is flushed once, after the renames"
+    assert len(events) == 6, events
+
+
+def test_restore_to_a_new_place_does_not_sync_but_overwriting_there_does(
+        src_dir, tmp_path, captured, syncs):
+    dest = tmp_path / "docs"
+    events = syncs(src_dir / "docs", "--at", "v1", "--to", dest)
+    assert [op for op, _ in events] == ["rename"], "a new place is not flushed"
+    assert_same_tree(captured / "docs", dest)
+    (dest / "report.txt").write_text("edited in the copy\n")
+    events = syncs(src_dir / "docs", "--at", "v1", "--to", tmp_path, "--overwrite")
+    assert (dest / "report.txt").read_text() == "line one\nline two\nline three\n"
+    [(_, staged)] = [e for e in events if e[0] == "rename"]
+    assert events == [("fsync", staged), ("rename", staged), ("fsync", str(dest))]
+
+
+def test_in_place_restore_of_a_directory_syncs_what_it_holds_before_placing_it(
+        src_dir, captured, syncs):
+    shutil.rmtree(src_dir / "docs")
+    events = syncs(src_dir / "docs", "--at", "v1", "--in-place")
+    assert_same_tree(captured / "docs", src_dir / "docs")
+    [(_, staged)] = [e for e in events if e[0] == "rename"]
+    assert events[-2:] == [("rename", staged), ("fsync", str(src_dir))]
+    assert sorted(events[:-2]) == [("fsync", staged), ("fsync", f"{staged}/empty"),
+                                   ("fsync", f"{staged}/report.txt")]

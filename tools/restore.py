@@ -42,6 +42,18 @@ Execution has two steps, so that a failure while writing changes nothing:
    never over a name that appeared since planning. Then ``--delete`` removes what did
    not exist at T, and metadata is fixed.
 
+Durability. A *durable* restore is one in place, or one that replaces an existing
+entry (``--overwrite``): it works on data the user has, so a crash (power loss, kernel
+panic) during it must never leave a replaced file empty or short. Each file it writes
+is flushed (``fsync``) once, by the thread that wrote it, before anything is placed, and
+each directory it made is flushed at the end of staging; so what a rename puts in place
+is on disk before the rename. At the end of placing, each existing directory whose
+entries changed (renamed into, exchanged, deleted from) is flushed once, making the
+renames themselves durable. A crash at any point leaves each entry either as it was or
+as restored, complete. A restore to a new place (``--to`` a fresh name) does not flush,
+like ``cp``, restic and borg: nothing it replaces can be lost, and a crash leaves at
+most files to restore again.
+
 Failures. A file with a damaged or missing block is not restored: its staged copy is
 removed, what is at its destination stays as it was, the rest of the restore goes on,
 and :attr:`Restorer.failed` lists it with the reason (the CLI exits 3, PartialError).
@@ -252,6 +264,8 @@ class Restorer:
         self.actions: list[Action] = []
         self.stamp = format_instant(view.instant, utc=True, basic=True)  # no ':' in names
         self.dest = b""
+        self.in_place = False
+        self.durable = False  # flush files and directories (module docstring)
         self.anchor: Dir | None = None
         self.fds = DirFds()
         self.bytes_total = 0
@@ -275,6 +289,7 @@ class Restorer:
             raise PathNotFound(f"{self.view.vol.name}:/{os.fsdecode(path)} does not exist at "
                                f"{format_instant(self.view.instant)}")
         self.dest = dest
+        self.in_place = root is not None
         if root is not None:
             parts = [p for p in path.split(b"/") if p]
             top, first = os.path.split(root.rstrip(b"/") or b"/")
@@ -432,6 +447,7 @@ class Restorer:
         self._halt.set()
 
     def execute(self) -> None:
+        self.durable = self.in_place or any(a.op == "replace" for a in self.actions)
         previous = self._catch_signals()
         try:
             self._stage()
@@ -518,6 +534,12 @@ class Restorer:
             if a.child is not None:
                 with self.fds.of(a.dir) as fd:
                     self._set_meta_at(fd, a.child.name, a.entry)
+        if self.durable:  # their entries on disk before they are placed
+            for a in self.actions:
+                if a.child is not None and a.staged is not None:
+                    self._check_stop()
+                    with self.fds.of(a.child) as fd:
+                        os.fsync(fd)
 
     def _stage_name(self, a: Action) -> bytes:
         """The name ``a`` is written under: its own in a directory this restore makes
@@ -592,6 +614,8 @@ class Restorer:
             if not (a.failed or self._halt.is_set()):
                 os.ftruncate(fd, e.size)  # the size, whatever holes or short blocks left
                 self._set_meta(fd, e, new=True)
+                if self.durable:  # on disk before it is renamed over anything
+                    os.fsync(fd)
         finally:
             os.close(fd)
         if a.failed:
@@ -676,6 +700,16 @@ class Restorer:
             if a.op == "dir" and a.name:
                 with self.fds.of(a.dir) as fd:
                     self._set_meta_at(fd, a.name, a.entry, expect=a.there)
+        if self.durable:
+            self._sync_dirs()
+
+    def _sync_dirs(self) -> None:
+        """Flush each existing directory whose entries this restore changed, once."""
+        changed = {a.dir: None for a in self.actions if not a.dir.fresh and (
+            a.op == "delete" or (a.op in WRITES and a.staged is not None and not a.failed))}
+        for d in changed:
+            with self.fds.of(d) as fd:
+                os.fsync(fd)
 
     def _place_one(self, fd: int, a: Action) -> None:
         if a.op == "replace":
