@@ -149,8 +149,21 @@ def vol_key(vol: int) -> bytes:
     return U32.pack(vol)
 
 
+def split_vol_key(key: bytes) -> int:
+    """The volume id of a :func:`vol_key`."""
+    return U32.unpack(key)[0]
+
+
 def commit_key(vol: int, instant: int) -> bytes:
     return U32.pack(vol) + U64.pack(instant)
+
+
+_COMMIT_KEY = struct.Struct(">IQ")
+
+
+def split_commit_key(key: bytes) -> tuple[int, int]:
+    """(volume id, instant) of a ``commits`` key (inverse of :func:`commit_key`)."""
+    return _COMMIT_KEY.unpack(key)
 
 
 #: LMDB's largest key (bytes), and so the longest path inside a volume that an entry key
@@ -202,6 +215,11 @@ def label_key(vol: int, name: bytes) -> bytes:
     return U32.pack(vol) + name
 
 
+def split_label_key(key: bytes) -> tuple[int, bytes]:
+    """(volume id, label name) of a ``labels`` key (inverse of :func:`label_key`)."""
+    return U32.unpack_from(key)[0], bytes(key[4:])
+
+
 #: ``meta`` key of a commit whose records are being staged: ``PENDING_PREFIX`` + volume
 #: id u32 BE -> the commit's instant u64 BE. Present only between a large commit's first
 #: staged transaction and its commit point (see store/writer.py).
@@ -213,12 +231,32 @@ def zdict_key(dict_id: int) -> bytes:
     return ZDICT_PREFIX + U32.pack(dict_id)
 
 
+def split_zdict_key(key: bytes) -> int:
+    """The dictionary id of a :func:`zdict_key`."""
+    return U32.unpack(key[len(ZDICT_PREFIX):])[0]
+
+
 def pending_key(vol: int) -> bytes:
     return PENDING_PREFIX + vol_key(vol)
 
 
+def split_pending_key(key: bytes) -> int:
+    """The volume id of a :func:`pending_key`."""
+    return U32.unpack(key[len(PENDING_PREFIX):])[0]
+
+
 def inode_key(vol: int, dev: int, ino: int) -> bytes:
+    """``inodes`` key of source inode (``dev``, ``ino``); ``dev`` is kept modulo 2**64
+    (``st_dev`` may be negative)."""
     return vol_key(vol) + U64.pack(dev & (2**64 - 1)) + U64.pack(ino)
+
+
+_INODE_KEY = struct.Struct(">IQQ")
+
+
+def split_inode_key(key: bytes) -> tuple[int, int, int]:
+    """(volume id, source device modulo 2**64, source inode) of an ``inodes`` key."""
+    return _INODE_KEY.unpack(key)
 
 
 def split_path(path: bytes) -> tuple[bytes, bytes]:

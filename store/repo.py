@@ -56,6 +56,7 @@ from .format import (
     ZSTD_LEVEL,
     block_size_problem,
     pending_key,
+    split_pending_key,
     vol_key,
     zdict_key,
 )
@@ -580,8 +581,7 @@ class Repository:
                 for key, val in cur:
                     if not key.startswith(PENDING_PREFIX):
                         break
-                    pending.append((U32.unpack(key[len(PENDING_PREFIX):])[0],
-                                    U64.unpack(val)[0]))
+                    pending.append((split_pending_key(key), U64.unpack(val)[0]))
             vols = {vid: txn.get(vol_key(vid), db=self.dbs[DB_VOLUMES]) for vid, _ in pending}
         for vid, _instant in pending:
             if vols[vid] is not None:

@@ -33,6 +33,9 @@ from .format import (
     inode_key,
     join_path,
     label_key,
+    split_blockver_key,
+    split_commit_key,
+    split_label_key,
     split_path,
     vol_key,
 )
@@ -188,7 +191,8 @@ def block_versions(repo, txn, vol: int, file_id: int) -> Iterator[tuple[int, int
     for key, val in cur:
         if not key.startswith(prefix):
             return
-        yield U64.unpack(key[12:20])[0], U64.unpack(key[20:28])[0], bytes(val)
+        _vol, _fid, block_no, t = split_blockver_key(key)
+        yield block_no, t, bytes(val)
 
 
 # --- commits -------------------------------------------------------------------------
@@ -202,7 +206,7 @@ def commits(repo, txn, vol: int, since: int = 0, until: int = MAX_INSTANT
     for key, val in cur:
         if not key.startswith(prefix):
             return
-        t = U64.unpack(key[4:])[0]
+        t = split_commit_key(key)[1]
         if t > until:
             return
         yield t, json.loads(bytes(val))
@@ -213,7 +217,7 @@ def commit_at_or_before(repo, txn, vol: int, instant: int) -> tuple[int, dict] |
     val = _seek_at_or_before(cur, vol_key(vol), instant)
     if val is None:
         return None
-    return U64.unpack(cur.key()[4:])[0], json.loads(bytes(val))
+    return split_commit_key(cur.key())[1], json.loads(bytes(val))
 
 
 def first_commit(repo, txn, vol: int) -> int | None:
@@ -296,7 +300,8 @@ def labels(repo, txn, vol: int) -> list[tuple[str, int]]:
         for key, val in cur:
             if not key.startswith(prefix):
                 break
-            out.append((bytes(key[4:]).decode(errors="surrogateescape"), U64.unpack(val)[0]))
+            out.append((split_label_key(key)[1].decode(errors="surrogateescape"),
+                        U64.unpack(val)[0]))
     return out
 
 
