@@ -289,6 +289,7 @@ class Repository:
         #: damage records in force for the writer (read when it takes the writer lock)
         self.damage: damage.Damage = {}
         self._noted: set[tuple[bytes, bytes, int]] = set()
+        self._writing = False  # this object holds the writer lock (writer_lock)
 
     # --- opening ---------------------------------------------------------------------
     @classmethod
@@ -541,7 +542,14 @@ class Repository:
 
     @contextmanager
     def writer_lock(self, wait: bool = False):
-        """Hold the repository's writer lock; reclaims uncommitted packs on entry."""
+        """Hold the repository's writer lock; reclaims uncommitted packs on entry.
+
+        Re-entrant for the thread that holds it: a nested ``writer_lock`` (the store's
+        own writes that need the lock take it themselves, such as labels) only goes on.
+        Without ``wait``, another process holding it raises :class:`RepositoryLocked`."""
+        if self._writing:
+            yield
+            return
         path = os.path.join(self.root, "lock")
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, modes.FILE_MODE)
         try:
@@ -560,8 +568,10 @@ class Repository:
             import shutil
 
             shutil.rmtree(os.path.join(self.root, "tmp"), ignore_errors=True)
+            self._writing = True
             yield
         finally:
+            self._writing = False
             os.close(fd)
 
     def roll_back_unfinished(self) -> list[tuple[int, int]]:

@@ -269,11 +269,11 @@ def path_histories(repo, txn, vol: int, match, until: int = MAX_INSTANT
 # --- labels --------------------------------------------------------------------------
 def set_label(repo, vol: int, name: str, instant: int, force: bool = False) -> int | None:
     """Name ``instant`` of volume ``vol``; returns the instant the label named before (it
-    is moved only with ``force``; without, nothing changes). One LMDB write transaction:
-    atomic against a running writer, which never writes labels of its own volume but at
-    its commit point (LMDB serialises the two)."""
+    is moved only with ``force``; without, nothing changes). Written as the writer's own
+    writes are: under the writer lock (taken here unless held; another writer running
+    raises :class:`RepositoryLocked`), in one LMDB write transaction."""
     key = label_key(vol, name.encode())
-    with repo.write_txn("writing a label") as txn:
+    with repo.writer_lock(), repo.write_txn("writing a label") as txn:
         old = txn.get(key, db=repo.dbs[DB_LABELS])
         old = None if old is None else U64.unpack(old)[0]
         if old is None or force:
@@ -282,8 +282,9 @@ def set_label(repo, vol: int, name: str, instant: int, force: bool = False) -> i
 
 
 def remove_label(repo, vol: int, name: str) -> bool:
-    """Remove a label; False if the volume had none of that name."""
-    with repo.write_txn("writing a label") as txn:
+    """Remove a label; False if the volume had none of that name. Under the writer lock,
+    as :func:`set_label`."""
+    with repo.writer_lock(), repo.write_txn("writing a label") as txn:
         return txn.delete(label_key(vol, name.encode()), db=repo.dbs[DB_LABELS])
 
 

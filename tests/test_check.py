@@ -35,7 +35,8 @@ def test_check_counts_leftover_packs(anytime, repo_dir, src_dir):
 
 
 def test_a_second_writer_is_refused_while_one_runs(anytime, repo_dir, src_dir):
-    """Two snapshots at once: the second exits 11 with a plain message; readers go on."""
+    """Two snapshots at once: the second exits 11 with a plain message; readers go on.
+    Labels are written under the writer lock too."""
     import fcntl
 
     anytime("init", check=0)
@@ -48,8 +49,12 @@ def test_a_second_writer_is_refused_while_one_runs(anytime, repo_dir, src_dir):
         r = anytime("snapshot", src_dir)
         assert r.returncode == 11 and b"pid 4242" in r.stderr
         assert anytime("cat", src_dir / "a", check=0).stdout == b"x", "readers never wait"
-        assert anytime("mark", src_dir, "during", check=0).returncode == 0
+        r = anytime("mark", src_dir, "during")
+        assert r.returncode == 11 and b"pid 4242" in r.stderr, r.stderr
+        anytime("unmark", src_dir, "during", check=11)
     anytime("snapshot", src_dir, check=0)
+    anytime("mark", src_dir, "during", check=0)
+    anytime("unmark", src_dir, "during", check=0)  # it was written: unmark finds it
 
 
 def test_check_shows_progress_on_a_terminal(anytime, repo_dir, src_dir):
