@@ -1,6 +1,7 @@
 """The repository: a directory holding ``config``, ``packs/`` and the LMDB ``index/``.
 
-Finding it: ``--repo DIR``, else ``$ANYTIME_REPO``, else :func:`default_location`.
+Finding it is the CLI's business (tools/cmd_repo.py :func:`locate`): the store reads
+no environment.
 
 Concurrency: many readers (each a short LMDB read transaction) and one writer. The
 writer holds an exclusive ``flock`` on ``lock`` for its whole run, so only it creates
@@ -64,6 +65,7 @@ from .format import (
     block_id as block_id_of,
 )
 from .mapping import MapTrimmer
+from .options import DEFAULT_OPTIONS, StoreOptions
 from .packs import PackReader
 from .volumes import Volume
 
@@ -71,16 +73,6 @@ from .volumes import Volume
 #: the read transactions of running mounts.
 MAP_SIZE = 1 << 40
 MAX_READERS = 512
-
-
-def default_location() -> str:
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"),
-                                                            ".local", "share")
-    return os.path.join(base, "anytime", "repo")
-
-
-def locate(repo: str | None = None) -> str:
-    return os.path.abspath(repo or os.environ.get("ANYTIME_REPO") or default_location())
 
 
 class BlockCache:
@@ -205,11 +197,12 @@ def _allocate(path: str) -> int:
     return fd
 
 
-def index_error(err: Exception, root: str) -> AnytimeError:
+def index_error(err: Exception, root: str, what: str = "writing the index") -> AnytimeError:
     """What to tell the user about LMDB failure ``err`` on the index of the repository
-    at ``root``."""
+    at ``root`` (``what``: the write that failed, if the disk is full). Every LMDB error
+    is translated here, inside the store: the other layers never see one."""
     if space.is_full(err, root):
-        return space.full_error(root, "writing the index")
+        return space.full_error(root, what)
     text = str(err)
     index = os.path.join(root, "index")
     if "permission denied" in text.lower():
@@ -237,6 +230,34 @@ def _not_ours(root: str, raw: bytes) -> str:
             f"without which nothing can be read)")
 
 
+def user_error(err: BaseException, root: str) -> AnytimeError | None:
+    """``err`` as an error users can act on if it is an LMDB failure on the index of the
+    repository at ``root``, else None (the last net of the CLI: the store translates the
+    errors of its transactions itself)."""
+    return index_error(err, root) if isinstance(err, lmdb.Error) else None
+
+
+class _ReadTxn:
+    """``with repo.read_txn() as txn``: an LMDB read transaction whose LMDB errors
+    leave as :func:`index_error` (a class, not a generator: a mount opens one per
+    request)."""
+
+    __slots__ = ("txn", "root")
+
+    def __init__(self, txn, root: str):
+        self.txn = txn
+        self.root = root
+
+    def __enter__(self) -> lmdb.Transaction:
+        return self.txn
+
+    def __exit__(self, typ, err, tb) -> bool:
+        self.txn.abort()  # read-only: nothing to commit
+        if typ is not None and issubclass(typ, lmdb.Error):
+            raise index_error(err, self.root, "reading the index") from None
+        return False
+
+
 def access_denied(root: str, path: str) -> RepositoryAccessDenied:
     try:
         owner = modes.owner_name(os.stat(root).st_uid)
@@ -251,13 +272,15 @@ def access_denied(root: str, path: str) -> RepositoryAccessDenied:
 class Repository:
     """An open repository. Thread-safe for reading; see the module doc for writing."""
 
-    def __init__(self, root: str, config: dict):
+    def __init__(self, root: str, config: dict, options: StoreOptions = DEFAULT_OPTIONS):
         self.root = root
         self.config = config
+        #: knobs that are not part of the format (store/options.py)
+        self.options = options
         self.block_key = bytes.fromhex(config["block_key"])
         self.block_size = int(config.get("block_size", DEFAULT_BLOCK_SIZE))
         self.zstd_level = int(config.get("zstd_level", ZSTD_LEVEL))
-        self.pack_target = int(os.environ.get("ANYTIME_PACK_TARGET")
+        self.pack_target = int(options.pack_target
                                or config.get("pack_target", DEFAULT_PACK_TARGET))
         # mode: the index directory 0700, data.mdb and lock.mdb 0600 (py-lmdb drops the
         # execute bits for the files; the umask can only narrow them)
@@ -293,7 +316,8 @@ class Repository:
 
     # --- opening ---------------------------------------------------------------------
     @classmethod
-    def init(cls, root: str, block_size: int = DEFAULT_BLOCK_SIZE) -> Repository:
+    def init(cls, root: str, block_size: int = DEFAULT_BLOCK_SIZE,
+             options: StoreOptions = DEFAULT_OPTIONS) -> Repository:
         root = os.path.abspath(root)
         problem = block_size_problem(block_size)
         if problem:
@@ -315,7 +339,7 @@ class Repository:
         }
         modes.private_dir(os.path.join(root, "index"))
         _write_config(root, config)  # the config file marks a repository
-        return cls(root, config)
+        return cls(root, config, options)
 
     def require_feature(self, name: str) -> None:
         """List feature ``name`` in the config (once), so that programs that do not know
@@ -326,7 +350,7 @@ class Repository:
             _write_config(self.root, self.config)
 
     @classmethod
-    def open(cls, root: str) -> Repository:
+    def open(cls, root: str, options: StoreOptions = DEFAULT_OPTIONS) -> Repository:
         root = os.path.abspath(root)
         path = os.path.join(root, "config")
         try:
@@ -368,7 +392,7 @@ class Repository:
         if problem:  # a volume made with it would drop every file's content
             raise RepositoryFormatError(
                 f"the repository config {path} is damaged: its block size {problem}")
-        return cls(root, config)
+        return cls(root, config, options)
 
     def close(self) -> None:
         self.packs.close()
@@ -389,12 +413,16 @@ class Repository:
         self.close()
 
     # --- reading ---------------------------------------------------------------------
-    def read_txn(self) -> lmdb.Transaction:
-        """A read transaction: a consistent view of the index; keep it short. Counted as
-        an index access (:class:`MapTrimmer`), so long-running readers such as a mount
-        do not accumulate mapped index pages either."""
+    def read_txn(self) -> _ReadTxn:
+        """``with repo.read_txn() as txn``: a read transaction, a consistent view of the
+        index; keep it short. Counted as an index access (:class:`MapTrimmer`), so
+        long-running readers such as a mount do not accumulate mapped index pages
+        either. An LMDB error inside it is raised as :func:`index_error`."""
         self.map_trimmer.touched()
-        return self.env.begin(buffers=False)
+        try:
+            return _ReadTxn(self.env.begin(buffers=False), self.root)
+        except lmdb.Error as e:
+            raise index_error(e, self.root, "reading the index") from None
 
     def _decompress(self, stored: bytes, raw_len: int, zdict=None) -> bytes:
         """zstd-decompress with a pooled decompressor (one per concurrent caller), with
@@ -531,14 +559,14 @@ class Repository:
     # --- writing ---------------------------------------------------------------------
     @contextmanager
     def write_txn(self, what: str = "writing the index"):
-        """An LMDB write transaction, committed on leaving; a failure for lack of space
-        (LMDB's map growing into a full disk) raises :class:`RepositoryFull`."""
+        """An LMDB write transaction, committed on leaving; an LMDB error raises
+        :func:`index_error`: :class:`RepositoryFull` for lack of space (LMDB's map
+        growing into a full disk), naming ``what`` failed."""
         try:
             with self.env.begin(write=True) as txn:
                 yield txn
         except lmdb.Error as e:
-            space.check(e, self.root, what)
-            raise
+            raise index_error(e, self.root, what) from None
 
     @contextmanager
     def writer_lock(self, wait: bool = False):

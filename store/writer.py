@@ -8,11 +8,11 @@ versions, block versions and inode mappings; :meth:`CommitBuilder.commit` then
    transaction (fsynced by LMDB) that also moves the volume's horizon.
 
 Step 2's last transaction is the one commit point. A commit of more than
-``STAGE_RECORDS`` index records is *staged*: its path versions, block versions and
-inode mappings go in transactions of that many records before the last one, keyed by
-the commit's instant, which is after the volume's horizon, so no view sees them (views
-never look past the horizon, see vfs/view.py) until the last transaction moves the
-horizon. LMDB keeps a transaction's dirty pages in memory; staging bounds them.
+``repo.options.stage_records`` index records is *staged*: its path versions, block
+versions and inode mappings go in transactions of that many records before the last
+one, keyed by the commit's instant, which is after the volume's horizon, so no view
+sees them (views never look past the horizon, see vfs/view.py) until the last
+transaction moves the horizon. LMDB keeps a transaction's dirty pages in memory; staging bounds them.
 
 A crash before the commit point leaves pack files that no commit references, and maybe
 staged records under a ``pending`` marker; the next writer deletes both
@@ -56,7 +56,6 @@ from .format import (
     ZDICT_CURRENT,
     ZDICT_MAX_BLOCK,
     ZDICT_MIN_SAMPLE_BYTES,
-    ZDICT_SAMPLE_BLOCKS,
     ZDICT_SAMPLE_BYTES,
     ZDICT_SIZE,
     ZDICT_STORE_LEVEL,
@@ -86,11 +85,9 @@ FLUSH_BLOCKS = 65_536
 #: transaction that indexes them. LMDB holds a transaction's dirty pages in memory (and
 #: keeps them for reuse): at worst one 4 KiB page per record when keys land all over a
 #: large database (block ids are random), so these bound memory whatever the sizes of
-#: the commit and the repository. ``ANYTIME_STAGE_RECORDS`` overrides the first (tests).
-STAGE_RECORDS = int(os.environ.get("ANYTIME_STAGE_RECORDS") or 10_000)
+#: the commit and the repository. The first is ``repo.options.stage_records``
+#: (``STAGE_RECORDS`` by default, store/options.py).
 BLOCKS_PER_TXN = 2_048
-#: Small blocks sampled to train a dictionary (``ANYTIME_ZDICT_SAMPLE_BLOCKS``: tests).
-SAMPLE_BLOCKS = int(os.environ.get("ANYTIME_ZDICT_SAMPLE_BLOCKS") or ZDICT_SAMPLE_BLOCKS)
 #: Bytes of small blocks held back while the dictionary is trained, besides the sample
 #: (training takes about a second; the blocks that come after these are stored without
 #: the dictionary, so memory stays bounded however slow training is).
@@ -234,7 +231,8 @@ class CommitBuilder:
                 return True
             samples.append((bid, data))
             self._sample_bytes += len(data)
-            if len(samples) < SAMPLE_BLOCKS and self._sample_bytes < ZDICT_SAMPLE_BYTES:
+            if (len(samples) < self.repo.options.zdict_sample_blocks
+                    and self._sample_bytes < ZDICT_SAMPLE_BYTES):
                 return True
             self._training = True
             # the start of each block: a tenth of the training memory for stdlib-like
@@ -351,8 +349,9 @@ class CommitBuilder:
             ((dbs[DB_ENTRIES], k + suffix, v) for k, v in self._entries.items()),
             ((dbs[DB_BLOCKVERS], k + suffix, v) for k, v in self._blockvers.items()),
             ((dbs[DB_INODES], k, v) for k, v in self._inodes.items()))
-        batch = list(itertools.islice(records, STAGE_RECORDS))
-        more = list(itertools.islice(records, STAGE_RECORDS))
+        per_txn = repo.options.stage_records
+        batch = list(itertools.islice(records, per_txn))
+        more = list(itertools.islice(records, per_txn))
         if more or len(self._new_blocks) > BLOCKS_PER_TXN:
             # every new block indexed before a staged record names it, and at most
             # BLOCKS_PER_TXN of them in one transaction
@@ -366,7 +365,7 @@ class CommitBuilder:
                     txn.put(pending_key(vid), suffix, db=dbs[DB_META])
                 _put_records(txn, batch, trim=repo.map_trimmer)
             staged, batch = True, more
-            more = list(itertools.islice(records, STAGE_RECORDS))
+            more = list(itertools.islice(records, per_txn))
         with repo.write_txn() as txn:  # 2. the one commit point
             for pack_id, size, nrec in packs:
                 txn.put(pack_id, PACK_INFO.pack(size, nrec, t), db=dbs[DB_PACKS])

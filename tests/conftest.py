@@ -6,7 +6,7 @@ fixture. Every test runs in a clean environment (:func:`clean_env`, autouse): no
 ``ANYTIME_*`` variable leaks in from the caller, ``HOME`` and ``XDG_DATA_HOME`` point
 into a temporary directory (so the per-user default repository is never the real
 one), ``TZ=UTC`` and ``ANYTIME_PACK_TARGET=65536`` so that even small test data spans
-many pack files.
+many pack files (in-process repositories get the same from :data:`TEST_OPTIONS`).
 
 Reuse in other test files (``test_mount.py``, ...)::
 
@@ -31,9 +31,13 @@ from pathlib import Path
 import pytest
 
 from anytime.store import clock
+from anytime.store.options import StoreOptions
 
 #: Pack target forced on every test: small data still spans many packs.
 TEST_PACK_TARGET = 65536
+#: Store options of repositories made in-process (the store reads no environment;
+#: the CLI takes ``ANYTIME_PACK_TARGET`` from it, tools/cmd_repo.py).
+TEST_OPTIONS = StoreOptions(pack_target=TEST_PACK_TARGET)
 
 
 def anytime_command() -> str:

@@ -307,10 +307,32 @@ def _edit_config(root, **changes):
 
 
 def test_init_then_open(repo_dir):
+    from conftest import TEST_OPTIONS, TEST_PACK_TARGET
+
+    from anytime.store.format import DEFAULT_PACK_TARGET
+
     Repository.init(str(repo_dir)).close()
     with Repository.open(str(repo_dir)) as repo:
-        assert repo.pack_target == 65536  # forced by the test environment
+        # $ANYTIME_PACK_TARGET is set (conftest), but only the CLI reads it
+        assert repo.pack_target == DEFAULT_PACK_TARGET
         assert len(repo.block_key) == 32
+    with Repository.open(str(repo_dir), TEST_OPTIONS) as repo:
+        assert repo.pack_target == TEST_PACK_TARGET
+
+
+def test_an_lmdb_error_leaves_the_store_as_an_error_users_can_act_on(repo_dir):
+    """LMDB's errors are translated inside the store (the CLI and the mount never see
+    one): in a read or write transaction they are the damaged-index error, exit 10."""
+    import lmdb
+
+    with Repository.init(str(repo_dir)) as repo:
+        for txn in (repo.read_txn, repo.write_txn):
+            with pytest.raises(RepositoryFormatError, match="index .* cannot be used") as ei:
+                with txn():
+                    raise lmdb.CorruptedError("mdb_get: MDB_CORRUPTED: Located page was wrong type")
+            assert ei.value.exit_code == 10 and "MDB_CORRUPTED" in str(ei.value)
+        with repo.read_txn() as txn:  # and the repository is still usable
+            assert repo.committed_packs(txn) == set()
 
 
 def test_other_format_version_is_refused_plainly(repo_dir):

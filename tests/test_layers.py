@@ -79,16 +79,26 @@ def test_the_checker_sees_violations(tmp_path):
 
 
 def store_internals(path: Path) -> list[str]:
-    """Uses of the store's LMDB handles (``.env``, ``.dbs``) or database names (``DB_*``)
-    in a module: what only the store itself may touch (it has one front door)."""
+    """Uses of the store's LMDB handles (``.env``, ``.dbs``), database names (``DB_*``)
+    or of ``lmdb`` itself (an import, an ``lmdb.`` name) in a module: what only the
+    store may touch (it has one front door, and translates LMDB's errors itself)."""
     tree = ast.parse(path.read_bytes(), filename=str(path))
     found = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and node.attr in ("env", "dbs"):
+        if isinstance(node, ast.Attribute) and (node.attr in ("env", "dbs")
+                                                or node.attr.startswith("DB_")):
             found.append(f"{path.name}:{node.lineno}: .{node.attr}")
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").endswith("format"):
-            found += [f"{path.name}:{node.lineno}: {a.name}" for a in node.names
-                      if a.name.startswith("DB_")]
+        elif isinstance(node, ast.Name) and (node.id == "lmdb" or node.id.startswith("DB_")):
+            found.append(f"{path.name}:{node.lineno}: {node.id}")
+        elif isinstance(node, ast.ImportFrom):
+            if (node.module or "").split(".")[0] == "lmdb":
+                found.append(f"{path.name}:{node.lineno}: from {node.module} import")
+            elif (node.module or "").endswith("format"):
+                found += [f"{path.name}:{node.lineno}: {a.name}" for a in node.names
+                          if a.name.startswith("DB_")]
+        elif isinstance(node, ast.Import):
+            found += [f"{path.name}:{node.lineno}: import {a.name}" for a in node.names
+                      if a.name.split(".")[0] == "lmdb"]
     return found
 
 
@@ -103,4 +113,36 @@ def test_the_index_checker_sees_violations(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("from anytime.store.format import DB_LABELS\n"
                    "def f(repo):\n    return repo.env.begin(), repo.dbs[DB_LABELS]\n")
-    assert len(store_internals(bad)) == 3
+    assert len(store_internals(bad)) == 4  # the import, .env, .dbs and the name
+    lm = tmp_path / "lm.py"
+    lm.write_text("import lmdb\nfrom lmdb import Error\nfrom anytime.store import format\n"
+                  "def f(e):\n    return isinstance(e, lmdb.Error), format.DB_META\n")
+    assert sorted(h.split(": ", 1)[1] for h in store_internals(lm)) == [
+        ".DB_META", "from lmdb import", "import lmdb", "lmdb"]
+
+
+#: Modules outside the store that may read the environment, and why. The store, capture
+#: and vfs take what they need as arguments (the store's knobs: store/options.py).
+READS_ENV = {"vfs/fuse.py": "FUSE_LIBRARY_NAME, which mfusepy reads at import to pick libfuse 3"}
+
+
+def environment_reads(path: Path) -> list[str]:
+    """Reads of the environment in a module: ``os.environ``, ``os.getenv``."""
+    tree = ast.parse(path.read_bytes(), filename=str(path))
+    return [f"{path.name}:{node.lineno}: {node.attr}" for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv",
+                                                                 "environb")]
+
+
+@pytest.mark.parametrize("package", ["store", "capture", "vfs"])
+def test_only_the_tools_read_the_environment(package):
+    bad = [hit for path in modules(package) for hit in environment_reads(path)
+           if str(path.relative_to(ROOT)) not in READS_ENV]
+    assert not bad, (f"{package} reads the environment; take a parameter (test knobs: "
+                     f"store/options.py, set by tools/cmd_repo.py):\n" + "\n".join(bad))
+
+
+def test_the_environment_checker_sees_reads(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("import os\nA = os.environ.get('X')\nB = os.getenv('Y')\n")
+    assert len(environment_reads(bad)) == 2

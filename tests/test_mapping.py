@@ -7,6 +7,7 @@ import random
 import sys
 
 import pytest
+from conftest import TEST_OPTIONS
 
 from anytime.store.format import DB_BLOCKS
 from anytime.store.mapping import MapTrimmer
@@ -30,7 +31,7 @@ def mapped_kb(path: str) -> int:
 
 
 def test_trim_unmaps_index_pages_and_reads_go_on(tmp_path):
-    repo = Repository.init(str(tmp_path / "r"))
+    repo = Repository.init(str(tmp_path / "r"), options=TEST_OPTIONS)
     keys = [os.urandom(32) for _ in range(60_000)]
     with repo.env.begin(write=True) as txn:
         for k in sorted(keys):

@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 
+from conftest import TEST_OPTIONS
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -63,7 +64,8 @@ class TreeMachine(RuleBasedStateMachine):
         self.tmp = tempfile.mkdtemp(prefix="anytime-model-")
         self.root = os.path.join(self.tmp, "tree").encode()
         os.mkdir(self.root)
-        self.repo = Repository.init(os.path.join(self.tmp, "repo"), block_size=BLOCK)
+        self.repo = Repository.init(os.path.join(self.tmp, "repo"), block_size=BLOCK,
+                                    options=TEST_OPTIONS)
         self.now = START
         clock.set_clock(lambda: self.now)
         # the tree now: path -> File | ("dir",) | ("symlink", target); b"" is the root

@@ -114,3 +114,11 @@ def test_another_users_repository_names_its_owner(anytime, src_dir):
             assert b"anytime check" not in r.stderr
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_bad_test_knob_is_a_usage_error(anytime, repo_dir):
+    """The CLI's test knobs (tools/cmd_repo.py KNOBS) are checked, not half-used."""
+    anytime("init", check=0)
+    r = anytime("volumes", env={"ANYTIME_STAGE_RECORDS": "lots"})
+    assert r.returncode == 2 and b"$ANYTIME_STAGE_RECORDS is 'lots'" in r.stderr, r.stderr
+    assert b"Traceback" not in r.stderr

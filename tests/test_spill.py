@@ -7,6 +7,7 @@ import os
 from anytime.store import writer
 from anytime.store.check import check
 from anytime.store.format import DB_INODES, DB_META, HOLE_ID, INODE_VALUE, pending_key
+from anytime.store.options import StoreOptions
 from anytime.store.repo import Repository
 from anytime.store.spill import SortedSpill
 from anytime.store.volumes import create_volume, get_volume_by_id
@@ -29,8 +30,9 @@ def test_spill_merges_runs_in_key_order_and_keeps_the_last_of_equal_keys(tmp_pat
     assert os.listdir(tmp_path) == []
 
 
-def _repo_with_volume(path):
-    repo = Repository.init(str(path))
+def _repo_with_volume(path, **options):
+    """A new repository with these store options (store/options.py) and a volume."""
+    repo = Repository.init(str(path), options=StoreOptions(**options))
     with repo.env.begin(write=True) as txn:
         vol = create_volume(repo, txn, "v", "/nowhere", 4096, 1)
     return repo, vol
@@ -38,9 +40,8 @@ def _repo_with_volume(path):
 
 def test_blocks_are_indexed_early_and_the_commit_reads_back(tmp_path, monkeypatch):
     monkeypatch.setattr(writer, "FLUSH_BLOCKS", 20)
-    monkeypatch.setattr(writer, "SAMPLE_BLOCKS", 1)  # hold no blocks back for a dictionary
-    monkeypatch.setenv("ANYTIME_PACK_TARGET", "8192")
-    repo, vol = _repo_with_volume(tmp_path / "r")
+    # zdict_sample_blocks 1: hold no blocks back for a dictionary
+    repo, vol = _repo_with_volume(tmp_path / "r", pack_target=8192, zdict_sample_blocks=1)
     b = writer.CommitBuilder(repo, vol)
     blocks = [os.urandom(1000) for _ in range(200)]
     ids = [b.store_block(d) for d in blocks]
@@ -55,9 +56,7 @@ def test_blocks_are_indexed_early_and_the_commit_reads_back(tmp_path, monkeypatc
 
 def test_abort_after_early_indexing_keeps_the_repository_consistent(tmp_path, monkeypatch):
     monkeypatch.setattr(writer, "FLUSH_BLOCKS", 10)
-    monkeypatch.setattr(writer, "SAMPLE_BLOCKS", 1)
-    monkeypatch.setenv("ANYTIME_PACK_TARGET", "4096")
-    repo, vol = _repo_with_volume(tmp_path / "r")
+    repo, vol = _repo_with_volume(tmp_path / "r", pack_target=4096, zdict_sample_blocks=1)
     b = writer.CommitBuilder(repo, vol)
     ids = [b.store_block(os.urandom(1500)) for _ in range(80)]
     b.abort()
@@ -97,11 +96,10 @@ def _past_horizon(repo, vid: int) -> int:
                    if key.startswith(U32.pack(vid)) and U64.unpack(key[-8:])[0] > horizon)
 
 
-def _staging_repo(tmp_path, monkeypatch):
+def _staging_repo(tmp_path):
     """(repo, volume, instant of a first commit of 3 files); commits of more than 7
     records from here on are staged."""
-    monkeypatch.setattr(writer, "STAGE_RECORDS", 7)
-    repo, vol = _repo_with_volume(tmp_path / "r")
+    repo, vol = _repo_with_volume(tmp_path / "r", stage_records=7)
     return repo, vol, _build(repo, vol, 3).commit({"kind": "test"})
 
 
@@ -109,7 +107,7 @@ def test_a_large_commit_is_staged_and_shows_only_when_it_lands(tmp_path, monkeyp
     """Records go in several transactions; a reader between them sees the old state
     (views stop at the horizon), and the landed commit equals an unstaged one."""
     monkeypatch.setattr(writer, "BLOCKS_PER_TXN", 5)
-    repo, vol, t1 = _staging_repo(tmp_path, monkeypatch)
+    repo, vol, t1 = _staging_repo(tmp_path)
     seen = []
     put = writer._put_records
 
@@ -143,7 +141,7 @@ def test_a_large_commit_is_staged_and_shows_only_when_it_lands(tmp_path, monkeyp
 
 
 def test_a_crash_while_staging_is_rolled_back_by_the_next_writer(tmp_path, monkeypatch):
-    repo, vol, t1 = _staging_repo(tmp_path, monkeypatch)
+    repo, vol, t1 = _staging_repo(tmp_path)
     calls = []
     put = writer._put_records
 
@@ -185,8 +183,7 @@ def test_an_interrupted_block_flush_keeps_the_packs_it_listed(tmp_path, monkeypa
     """A failure between two block-index transactions, then abort: every indexed block
     still reads (its pack was listed in the first transaction and is kept)."""
     monkeypatch.setattr(writer, "BLOCKS_PER_TXN", 5)
-    monkeypatch.setenv("ANYTIME_PACK_TARGET", "4096")
-    repo, vol = _repo_with_volume(tmp_path / "r")
+    repo, vol = _repo_with_volume(tmp_path / "r", pack_target=4096)
     b = writer.CommitBuilder(repo, vol)
     blocks = [os.urandom(1500) for _ in range(30)]
     for d in blocks:
@@ -211,18 +208,17 @@ def test_an_interrupted_block_flush_keeps_the_packs_it_listed(tmp_path, monkeypa
     assert rep.blocks >= 5 and not rep.problems, rep.problems
 
 
-def test_a_repository_made_before_staging_gets_the_feature_flag(tmp_path, monkeypatch):
+def test_a_repository_made_before_staging_gets_the_feature_flag(tmp_path):
     """Programs that do not stop at the horizon must refuse a repository that stages."""
     import json
 
-    monkeypatch.setattr(writer, "STAGE_RECORDS", 7)
     repo, vol = _repo_with_volume(tmp_path / "r")
     cfg = tmp_path / "r" / "config"
     old = json.loads(cfg.read_text())
     old["features"] = []  # as written before staged commits existed
     cfg.write_text(json.dumps(old))
     repo.close()
-    repo = Repository.open(str(tmp_path / "r"))
+    repo = Repository.open(str(tmp_path / "r"), StoreOptions(stage_records=7))
     _build(repo, vol, 2).commit({"kind": "test"})  # 6 records: not staged
     assert json.loads(cfg.read_text())["features"] == []
     _build(repo, vol, 5, first_fid=10).commit({"kind": "test"})  # staged

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from conftest import TEST_OPTIONS
 
 from anytime.store import timeline
 from anytime.store.format import (
@@ -22,7 +23,7 @@ BS = 4096
 
 @pytest.fixture
 def repo(repo_dir):
-    r = Repository.init(str(repo_dir), block_size=BS)
+    r = Repository.init(str(repo_dir), block_size=BS, options=TEST_OPTIONS)
     yield r
     r.close()
 

@@ -196,13 +196,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"anytime: error: {err}", file=sys.stderr)
         return err.exit_code
     except Exception as e:
-        import lmdb
+        from anytime.store.repo import user_error
 
-        if not isinstance(e, lmdb.Error):
+        from .cmd_repo import locate
+
+        err = user_error(e, locate(args.repo))
+        if err is None:
             raise
-        from anytime.store.repo import index_error, locate
-
-        err = index_error(e, locate(args.repo))
         print(f"anytime: error: {err}", file=sys.stderr)
         return err.exit_code
 

@@ -14,7 +14,7 @@ import sys
 
 from anytime.store.errors import AnytimeError, MountError, UsageError
 
-from .cmd_repo import open_repo
+from .cmd_repo import locate, open_repo
 
 # logging, subprocess, the store and the vfs are imported by the functions that use
 # them: 'anytime --help' imports every command module (tools/cli.py).
@@ -107,10 +107,8 @@ def _namespace(args):
 
 
 def cmd_mount(args) -> int:
-    from anytime.store import repo as repo_mod
-
     mp = check_mountpoint(args.mountpoint)
-    args.repo = repo_mod.locate(args.repo)
+    args.repo = locate(args.repo)
     if args.log:
         args.log = os.path.abspath(args.log)
     if args.foreground or not hasattr(os, "fork"):  # Windows: no fork, serve attached

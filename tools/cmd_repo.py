@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from anytime.store.errors import PartialError
@@ -11,11 +12,47 @@ from anytime.store.errors import PartialError
 # here: 'anytime --help' imports every command module (tools/cli.py).
 
 
+def default_location() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"),
+                                                            ".local", "share")
+    return os.path.join(base, "anytime", "repo")
+
+
+def locate(repo: str | None = None) -> str:
+    """The repository directory: ``--repo``, else ``$ANYTIME_REPO``, else
+    :func:`default_location`."""
+    return os.path.abspath(repo or os.environ.get("ANYTIME_REPO") or default_location())
+
+
+#: Test knobs: environment variables that set fields of the store's options
+#: (store/options.py), so that tests of the command can make small data span many
+#: packs, stage a commit or train a dictionary. This is the one place anything reads
+#: them; they change no format, only how much the store holds at once.
+KNOBS = {"ANYTIME_PACK_TARGET": "pack_target", "ANYTIME_STAGE_RECORDS": "stage_records",
+         "ANYTIME_ZDICT_SAMPLE_BLOCKS": "zdict_sample_blocks"}
+
+
+def store_options():
+    """The :class:`StoreOptions` the environment's test knobs (:data:`KNOBS`) set."""
+    from anytime.store.errors import UsageError
+    from anytime.store.options import StoreOptions
+
+    fields = {}
+    for var, field in KNOBS.items():
+        text = os.environ.get(var)
+        if text:
+            if not text.isdigit() or int(text) < 1:
+                raise UsageError(f"${var} is {text!r}: set it to a whole number of at "
+                                 f"least 1, or unset it")
+            fields[field] = int(text)
+    return StoreOptions(**fields)
+
+
 def open_repo(args):
     """The repository ``--repo`` (or its default) names, open (a Repository)."""
-    from anytime.store.repo import Repository, locate
+    from anytime.store.repo import Repository
 
-    return Repository.open(locate(args.repo))
+    return Repository.open(locate(args.repo), store_options())
 
 
 _UNITS = {"": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20}
@@ -81,11 +118,11 @@ def register(sub, common) -> None:
 
 
 def cmd_init(args) -> int:
-    from anytime.store.repo import Repository, locate
+    from anytime.store.repo import Repository
 
     root = locate(args.repo)
     kw = {"block_size": args.block_size} if args.block_size is not None else {}
-    Repository.init(root, **kw).close()
+    Repository.init(root, options=store_options(), **kw).close()
     print(f"created anytime repository at {root}")
     return 0
 
