@@ -15,6 +15,9 @@ Vocabulary:
               its keyed BLAKE3 hash (the block id). All-zero blocks are holes
               (``HOLE_ID``) and are not stored.
   pack        an append-only file of self-describing block records.
+  pack store  where packs are kept: every pack byte is written and read through one
+              :class:`~anytime.store.packstore.PackStore` (its contract: durability,
+              torn tails, errors); the local directory ``packs/`` by default.
   view        the state of a volume after every commit at or before an instant.
 
 Contracts: readers never block the writer (LMDB MVCC); one writer at a time (writer

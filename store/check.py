@@ -23,6 +23,7 @@ import os
 from dataclasses import asdict, dataclass, field
 
 from . import damage, modes
+from .errors import PackMissing, RepositoryIOError
 from .format import (
     BLOCK_LOC,
     DB_BLOCKS,
@@ -38,7 +39,7 @@ from .format import (
     split_entry_key,
     vol_key,
 )
-from .packs import iter_records, pack_path
+from .packs import iter_records
 from .volumes import list_volumes
 
 
@@ -90,7 +91,8 @@ class _Checker:
         self.bad: dict[bytes, DamagedBlock] = {}
         #: (pack id, offset) -> (block id, checksum ok), for every record walked
         self.records: dict[tuple[bytes, int], tuple[bytes, bool]] = {}
-        self.missing: set[bytes] = set()
+        #: packs that could not be walked: missing, or failing to read
+        self.missing: dict[bytes, str] = {}
 
     def damaged(self, bid: bytes, loc, reason: str) -> None:
         if bid in self.bad:
@@ -103,20 +105,23 @@ class _Checker:
 
     def walk_packs(self, known: dict[bytes, int]) -> None:
         total, done = sum(known.values()), 0
+        store = self.repo.pack_store
         for pack_id in sorted(known):
             self.rep.packs += 1
-            path = pack_path(self.repo.root, pack_id)
-            if not os.path.exists(path):
-                self.missing.add(pack_id)
+            try:
+                size = store.size(pack_id)
+                for offset, bid, _codec, _raw, slen, ok in iter_records(store, pack_id):
+                    self.records[(pack_id, offset)] = (bid, ok)
+                    if self.progress:
+                        self.progress.bytes_done(done + offset + slen, total)
+                self.rep.bytes_checked += size
+            except PackMissing:
+                self.missing[pack_id] = "is in a pack that is missing"
                 self.rep.problems.append(f"pack {pack_id.hex()} is missing")
-                done += known[pack_id]
-                continue
-            for offset, bid, _codec, _raw, slen, ok in iter_records(path):
-                self.records[(pack_id, offset)] = (bid, ok)
-                if self.progress:
-                    self.progress.bytes_done(done + offset + slen, total)
+            except RepositoryIOError as e:
+                self.missing[pack_id] = "is in a pack that cannot be read"
+                self.rep.problems.append(str(e))
             done += known[pack_id]
-            self.rep.bytes_checked += os.path.getsize(path)
         if self.progress:
             self.progress.bytes_done(total, total)
 
@@ -129,7 +134,7 @@ class _Checker:
             loc = (pack_id, offset)
             found = self.records.get(loc)
             if pack_id in self.missing:
-                self.damaged(bid, loc, "is in a pack that is missing")
+                self.damaged(bid, loc, self.missing[pack_id])
             elif found is None or found[0] != bid:
                 self.damaged(bid, loc, "is not there: the pack is damaged or cut short "
                                        "before it")
@@ -248,12 +253,5 @@ def check(repo, read_data: bool = False, progress=None) -> CheckReport:
     exposed = modes.exposure(repo.root)
     if exposed:
         rep.warnings.append(exposed)
-    top = os.path.join(repo.root, "packs")
-    for sub in os.listdir(top):
-        for name in os.listdir(os.path.join(top, sub)):
-            try:
-                if bytes.fromhex(name.removesuffix(".pack")) not in known:
-                    rep.leftover_packs += 1
-            except ValueError:
-                continue
+    rep.leftover_packs = sum(1 for p in repo.pack_store.list() if p not in known)
     return rep

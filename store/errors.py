@@ -95,12 +95,24 @@ class DamagedData(AnytimeError):
     exit_code = 16
 
 
+class PackMissing(DamagedData):
+    """A pack the index names is not in the repository's pack store."""
+
+
 class ContentUnavailable(DamagedData):
     """A version whose content was never captured: the file could not be read then."""
 
 
 class MountError(AnytimeError):
     exit_code = 17
+
+
+class RepositoryIOError(AnytimeError):
+    """Reading or writing the repository's packs failed (an I/O error of its disk, not a
+    full one): the message names the pack and the store. Not an OSError, so that capture
+    never takes it for a source file it could not read."""
+
+    exit_code = 1
 
 
 class RepositoryFull(AnytimeError):

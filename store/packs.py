@@ -4,9 +4,12 @@ A pack starts with ``PACK_HEADER`` and holds records ``RECORD_HEADER | stored by
 Each record names its block id, codec, sizes and the xxh3-64 checksum of the stored
 bytes, so a pack can be read and checked without the index (``iter_records``).
 
+This module encodes and decodes; the bytes go to and come from a
+:class:`~anytime.store.packstore.PackStore`, whose contract says what is durable when.
+
 Thread-safety: :class:`PackWriter` serialises appends with a lock, so hashing and
-compressing threads may call :meth:`PackWriter.append` concurrently. Reading uses
-``os.pread`` on cached descriptors and is safe from any thread.
+compressing threads may call :meth:`PackWriter.append` concurrently. Reading goes
+through the store, which is safe from any thread.
 """
 
 from __future__ import annotations
@@ -15,8 +18,7 @@ import os
 import threading
 from collections.abc import Iterator
 
-from . import modes, space
-from .errors import DamagedData
+from .errors import AnytimeError, DamagedData
 from .format import (
     CODEC_RAW,
     FORMAT_VERSION,
@@ -25,6 +27,7 @@ from .format import (
     RECORD_HEADER,
     RECORD_MAGIC,
 )
+from .packstore import PackStore
 
 #: ``xxhash.xxh3_64_intdigest``, imported by the first record written or read, so that
 #: commands that read no block start without it (one global lookup per record, as
@@ -40,50 +43,45 @@ def _import_xxh3():
     return xxh3_64_intdigest
 
 
-def pack_path(root: str, pack_id: bytes) -> str:
-    h = pack_id.hex()
-    return os.path.join(root, "packs", h[:2], h + ".pack")
-
-
-#: Records are written to the pack file in batches of about this many bytes (or
-#: WRITE_PARTS headers and payloads), not one system call each.
+#: Records are appended to the store in batches of about this many bytes (or
+#: WRITE_PARTS headers and payloads), not one call each.
 WRITE_BYTES = 1 << 20
 WRITE_PARTS = 512
+#: Bytes :func:`iter_records` asks the store for at a time.
+WALK_BYTES = 1 << 20
 
 
 class PackWriter:
-    """Appends records to pack files, starting a new pack past ``target`` bytes.
+    """Appends records to new packs of ``store``, starting a new pack past ``target``
+    bytes.
 
     Nothing is durable until :meth:`sync` returns; the caller commits the index only
     after that (the one commit point).
     """
 
-    def __init__(self, root: str, target: int):
-        self.root = root
+    def __init__(self, store: PackStore, target: int):
+        self.store = store
         self.target = target
         self.lock = threading.Lock()
+        self._sync_lock = threading.Lock()
         self.finished: list[tuple[bytes, int, int]] = []  # (pack id, size, records)
-        self._fd: int | None = None
+        self._handle = None
         self._id = b""
         self._size = 0
         self._records = 0
-        self._unsynced: list[int] = []
-        self._buf: list[bytes] = []  # record headers and bytes not yet written
+        self._unsynced: list[bytes] = []  # sealed packs whose names are not yet durable
+        self._buf: list[bytes] = []  # record headers and bytes not yet appended
         self._buffered = 0
         #: set by a failed write: the open pack may hold a torn record, so nothing more is
-        #: appended and the commit must fail (the pack is deleted by abort)
+        #: appended and the commit must fail (the pack is discarded at once)
         self._broken: BaseException | None = None
-        self._dropped: list[bytes] = []
 
     def _open(self) -> None:
         self._id = os.urandom(16)  # what secrets.token_bytes does
-        path = pack_path(self.root, self._id)
-        modes.make_dir(os.path.dirname(path))
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                           modes.FILE_MODE)
+        self._handle = self.store.create(self._id)
         header = PACK_HEADER.pack(PACK_MAGIC, FORMAT_VERSION, self._id, 0)
-        os.write(self._fd, header)
-        self._size = len(header)
+        self._buf.append(header)
+        self._buffered = self._size = len(header)
         self._records = 0
 
     def append(self, block_id: bytes, codec: int, raw_len: int, stored: bytes
@@ -96,7 +94,7 @@ class PackWriter:
             if self._broken is not None:
                 raise self._broken
             try:
-                if self._fd is None:
+                if self._handle is None:
                     self._open()
                 offset = self._size
                 buf = self._buf
@@ -109,65 +107,59 @@ class PackWriter:
                 pack_id = self._id
                 if self._size >= self.target:
                     self._close()
-            except OSError as e:
+            except AnytimeError as e:
                 self._fail(e)
         return pack_id, offset
 
     def _write_out(self) -> None:
-        """Write the buffered records (with the lock held): one system call for many
-        small records instead of one each."""
+        """Append the buffered records (with the lock held): one call for many small
+        records instead of one each."""
         if self._buf:
             data = self._buf[0] if len(self._buf) == 1 else b"".join(self._buf)
             self._buf, self._buffered = [], 0
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view):]
+            self.store.append(self._handle, data)
 
-    def _fail(self, err: OSError) -> None:
-        """Give up on the open pack after a failed write (lock held): raise
-        :class:`RepositoryFull` for a full disk, else ``err``; every later call raises it
-        too."""
+    def _fail(self, err: AnytimeError) -> None:
+        """Give up on the open pack after a failed write (lock held): discard it and
+        raise ``err`` (:class:`RepositoryFull` for a full store), and again from every
+        later call."""
         self._buf, self._buffered = [], 0
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-            self._dropped.append(self._id)
-        failure: BaseException = err
-        if space.is_full(err, self.root):
-            failure = space.full_error(self.root, "writing a pack")
-        self._broken = failure
-        raise failure from None
+        if self._handle is not None:
+            handle, self._handle = self._handle, None
+            try:
+                self.store.discard(handle)
+            except (AnytimeError, OSError):
+                pass  # left for the next writer, which deletes packs no commit lists
+        self._broken = err
+        raise err from None
 
     def _close(self) -> None:
-        if self._fd is None:
+        if self._handle is None:
             return
         self._write_out()
-        os.fsync(self._fd)  # sync now so the final commit waits for less
-        os.close(self._fd)
+        self.store.seal(self._handle)  # durable now, so the final commit waits for less
+        self._handle = None
         self.finished.append((self._id, self._size, self._records))
-        self._fd = None
+        self._unsynced.append(self._id)
 
     def sync(self) -> list[tuple[bytes, int, int]]:
-        """Close the open pack and make every pack written durable; returns them all."""
-        with self.lock:
-            if self._broken is not None:
-                raise self._broken
-            try:
-                self._close()
-            except OSError as e:
-                self._fail(e)
-            done = list(self.finished)  # what we return is what we made durable
-        try:
-            for d in {os.path.dirname(pack_path(self.root, p)) for p, _, _ in done} | {
-                    os.path.join(self.root, "packs")}:
-                fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        """Seal the open pack and make every pack written durable; returns them all."""
+        with self._sync_lock:  # a second caller returns only once the names are durable
+            with self.lock:
+                if self._broken is not None:
+                    raise self._broken
                 try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-        except OSError as e:
-            space.check(e, self.root, "making packs durable")
-            raise
+                    self._close()
+                except AnytimeError as e:
+                    self._fail(e)
+                done = list(self.finished)  # what we return is what we made durable
+                unsynced, self._unsynced = self._unsynced, []
+            try:  # appenders go on meanwhile
+                self.store.sync(unsynced)
+            except BaseException:
+                with self.lock:
+                    self._unsynced[:0] = unsynced
+                raise
         return done
 
     def abort(self, keep: set[bytes] = frozenset()) -> None:
@@ -175,48 +167,27 @@ class PackWriter:
         ``keep``, packs already indexed)."""
         with self.lock:
             self._buf, self._buffered = [], 0
-            if self._fd is not None:
-                os.close(self._fd)
-                self.finished.append((self._id, self._size, self._records))
-                self._fd = None
-            for pack_id in [p for p, _, _ in self.finished] + self._dropped:
-                if pack_id in keep:
-                    continue
-                try:
-                    os.unlink(pack_path(self.root, pack_id))
-                except FileNotFoundError:
-                    pass
+            if self._handle is not None:
+                handle, self._handle = self._handle, None
+                self.store.discard(handle)
+            for pack_id, _, _ in self.finished:
+                if pack_id not in keep:
+                    self.store.delete(pack_id)
             self.finished.clear()
-            self._dropped.clear()
+            self._unsynced.clear()
 
 
 class PackReader:
-    """Reads records by (pack id, offset), keeping descriptors open."""
+    """Reads records by (pack id, offset) from a pack store."""
 
-    def __init__(self, root: str):
-        self.root = root
-        self._fds: dict[bytes, int] = {}
-        self._lock = threading.Lock()
-
-    def _fd(self, pack_id: bytes) -> int:
-        fd = self._fds.get(pack_id)
-        if fd is None:
-            with self._lock:
-                fd = self._fds.get(pack_id)
-                if fd is None:
-                    try:
-                        fd = os.open(pack_path(self.root, pack_id), os.O_RDONLY | os.O_CLOEXEC)
-                    except FileNotFoundError:
-                        raise DamagedData(f"pack {pack_id.hex()} is missing from the "
-                                          f"repository") from None
-                    self._fds[pack_id] = fd
-        return fd
+    def __init__(self, store: PackStore):
+        self.store = store
 
     def read_record(self, pack_id: bytes, offset: int, stored_len: int, block_id: bytes
                     ) -> tuple[int, int, bytes]:
         """Returns (codec, raw length, stored bytes), verified against the header."""
         n = RECORD_HEADER.size + stored_len
-        buf = os.pread(self._fd(pack_id), n, offset)
+        buf = self.store.read(pack_id, offset, n)
         if len(buf) != n:
             raise DamagedData(f"pack {pack_id.hex()} is truncated at offset {offset}")
         magic, bid, codec, raw_len, slen, check = RECORD_HEADER.unpack_from(buf, 0)
@@ -228,35 +199,54 @@ class PackReader:
         return codec, raw_len, stored
 
     def close(self) -> None:
-        with self._lock:
-            for fd in self._fds.values():
-                os.close(fd)
-            self._fds.clear()
+        self.store.close()
 
 
-def iter_records(path: str) -> Iterator[tuple[int, bytes, int, int, int, bool]]:
-    """Walk a pack file without the index.
+class _Walk:
+    """Sequential reads of one pack through its store, ``WALK_BYTES`` at a time."""
+
+    def __init__(self, store: PackStore, pack_id: bytes):
+        self.store, self.pack_id = store, pack_id
+        self.buf, self.start, self.pos = b"", 0, 0  # buf holds the pack from start
+
+    def take(self, n: int) -> bytes:
+        """The next ``n`` bytes, fewer at the end of the pack."""
+        end = self.pos + n
+        if end > self.start + len(self.buf):
+            keep = self.buf[self.pos - self.start:]
+            more = self.store.read(self.pack_id, self.start + len(self.buf),
+                                   max(WALK_BYTES, end - self.start - len(self.buf)))
+            self.buf, self.start = keep + more, self.pos
+        out = self.buf[self.pos - self.start:end - self.start]
+        self.pos += len(out)
+        return out
+
+
+def iter_records(store: PackStore, pack_id: bytes
+                 ) -> Iterator[tuple[int, bytes, int, int, int, bool]]:
+    """Walk pack ``pack_id`` of ``store`` without the index.
 
     Yields (offset, block id, codec, raw length, stored length, checksum ok). Stops at
-    the first record whose header is unreadable (a crash leaves a torn tail).
+    the first record whose header is unreadable (a crash leaves a torn tail). Raises
+    what :meth:`PackStore.read` raises (a missing pack, an I/O error).
     """
-    with open(path, "rb") as f:
-        head = f.read(PACK_HEADER.size)
-        if len(head) < PACK_HEADER.size or PACK_HEADER.unpack(head)[0] != PACK_MAGIC:
+    walk = _Walk(store, pack_id)
+    head = walk.take(PACK_HEADER.size)
+    if len(head) < PACK_HEADER.size or PACK_HEADER.unpack(head)[0] != PACK_MAGIC:
+        return
+    offset = PACK_HEADER.size
+    while True:
+        h = walk.take(RECORD_HEADER.size)
+        if len(h) < RECORD_HEADER.size:
             return
-        offset = PACK_HEADER.size
-        while True:
-            h = f.read(RECORD_HEADER.size)
-            if len(h) < RECORD_HEADER.size:
-                return
-            magic, bid, codec, raw_len, slen, check = RECORD_HEADER.unpack(h)
-            if magic != RECORD_MAGIC:
-                return
-            stored = f.read(slen)
-            if len(stored) < slen:
-                return
-            yield offset, bid, codec, raw_len, slen, (_xxh3 or _import_xxh3())(stored) == check
-            offset += RECORD_HEADER.size + slen
+        magic, bid, codec, raw_len, slen, check = RECORD_HEADER.unpack(h)
+        if magic != RECORD_MAGIC:
+            return
+        stored = walk.take(slen)
+        if len(stored) < slen:
+            return
+        yield offset, bid, codec, raw_len, slen, (_xxh3 or _import_xxh3())(stored) == check
+        offset += RECORD_HEADER.size + slen
 
 
-__all__ = ["PackWriter", "PackReader", "iter_records", "pack_path", "CODEC_RAW"]
+__all__ = ["PackWriter", "PackReader", "iter_records", "CODEC_RAW"]

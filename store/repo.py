@@ -67,6 +67,7 @@ from .format import (
 from .mapping import MapTrimmer
 from .options import DEFAULT_OPTIONS, StoreOptions
 from .packs import PackReader
+from .packstore import LocalDirPackStore, PackStore
 from .volumes import Volume
 
 #: Address space reserved for the index up front: growing it later would invalidate
@@ -272,8 +273,12 @@ def access_denied(root: str, path: str) -> RepositoryAccessDenied:
 class Repository:
     """An open repository. Thread-safe for reading; see the module doc for writing."""
 
-    def __init__(self, root: str, config: dict, options: StoreOptions = DEFAULT_OPTIONS):
+    def __init__(self, root: str, config: dict, options: StoreOptions = DEFAULT_OPTIONS,
+                 packs: PackStore | None = None):
         self.root = root
+        #: where the packs are: the repository's ``packs/`` unless a store is given
+        #: (tests open repositories on a memory or faulty store: store/packstore.py)
+        self.pack_store = packs if packs is not None else LocalDirPackStore(root)
         self.config = config
         #: knobs that are not part of the format (store/options.py)
         self.options = options
@@ -301,7 +306,7 @@ class Repository:
                 space.check(e, root, "allocating the index's lock file")
                 raise
             raise index_error(e, root) from None
-        self.packs = PackReader(root)
+        self.packs = PackReader(self.pack_store)
         self.cache = BlockCache()
         #: index accesses are counted here (read_txn, writers, scans; store/mapping.py)
         self.map_trimmer = MapTrimmer(os.path.join(root, "index", "data.mdb"))
@@ -317,7 +322,8 @@ class Repository:
     # --- opening ---------------------------------------------------------------------
     @classmethod
     def init(cls, root: str, block_size: int = DEFAULT_BLOCK_SIZE,
-             options: StoreOptions = DEFAULT_OPTIONS) -> Repository:
+             options: StoreOptions = DEFAULT_OPTIONS, packs: PackStore | None = None
+             ) -> Repository:
         root = os.path.abspath(root)
         problem = block_size_problem(block_size)
         if problem:
@@ -327,7 +333,8 @@ class Repository:
         if os.path.isdir(root) and os.listdir(root):
             raise RepositoryExists(f"{root} is not empty; choose an empty or new directory")
         modes.private_dir(root)  # only the owner may read what it will hold
-        modes.private_dir(os.path.join(root, "packs"))
+        packs = packs if packs is not None else LocalDirPackStore(root)
+        packs.init()
         config = {
             "format_version": FORMAT_VERSION,
             "features": sorted(KNOWN_FEATURES),
@@ -339,7 +346,7 @@ class Repository:
         }
         modes.private_dir(os.path.join(root, "index"))
         _write_config(root, config)  # the config file marks a repository
-        return cls(root, config, options)
+        return cls(root, config, options, packs)
 
     def require_feature(self, name: str) -> None:
         """List feature ``name`` in the config (once), so that programs that do not know
@@ -350,7 +357,8 @@ class Repository:
             _write_config(self.root, self.config)
 
     @classmethod
-    def open(cls, root: str, options: StoreOptions = DEFAULT_OPTIONS) -> Repository:
+    def open(cls, root: str, options: StoreOptions = DEFAULT_OPTIONS,
+             packs: PackStore | None = None) -> Repository:
         root = os.path.abspath(root)
         path = os.path.join(root, "config")
         try:
@@ -392,7 +400,7 @@ class Repository:
         if problem:  # a volume made with it would drop every file's content
             raise RepositoryFormatError(
                 f"the repository config {path} is damaged: its block size {problem}")
-        return cls(root, config, options)
+        return cls(root, config, options, packs)
 
     def close(self) -> None:
         self.packs.close()
@@ -665,27 +673,15 @@ class Repository:
                 removed += n
         return removed
 
-    def reclaim_leftover_packs(self) -> list[str]:
-        """Delete pack files no commit references (a writer died before committing).
+    def reclaim_leftover_packs(self) -> list[bytes]:
+        """Delete the packs no commit references (a writer died before committing);
+        returns their ids.
 
         Only safe under the writer lock: no other writer has packs in flight.
         """
         with self.read_txn() as txn:
             known = self.committed_packs(txn)
-        removed = []
-        top = os.path.join(self.root, "packs")
-        for sub in os.listdir(top):
-            d = os.path.join(top, sub)
-            if not os.path.isdir(d):
-                continue
-            for name in os.listdir(d):
-                if not name.endswith(".pack"):
-                    continue
-                try:
-                    pid = bytes.fromhex(name[:-5])
-                except ValueError:
-                    continue
-                if pid not in known:
-                    os.unlink(os.path.join(d, name))
-                    removed.append(name)
+        removed = [p for p in self.pack_store.list() if p not in known]
+        for pack_id in removed:
+            self.pack_store.delete(pack_id)
         return removed

@@ -125,7 +125,7 @@ class CommitBuilder:
     def __init__(self, repo, vol: Volume):
         self.repo = repo
         self.vol = vol
-        self.packw = PackWriter(repo.root, repo.pack_target)
+        self.packw = PackWriter(repo.pack_store, repo.pack_target)
         self._lock = threading.Lock()
         self._new_blocks: dict[bytes, tuple] = {}
         tmp = os.path.join(repo.root, "tmp")

@@ -144,6 +144,7 @@ def test_a_restore_records_a_block_that_does_not_match_its_id(anytime, repo_dir,
 
     from anytime.store.format import RECORD_HEADER
     from anytime.store.packs import iter_records
+    from anytime.store.packstore import LocalDirPackStore
 
     anytime("init", "--block-size", str(BS), check=0)
     data = os.urandom(3 * BS)
@@ -156,7 +157,8 @@ def test_a_restore_records_a_block_that_does_not_match_its_id(anytime, repo_dir,
         i = raw.find(probe)
         if i < 0:
             continue
-        off = max(o for o, *_ in iter_records(str(pack)) if o < i)
+        off = max(o for o, *_ in iter_records(LocalDirPackStore(str(repo_dir)),
+                                                  bytes.fromhex(pack.stem)) if o < i)
         raw[i] ^= 0x55
         h = RECORD_HEADER.size
         fields = list(RECORD_HEADER.unpack_from(raw, off))  # ..., stored length, xxh3

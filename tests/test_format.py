@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -43,7 +44,8 @@ from anytime.store.format import (
     vol_key,
     zdict_key,
 )
-from anytime.store.packs import PackReader, PackWriter, iter_records, pack_path
+from anytime.store.packs import PackReader, PackWriter, iter_records
+from anytime.store.packstore import LocalDirPackStore
 from anytime.store.repo import Repository
 
 names = st.binary(min_size=1, max_size=40).filter(lambda b: b"\x00" not in b and b"/" not in b)
@@ -181,7 +183,7 @@ def _records(n, size=3000):
 
 
 def _write_pack(root, records, target=10**9):
-    w = PackWriter(str(root), target)
+    w = PackWriter(LocalDirPackStore(str(root)), target)
     locs = [w.append(*r) for r in records]
     packs = w.sync()
     return locs, packs
@@ -192,7 +194,7 @@ def test_pack_round_trip_with_reader_and_iter_records(tmp_path):
     locs, packs = _write_pack(tmp_path, recs, target=20_000)
     assert len(packs) > 3, "a small target must split the records over several packs"
     assert sum(n for _, _, n in packs) == len(recs)
-    reader = PackReader(str(tmp_path))
+    reader = PackReader(LocalDirPackStore(str(tmp_path)))
     try:
         for (bid, codec, raw_len, stored), (pid, off) in zip(recs, locs, strict=True):
             assert reader.read_record(pid, off, len(stored), bid) == (codec, raw_len, stored)
@@ -201,9 +203,9 @@ def test_pack_round_trip_with_reader_and_iter_records(tmp_path):
     # the packs are self-describing: walking them without the index finds every record
     seen = {}
     for pid, size, nrec in packs:
-        path = pack_path(str(tmp_path), pid)
+        path = LocalDirPackStore(str(tmp_path)).path(pid)
         assert os.path.getsize(path) == size
-        rows = list(iter_records(path))
+        rows = list(iter_records(LocalDirPackStore(str(tmp_path)), pid))
         assert len(rows) == nrec
         for off, bid, codec, raw_len, slen, ok in rows:
             assert ok
@@ -215,14 +217,14 @@ def test_flipped_byte_is_damaged_data(tmp_path):
     recs = _records(3)
     locs, packs = _write_pack(tmp_path, recs)
     (pid, off), (bid, _, _, stored) = locs[1], recs[1]
-    path = pack_path(str(tmp_path), pid)
+    path = LocalDirPackStore(str(tmp_path)).path(pid)
     with open(path, "r+b") as f:
         pos = off + RECORD_HEADER.size + 100
         f.seek(pos)
         byte = f.read(1)
         f.seek(pos)
         f.write(bytes([byte[0] ^ 0x40]))
-    reader = PackReader(str(tmp_path))
+    reader = PackReader(LocalDirPackStore(str(tmp_path)))
     try:
         with pytest.raises(DamagedData, match="damaged"):
             reader.read_record(pid, off, len(stored), bid)
@@ -230,14 +232,14 @@ def test_flipped_byte_is_damaged_data(tmp_path):
         assert reader.read_record(*locs[0], len(recs[0][3]), recs[0][0])[2] == recs[0][3]
     finally:
         reader.close()
-    oks = [ok for *_, ok in iter_records(path)]
+    oks = [ok for *_, ok in iter_records(LocalDirPackStore(str(tmp_path)), pid)]
     assert oks == [True, False, True]
 
 
 def test_wrong_block_id_or_missing_pack_is_damaged_data(tmp_path):
     recs = _records(1)
     locs, _ = _write_pack(tmp_path, recs)
-    reader = PackReader(str(tmp_path))
+    reader = PackReader(LocalDirPackStore(str(tmp_path)))
     try:
         with pytest.raises(DamagedData):
             reader.read_record(*locs[0], len(recs[0][3]), b"\x01" * 32)
@@ -252,13 +254,13 @@ def test_torn_tail_stops_iter_records(tmp_path, cut):
     recs = _records(4)
     locs, packs = _write_pack(tmp_path, recs)
     pid, size, _ = packs[0]
-    path = pack_path(str(tmp_path), pid)
+    path = LocalDirPackStore(str(tmp_path)).path(pid)
     last_off = locs[-1][1]
     os.truncate(path, last_off + cut)  # a crash in the middle of the last record
-    rows = list(iter_records(path))
+    rows = list(iter_records(LocalDirPackStore(str(tmp_path)), pid))
     assert [r[0] for r in rows] == [off for _, off in locs[:-1]]
     assert all(r[-1] for r in rows)
-    reader = PackReader(str(tmp_path))
+    reader = PackReader(LocalDirPackStore(str(tmp_path)))
     try:
         with pytest.raises(DamagedData, match="truncated"):
             reader.read_record(pid, last_off, len(recs[-1][3]), recs[-1][0])
@@ -267,19 +269,22 @@ def test_torn_tail_stops_iter_records(tmp_path, cut):
 
 
 def test_iter_records_ignores_files_that_are_not_packs(tmp_path):
-    p = tmp_path / "junk.pack"
+    store = LocalDirPackStore(str(tmp_path))
+    pid = b"\x42" * 16
+    p = Path(store.path(pid))
+    p.parent.mkdir(parents=True)
     p.write_bytes(b"not a pack at all" * 10)
-    assert list(iter_records(str(p))) == []
+    assert list(iter_records(store, pid)) == []
     p.write_bytes(b"")
-    assert list(iter_records(str(p))) == []
+    assert list(iter_records(store, pid)) == []
 
 
 def test_abort_removes_the_writers_packs(tmp_path):
-    w = PackWriter(str(tmp_path), 5000)
+    w = PackWriter(LocalDirPackStore(str(tmp_path)), 5000)
     locs = [w.append(*r) for r in _records(6)]
     w.abort()
     for pid, _ in locs:
-        assert not os.path.exists(pack_path(str(tmp_path), pid))
+        assert not os.path.exists(LocalDirPackStore(str(tmp_path)).path(pid))
 
 
 @settings(max_examples=20, deadline=None)
@@ -288,7 +293,7 @@ def test_any_payload_round_trips(tmp_path_factory, payloads):
     root = tmp_path_factory.mktemp("packs")
     recs = [(os.urandom(32), CODEC_RAW, len(p), p) for p in payloads]
     locs, _ = _write_pack(root, recs, target=3000)
-    reader = PackReader(str(root))
+    reader = PackReader(LocalDirPackStore(str(root)))
     try:
         for (bid, _, _, p), (pid, off) in zip(recs, locs, strict=True):
             assert reader.read_record(pid, off, len(p), bid)[2] == p

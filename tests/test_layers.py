@@ -146,3 +146,54 @@ def test_the_environment_checker_sees_reads(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("import os\nA = os.environ.get('X')\nB = os.getenv('Y')\n")
     assert len(environment_reads(bad)) == 2
+
+
+#: The one module that knows where packs are and opens them (store/packstore.py).
+PACK_STORE = ROOT / "store" / "packstore.py"
+_PACK_NAMES = {"pack_path", "PACKS_DIR", "PACK_SUFFIX"}
+
+
+def pack_file_access(path: Path) -> list[str]:
+    """Ways a module could reach pack files without the pack store: a string naming the
+    ``packs`` directory or a ``.pack`` file (docstrings aside), the names that build
+    pack paths, or a local store's paths (``.path``, ``.top``)."""
+    tree = ast.parse(path.read_bytes(), filename=str(path))
+    docstrings = {id(n.value) for n in ast.walk(tree)
+                  if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)}
+    found = []
+    name = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name
+    for node in ast.walk(tree):
+        where = f"{name}:{getattr(node, 'lineno', '?')}"
+        if (isinstance(node, ast.Constant) and isinstance(node.value, str)
+                and id(node) not in docstrings
+                and (node.value.strip("/") == "packs" or "packs/" in node.value
+                     or ".pack" in node.value)):
+            found.append(f"{where}: {node.value!r}")
+        elif isinstance(node, (ast.Name, ast.alias)) and (
+                getattr(node, "id", None) or getattr(node, "name", None)) in _PACK_NAMES:
+            found.append(f"{where}: {getattr(node, 'id', None) or node.name}")
+        elif isinstance(node, ast.Attribute) and (
+                node.attr in _PACK_NAMES or node.attr in ("path", "top")
+                and any(w in ast.unparse(node.value) for w in ("pack_store",
+                                                               "PackStore"))):
+            found.append(f"{where}: {ast.unparse(node)}")
+    return found
+
+
+def test_only_the_pack_store_touches_pack_files():
+    bad = [hit for package in ALLOWED for path in modules(package) if path != PACK_STORE
+           for hit in pack_file_access(path)]
+    assert not bad, ("pack files are created, read and deleted only through "
+                     "store/packstore.py (PackStore):\n" + "\n".join(bad))
+
+
+def test_the_pack_file_checker_sees_violations(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text('"""packs/ in a docstring is fine."""\n'
+                   'from .packstore import PACK_SUFFIX\n'
+                   'def f(repo, root, pid):\n'
+                   '    os.open(os.path.join(root, "packs", pid.hex() + ".pack"), 0)\n'
+                   '    glob("packs/*/*")\n'
+                   '    return pack_path(root, pid), repo.pack_store.path(pid)\n')
+    assert len(pack_file_access(bad)) == 6
+    assert pack_file_access(PACK_STORE), "the pack store itself does all of these"

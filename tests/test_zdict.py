@@ -20,6 +20,7 @@ from anytime.store.format import (
     ZDICT_PREFIX,
 )
 from anytime.store.packs import iter_records
+from anytime.store.packstore import LocalDirPackStore
 
 #: Blocks of the dictionary's sample in these tests (ZDICT_SAMPLE_BLOCKS by default).
 SAMPLE = 400
@@ -78,7 +79,8 @@ def test_small_files_are_compressed_with_a_dictionary(anytime, repo_dir, src_dir
     # smaller than each file compressed alone at the same level
     alone = sum(len(zstandard.ZstdCompressor(level=3, write_content_size=False).compress(d))
                 for d in files.values())
-    stored = sum(r[4] for p in repo_dir.glob("packs/*/*.pack") for r in iter_records(str(p)))
+    packs = LocalDirPackStore(str(repo_dir))
+    stored = sum(r[4] for p in packs.list() for r in iter_records(packs, p))
     assert stored < 0.85 * alone
     assert FEATURE_ZDICT in json.loads((repo_dir / "config").read_text())["features"]
     for p in list(files)[::397]:
