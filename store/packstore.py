@@ -4,8 +4,8 @@ and deleted through one :class:`PackStore`, and nowhere else.
 A pack store holds opaque byte strings named by 16-byte pack ids. What the bytes mean
 (the pack header, records, checksums, codecs) is :mod:`anytime.store.packs`' business;
 a store never looks inside. Implementations: :class:`LocalDirPackStore` (the
-repository's ``packs/XX/ID.pack`` files) and :class:`MemoryPackStore` (tests).
-Object storage (a pack uploaded
+repository's ``packs/XX/ID.pack`` files) and :class:`MemoryPackStore` (tests);
+``store/faulty.py`` wraps either to inject faults. Object storage (a pack uploaded
 whole when sealed, ranges read with GET Range) is meant to be one more implementation,
 and encryption a wrapper.
 

@@ -1,6 +1,6 @@
 """The pack store contract (store/packstore.py), checked on every implementation: the
-local directory and the in-memory store. A new implementation (object storage) joins by
-adding a factory to ``STORES``."""
+local directory, the in-memory store, and the faulty store wrapping each with no fault
+set. A new implementation (object storage) joins by adding a factory to ``STORES``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from anytime.store.errors import DamagedData, PackMissing
+from anytime.store.errors import AnytimeError, DamagedData, PackMissing
+from anytime.store.faulty import FaultyPackStore
 from anytime.store.format import CODEC_RAW, CODEC_ZSTD
 from anytime.store.packs import PackReader, PackWriter, iter_records
 from anytime.store.packstore import LocalDirPackStore, MemoryPackStore
@@ -27,7 +28,15 @@ def _memory(_tmp: Path):
     return store, lambda: store
 
 
-STORES = {"local": _local, "memory": _memory}
+def _faulty(inner):
+    def make(tmp: Path):
+        store, reopen = inner(tmp)
+        return FaultyPackStore(store), lambda: FaultyPackStore(reopen())
+    return make
+
+
+STORES = {"local": _local, "memory": _memory, "faulty-local": _faulty(_local),
+          "faulty-memory": _faulty(_memory)}
 
 
 @pytest.fixture(params=sorted(STORES))
@@ -213,3 +222,35 @@ def test_the_local_store_lists_only_pack_files(tmp_path):
     (top / "ab" / ("zz" * 16 + ".pack")).write_bytes(b"not hex")
     (top / "stray").write_text("a file in packs/")
     assert list(store.list()) == [pid(0xABCD)]
+
+
+# --- the faulty store itself --------------------------------------------------------------
+@pytest.mark.parametrize("inner", ["local", "memory"])
+def test_the_faulty_store_fails_writes_on_command(tmp_path, inner):
+    base, _ = STORES[inner](tmp_path)
+    base.init()
+    store = FaultyPackStore(base)
+    store.fail("append", after=1)
+    h = store.create(pid(1))
+    store.append(h, b"kept")
+    with pytest.raises(AnytimeError, match="Input/output error") as e:
+        store.append(h, b"torn-half")
+    assert not isinstance(e.value, OSError) and e.value.exit_code == 1
+    assert base.read(pid(1), 0, 100) in (b"", b"kepttorn"), "the part written is a prefix"
+    store.append(h, b"!")  # the fault is spent
+    store.fill_disk(room=3)
+    with pytest.raises(AnytimeError, match="full") as e:
+        store.append(h, b"abcdef")
+    assert e.value.exit_code == 18
+    store.make_room()
+    store.append(h, b"more")
+    store.seal(h)
+    assert store.read(pid(1), 0, 100) == b"kepttorn!abcmore"
+    store.fail_reads()
+    with pytest.raises(AnytimeError, match="reading pack") as e:
+        store.read(pid(1), 0, 4)
+    assert not isinstance(e.value, (OSError, DamagedData))
+    assert store.read(pid(1), 0, 4) == b"kept"
+    store.flip(pid(1), 1, 0x20)
+    store.truncate(pid(1), 6)
+    assert base.read(pid(1), 0, 100) == b"kEptto"
