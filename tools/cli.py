@@ -19,18 +19,31 @@ from anytime.store.errors import (
     DestinationError,
 )
 
-#: Command modules, each with ``register(sub, common)``; ``COMMAND_MODULES`` maps a
-#: command name to its module so that one run imports only what it needs. A command
-#: module imports at its top only what ``register`` needs (``anytime --help`` imports
-#: them all); its commands import the store, vfs and capture when they run.
-MODULES = ["cmd_repo", "cmd_read", "cmd_diff", "cmd_restore", "cmd_labels", "cmd_mount"]
-COMMAND_MODULES = {
-    "init": "cmd_repo", "snapshot": "cmd_repo", "volumes": "cmd_repo", "check": "cmd_repo",
-    "log": "cmd_read", "ls": "cmd_read", "cat": "cmd_read",
-    "diff": "cmd_diff", "restore": "cmd_restore",
-    "mark": "cmd_labels", "unmark": "cmd_labels", "find": "cmd_labels",
-    "mount": "cmd_mount", "umount": "cmd_mount",
+#: Every command: the module whose ``register(commands, common)`` adds its parser, and
+#: its one-line help, in the order ``anytime --help`` lists them (each module's commands
+#: together, in the order its ``register`` adds them). A run builds the parsers of the
+#: named command's module only; every other command is a placeholder with its name and
+#: help alone, so ``anytime --help`` imports no command module. A command module imports
+#: at its top only what ``register`` needs; its commands import the store, vfs and
+#: capture when they run.
+COMMANDS = {
+    "init": ("cmd_repo", "create a repository"),
+    "snapshot": ("cmd_repo", "capture a directory tree as one commit"),
+    "check": ("cmd_repo", "verify packs and index (read-only)"),
+    "volumes": ("cmd_repo", "list protected volumes"),
+    "log": ("cmd_read", "commits of a volume, or the versions of a file"),
+    "ls": ("cmd_read", "list a directory at an instant"),
+    "cat": ("cmd_read", "print a file as it was at an instant"),
+    "diff": ("cmd_diff", "changes of a tree or file between two instants (or the live tree)"),
+    "restore": ("cmd_restore", "put a file or tree back as it was at an instant"),
+    "mark": ("cmd_labels", "name an instant of a volume"),
+    "unmark": ("cmd_labels", "remove a label"),
+    "find": ("cmd_labels", "search names across the whole history (where did my file go?)"),
+    "mount": ("cmd_mount", "mount a volume read-only: at an instant (--at), or the "
+                           "time-travel view (latest/, any instant, labels/, versions/)"),
+    "umount": ("cmd_mount", "unmount a drive made by 'mount'"),
 }
+MODULES = list(dict.fromkeys(module for module, _ in COMMANDS.values()))
 
 #: What every INSTANT argument accepts (vfs/instants.py parses them).
 INSTANTS = """\
@@ -94,27 +107,31 @@ class _Version(argparse.Action):
 
 
 class _Commands:
-    """The subcommands as ``register`` sees them: a command whose parser gives no
-    ``description`` gets its one-line ``help`` as one, so every ``--help`` says what
-    the command does. ``parsers`` keeps them by name, in order (for the man page)."""
+    """The subcommands as ``register`` sees them: each gets its one-line ``help`` from
+    :data:`COMMANDS`, and a command whose parser gives no ``description`` gets that
+    help as one, so every ``--help`` says what the command does. ``parsers`` keeps them
+    by name, in order (for the man page)."""
 
     def __init__(self, sub):
         self._sub = sub
         self.parsers: dict[str, argparse.ArgumentParser] = {}
 
     def add_parser(self, name: str, **kw):
-        text = kw.get("help")
-        if text and "description" not in kw:
-            kw["description"] = text[0].upper() + text[1:] + "."
+        if name not in COMMANDS:
+            raise KeyError(f"command {name!r} is missing from COMMANDS in tools/cli.py")
+        text = kw["help"] = COMMANDS[name][1]
+        kw.setdefault("description", text[0].upper() + text[1:] + ".")
         kw.setdefault("formatter_class", _Formatter)
         self.parsers[name] = self._sub.add_parser(name, **kw)
         return self.parsers[name]
 
 
-def build_commands(only: str | None = None
+def build_commands(modules: list[str] | None = None
                    ) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
-    """The ``anytime`` parser and its commands' parsers by name (only the commands of
-    module ``only`` if given: one run imports only what it needs)."""
+    """The ``anytime`` parser and its commands' parsers by name: those of the command
+    modules ``modules`` (default: all). Every other command is a placeholder with its
+    help alone (listed by ``anytime --help``, parsing nothing): one run imports only
+    what it needs."""
     common = argparse.ArgumentParser(add_help=False, formatter_class=_Formatter)
     common.add_argument("-r", "--repo", default=argparse.SUPPRESS, metavar="DIR",
                         help="repository directory (default: $ANYTIME_REPO, else "
@@ -125,17 +142,23 @@ def build_commands(only: str | None = None
     p.add_argument("--version", action=_Version, help="print the version and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     commands = _Commands(sub)
-    for name in [only] if only else MODULES:
-        importlib.import_module(f"anytime.tools.{name}").register(commands, common)
+    todo = set(MODULES if modules is None else modules)
+    for name, (module, text) in COMMANDS.items():
+        if module in todo:
+            todo.discard(module)
+            importlib.import_module(f"anytime.tools.{module}").register(commands, common)
+        elif name not in commands.parsers:
+            sub.add_parser(name, help=text, add_help=False)
     return p, commands.parsers
 
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    return build_commands(only)[0]
+def build_parser(modules: list[str] | None = None) -> argparse.ArgumentParser:
+    return build_commands(modules)[0]
 
 
 def _command_in(argv: list[str]) -> str | None:
-    """The module of the command named in ``argv`` (None: parse with every command)."""
+    """The module of the command named in ``argv`` as it is usually written (None: no
+    command seen)."""
     skip = False
     for a in argv:
         if skip:
@@ -143,8 +166,22 @@ def _command_in(argv: list[str]) -> str | None:
         elif a in ("-r", "--repo"):
             skip = True  # its value follows
         elif not a.startswith("-"):
-            return COMMAND_MODULES.get(a)
+            return COMMANDS[a][0] if a in COMMANDS else None
     return None
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """``argv`` parsed with the parsers of its command's module only. ``--help``,
+    ``--version`` and usage errors exit here, as argparse does."""
+    module = _command_in(argv)
+    parser = build_parser([module] if module else [])
+    args, extra = parser.parse_known_args(argv)
+    wanted = COMMANDS[args.command][0]
+    if wanted != module:  # named in a way _command_in missed (say after '--rep DIR')
+        parser = build_parser([wanted])
+    elif not extra:
+        return args
+    return parser.parse_args(argv)  # the whole command line, or its usage error
 
 
 #: errno -> what a write that failed with it needs (these are destination failures, 15).
@@ -176,8 +213,7 @@ def os_error(e: OSError) -> AnytimeError:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser(_command_in(argv))
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     if not hasattr(args, "repo"):
         args.repo = None
     try:

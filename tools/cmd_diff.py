@@ -7,14 +7,13 @@ import os
 import sys
 
 # The store and vfs modules are imported by cmd_diff when it runs, not here:
-# 'anytime --help' imports every command module (tools/cli.py).
+# a command's --help imports its module too (tools/cli.py).
 
 TEXT_LIMIT = 32 << 20
 
 
 def register(sub, common) -> None:
-    p = sub.add_parser("diff", parents=[common],
-                       help="changes of a tree or file between two instants (or the live tree)")
+    p = sub.add_parser("diff", parents=[common])
     p.add_argument("path")
     p.add_argument("--from", dest="t_from", required=True,
                    help="the old side: an instant, or 'live' for the tree as it is now")

@@ -18,7 +18,7 @@ from .target import resolve_instant, resolve_target
 
 
 def register(sub, common) -> None:
-    p = sub.add_parser("mark", parents=[common], help="name an instant of a volume")
+    p = sub.add_parser("mark", parents=[common])
     p.add_argument("path")
     p.add_argument("label")
     p.add_argument("--at", help="instant to name (default: now)")
@@ -27,13 +27,12 @@ def register(sub, common) -> None:
     p.add_argument("--after-hook", help="command run after the label is written")
     p.set_defaults(func=cmd_mark)
 
-    p = sub.add_parser("unmark", parents=[common], help="remove a label")
+    p = sub.add_parser("unmark", parents=[common])
     p.add_argument("path")
     p.add_argument("label")
     p.set_defaults(func=cmd_unmark)
 
-    p = sub.add_parser("find", parents=[common],
-                       help="search names across the whole history (where did my file go?)")
+    p = sub.add_parser("find", parents=[common])
     p.add_argument("pattern", help="glob on the name, or on the path if it contains '/'")
     p.add_argument("--volume", help="search only this volume (name or path)")
     p.add_argument("--since", help="only versions at or after this instant")

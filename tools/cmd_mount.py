@@ -17,16 +17,14 @@ from anytime.store.errors import AnytimeError, MountError, UsageError
 from .cmd_repo import locate, open_repo
 
 # logging, subprocess, the store and the vfs are imported by the functions that use
-# them: 'anytime --help' imports every command module (tools/cli.py).
+# them: a command's --help imports its module too (tools/cli.py).
 
 #: How long ``anytime mount`` waits for the daemon to report the mount is live (s).
 READY_TIMEOUT = 60.0
 
 
 def register(sub, common) -> None:
-    p = sub.add_parser("mount", parents=[common],
-                       help="mount a volume read-only: at an instant (--at), or the "
-                            "time-travel view (latest/, any instant, labels/, versions/)")
+    p = sub.add_parser("mount", parents=[common])
     p.add_argument("path", help="volume name or an original path of the volume")
     p.add_argument("mountpoint", help="an empty directory (a drive letter on Windows)")
     p.add_argument("--at", help="instant of the mount's root (default: time-travel view)")
@@ -36,7 +34,7 @@ def register(sub, common) -> None:
     p.add_argument("--debug", action="store_true", help="log every FUSE request")
     p.set_defaults(func=cmd_mount)
 
-    p = sub.add_parser("umount", parents=[common], help="unmount a drive made by 'mount'")
+    p = sub.add_parser("umount", parents=[common])
     p.add_argument("mountpoint")
     p.add_argument("-z", "--lazy", action="store_true",
                    help="detach now even if files are open; the drive goes when they close")

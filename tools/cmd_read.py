@@ -12,17 +12,16 @@ from functools import lru_cache
 from .text import columns
 
 # The store and vfs modules are imported by the commands when they run, not here:
-# 'anytime --help' imports every command module (tools/cli.py).
+# a command's --help imports its module too (tools/cli.py).
 
 
 def register(sub, common) -> None:
-    p = sub.add_parser("log", parents=[common],
-                       help="commits of a volume, or the versions of a file")
+    p = sub.add_parser("log", parents=[common])
     p.add_argument("path", help="a volume, or a path inside one (original path or VOLUME:PATH)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.set_defaults(func=cmd_log)
 
-    p = sub.add_parser("ls", parents=[common], help="list a directory at an instant")
+    p = sub.add_parser("ls", parents=[common])
     p.add_argument("path", help="a directory or file (original path or VOLUME:PATH)")
     p.add_argument("--at", metavar="INSTANT", help="instant (default: now)")
     p.add_argument("-l", dest="long", action="store_true", help="long listing")
@@ -34,7 +33,7 @@ def register(sub, common) -> None:
                    help="print the entries as JSON (with -R: every entry below, flat)")
     p.set_defaults(func=cmd_ls)
 
-    p = sub.add_parser("cat", parents=[common], help="print a file as it was at an instant")
+    p = sub.add_parser("cat", parents=[common])
     p.add_argument("path", help="a file (original path or VOLUME:PATH)")
     p.add_argument("--at", metavar="INSTANT", help="instant (default: now)")
     p.set_defaults(func=cmd_cat)

@@ -9,7 +9,7 @@ import sys
 from anytime.store.errors import PartialError
 
 # The store, capture and vfs modules are imported by the commands that use them, not
-# here: 'anytime --help' imports every command module (tools/cli.py).
+# here: a command's --help imports its module too (tools/cli.py).
 
 
 def default_location() -> str:
@@ -80,13 +80,13 @@ def block_size_arg(text: str) -> int:
 
 
 def register(sub, common) -> None:
-    p = sub.add_parser("init", parents=[common], help="create a repository")
+    p = sub.add_parser("init", parents=[common])
     p.add_argument("--block-size", type=block_size_arg, default=None, metavar="SIZE",
                    help="default block size of new volumes: a power of two from 1K to 16M "
                         "(default 1M)")
     p.set_defaults(func=cmd_init)
 
-    p = sub.add_parser("snapshot", parents=[common], help="capture a directory tree as one commit")
+    p = sub.add_parser("snapshot", parents=[common])
     p.add_argument("path")
     p.add_argument("--label", help="name the instant of this commit")
     p.add_argument("--name", help="volume name (default: derived from the path)")
@@ -104,15 +104,14 @@ def register(sub, common) -> None:
     p.add_argument("--after-hook", help="command run after committing")
     p.set_defaults(func=cmd_snapshot)
 
-    p = sub.add_parser("check", parents=[common],
-                       help="verify packs and index (read-only)")
+    p = sub.add_parser("check", parents=[common])
     p.add_argument("--read-data", action="store_true",
                    help="also decompress every block and verify it against its id")
     p.add_argument("--json", action="store_true",
                    help="print a machine-readable report (counts, problems, warnings)")
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("volumes", parents=[common], help="list protected volumes")
+    p = sub.add_parser("volumes", parents=[common])
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_volumes)
 

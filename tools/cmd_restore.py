@@ -12,12 +12,11 @@ from .cmd_repo import open_repo
 from .text import plural
 
 # The restore engine and the vfs are imported by cmd_restore when it runs:
-# 'anytime --help' imports every command module (tools/cli.py).
+# a command's --help imports its module too (tools/cli.py).
 
 
 def register(sub, common) -> None:
-    p = sub.add_parser("restore", parents=[common],
-                       help="put a file or tree back as it was at an instant")
+    p = sub.add_parser("restore", parents=[common])
     p.add_argument("path")
     p.add_argument("--at", required=True, help="the instant to restore")
     where = p.add_mutually_exclusive_group(required=True)
