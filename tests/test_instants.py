@@ -145,6 +145,31 @@ def test_format_round_trip_in_another_zone(t):
         time.tzset()
 
 
+@pytest.mark.parametrize("zone", ["NPT-5:45", "NST+3:30NDT,M3.2.0,M11.1.0",
+                                  "<+1245>-12:45<+1345>,M9.5.0/2:45,M4.1.0/3:45",
+                                  "LMT-0:19:32"])
+@given(t=ns_instants)
+def test_format_agrees_with_datetime(zone, t):
+    """format_instant (time.localtime, so ls and log need not import datetime) prints
+    what datetime prints, in zones of odd offsets, with daylight saving time, and with
+    an offset in seconds."""
+    import os
+
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = zone
+    time.tzset()
+    try:
+        dt = datetime.fromtimestamp(t // NS, tz=UTC).astimezone()
+        frac = f".{t % NS:09d}".rstrip("0") if t % NS else ""
+        off = dt.strftime("%z")
+        assert format_instant(t) == \
+            dt.strftime("%Y-%m-%dT%H:%M:%S") + frac + f"{off[:3]}:{off[3:]}"
+        assert format_instant(t, basic=True) == dt.strftime("%Y%m%dT%H%M%S") + frac + off
+    finally:
+        os.environ["TZ"] = old or "UTC"
+        time.tzset()
+
+
 def test_format_shape_basic():
     t = utc(2026, 11, 24, 10, 3, 17, ns=250_000_000)
     assert format_instant(t, utc=True, basic=True) == "20261124T100317.25Z"

@@ -13,11 +13,14 @@ Accepted forms (see :func:`parse_instant`):
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta, timezone
 
 from anytime.store import clock
 from anytime.store.errors import InstantError
+
+# datetime is imported where a typed date is parsed, not here: printing instants (ls,
+# log) and reading 'now' need only the time module, already loaded.
 
 NS = 1_000_000_000
 _UNITS = {"s": 1, "sec": 1, "secs": 1, "second": 1, "seconds": 1,
@@ -37,7 +40,10 @@ _ISO_BASIC = (r"(?i)^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(?:(\d{2})(?:[.,](\d{1,
               r"(Z|[+-]\d{2}(?:\d{2})?)?$")
 
 
-def _to_ns(dt: datetime) -> int:
+def _to_ns(dt) -> int:
+    """A ``datetime`` as ns since the epoch (no zone: local time)."""
+    from datetime import UTC, datetime
+
     if dt.tzinfo is None:
         dt = dt.astimezone()  # local time
     epoch = datetime(1970, 1, 1, tzinfo=UTC)
@@ -46,6 +52,8 @@ def _to_ns(dt: datetime) -> int:
 
 
 def _zone(text: str | None):
+    from datetime import UTC, timedelta, timezone
+
     if not text:
         return None
     if text.upper() == "Z":
@@ -73,6 +81,8 @@ def parse_instant(text: str, labels: Callable[[str], int | None] | None = None,
     m = re.match(_REL_AGO, s) or re.match(_REL_MINUS, s)
     if m and m.group(2) in _UNITS:
         return now - int(float(m.group(1)) * _UNITS[m.group(2)] * NS)
+    from datetime import datetime, timedelta
+
     m = re.match(_DAYWORD, s)
     if m:
         today = datetime.fromtimestamp(now / NS).astimezone()
@@ -118,11 +128,18 @@ def format_instant(ns: int, utc: bool = False, basic: bool = False) -> str:
     """ISO 8601 with the zone offset and as many fraction digits as needed (up to 9);
     ``basic``: without separators (``20261124T100317.25Z``: no ``:``, for Windows names)."""
     secs, frac = divmod(ns, NS)
-    dt = datetime.fromtimestamp(secs, tz=UTC)
-    if not utc:
-        dt = dt.astimezone()
-    base = dt.strftime("%Y%m%dT%H%M%S" if basic else "%Y-%m-%dT%H:%M:%S")
+    tm = time.gmtime(secs) if utc else time.localtime(secs)
+    base = time.strftime("%Y%m%dT%H%M%S" if basic else "%Y-%m-%dT%H:%M:%S", tm)
     fs = f".{frac:09d}".rstrip("0") if frac else ""
-    off = dt.strftime("%z")
+    off = _offset(tm.tm_gmtoff)
     zone = "Z" if utc else (off if basic else f"{off[:3]}:{off[3:]}")
     return base + (fs if fs != "." else "") + zone
+
+
+def _offset(seconds: int) -> str:
+    """A UTC offset as datetime's ``%z`` writes it: ``+HHMM``, ``+HHMMSS`` if it has
+    seconds (local mean time before standard zones)."""
+    sign = "-" if seconds < 0 else "+"
+    hh, rest = divmod(abs(seconds), 3600)
+    mm, ss = divmod(rest, 60)
+    return f"{sign}{hh:02d}{mm:02d}" + (f"{ss:02d}" if ss else "")
