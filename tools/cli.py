@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import importlib
 import os
 import sys
 
@@ -146,7 +145,7 @@ def build_commands(modules: list[str] | None = None
     for name, (module, text) in COMMANDS.items():
         if module in todo:
             todo.discard(module)
-            importlib.import_module(f"anytime.tools.{module}").register(commands, common)
+            __import__(f"anytime.tools.{module}", fromlist=["register"]).register(commands, common)
         elif name not in commands.parsers:
             sub.add_parser(name, help=text, add_help=False)
     return p, commands.parsers
