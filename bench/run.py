@@ -4,7 +4,7 @@
 Run it with the project's interpreter (it imports ``anytime`` to build the
 10^6-version repository):
 
-    .venv/bin/python bench/run.py [--only capture|mount|restore|versions ...]
+    .venv/bin/python bench/run.py [--only capture|startup|mount|restore|versions ...]
                                   [--scratch DIR] [--keep]
 
 Prints progress to stderr, a Markdown table to stdout, and writes
@@ -54,7 +54,7 @@ SMALL_PER_SOURCE = 64 * 1024  # bytes taken from the start of each source file, 
 #: Corpora of the capture part, in order.
 CAPTURE_CORPORA = ("stdlib", "bigfile", "small")
 #: Commands whose start-up time is measured (fig I), and how many times each.
-STARTUP_RUNS = 7
+STARTUP_RUNS = 30
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
 T_START = perf_counter()
@@ -81,6 +81,7 @@ class Res:
     err: str = ""
     info: dict = field(default_factory=dict)
     maxanon: int = 0  # bytes: peak private (anonymous) memory, when measured
+    cpu: float = 0.0  # s: the child's user + system time (without rss)
 
     @property
     def ok(self) -> bool:
@@ -181,7 +182,8 @@ def run(cmd, env=None, cwd=None, timeout: float = 900, stdout_path=None,
             out = fo.read(1 << 20).decode(errors="replace")
         fe.seek(0)
         err = fe.read(1 << 16).decode(errors="replace")
-        return Res(p.returncode, secs, ru.ru_maxrss * 1024, out, err)
+        return Res(p.returncode, secs, ru.ru_maxrss * 1024, out, err,
+                   cpu=ru.ru_utime + ru.ru_stime)
 
 
 def must(r: Res, what: str) -> Res:
@@ -821,29 +823,85 @@ class Bench:
             self.add(Row("D", "peak private memory (RssAnon), first capture", corpus, "MB",
                          vals(corpus, "anon"), "<= 100 MB", "abs_le", 100e6))
         self.bigger_repo_rss()
-        self.startup()
 
-    def startup(self) -> None:
-        """Fig I: start-up of short commands (process start to exit), median of
-        STARTUP_RUNS, on the stdlib repository; the modules are byte-compiled (main)."""
+    # --- I: start-up ---------------------------------------------------------------
+    def section_startup(self) -> None:
+        """Fig I: start-up of short commands (process start to exit) of anytime as
+        ``pip install .`` installs it, on the stdlib repository: the minimum of
+        STARTUP_RUNS runs, next to ``python -c pass`` of the same interpreter measured
+        in the same runs. The tests' editable install is measured too (JSON, notes)."""
+        log("== start-up (I: short commands, process start to exit)")
         at = self.tools["anytime"]
-        std = self.src("stdlib")
-        repo = self.repo("anytime", "stdlib")
-        cmds = {"--help": ["--help"], "ls": ["ls", str(std)],
-                "cat": ["cat", str(std / "os.py")], "log": ["log", str(std / "os.py")]}
-        for name, args in cmds.items():
-            val, note = None, ""
-            if at.available() and self.state.get("repos", {}).get("anytime-stdlib"):
-                try:
-                    times = sorted(must(run([at.exe, *args], env=at.env(repo)),
-                                        f"anytime {name}").secs for _ in range(STARTUP_RUNS))
-                    val = times[len(times) // 2]
-                    log(f"anytime {name}: {val * 1000:.0f} ms (median of {STARTUP_RUNS})")
-                except BenchError as e:
-                    note = str(e)
-                    self.note(f"start-up of anytime {name}: {e}")
-            self.add(Row("I", f"start-up: anytime {name}", "stdlib", "s", {"anytime": val},
-                         "< 60 ms", "abs_lt", 0.06, note=note, key=f"startup_{name}"))
+        std, repo = self.src("stdlib"), self.repo("anytime", "stdlib")
+        keys = ["python", "--help", "ls", "cat", "log"]
+        best: dict[str, dict] = {"installed": {}, "editable": {}}  # min wall time
+        cpu: dict[str, dict] = {"installed": {}, "editable": {}}  # min user + system time
+        note = ""
+        try:
+            if not at.available():
+                raise BenchError("anytime is not installed")
+            if not (self.state.get("repos", {}).get("anytime-stdlib") and repo.exists()):
+                log("anytime stdlib repository missing: capturing it")
+                rmtree(repo)
+                repo.parent.mkdir(parents=True, exist_ok=True)
+                at.init(repo)
+                at.capture(repo, std, first=True)
+                self.state.setdefault("repos", {})["anytime-stdlib"] = True
+                self.save_state()
+            copies = {"editable": (sys.executable, at.exe)}
+            try:
+                copies["installed"] = self.installed_copy()
+            except BenchError as e:
+                note = f"no installed copy ({e}); the figures are the editable install's"
+                self.note(f"start-up: {note}")
+            args = {"python": ["-c", "pass"], "--help": ["--help"], "ls": ["ls", str(std)],
+                    "cat": ["cat", str(std / "os.py")], "log": ["log", str(std / "os.py")]}
+            times: dict = {(c, k): [] for c in copies for k in keys}
+            for _ in range(STARTUP_RUNS):  # interleaved: load on the machine hits all alike
+                for (c, k), got in times.items():
+                    exe = copies[c][0] if k == "python" else copies[c][1]
+                    got.append(must(run([exe, *args[k]], env=at.env(repo)), f"{c} {k}"))
+            for (c, k), got in times.items():
+                best[c][k] = min(r.secs for r in got)
+                cpu[c][k] = min(r.cpu for r in got)
+            if "installed" not in copies:
+                best["installed"], cpu["installed"] = best["editable"], cpu["editable"]
+            for c in copies:
+                log(f"start-up of the {c} copy, min of {STARTUP_RUNS} runs (wall / cpu): "
+                    + ", ".join(f"{k} {best[c][k] * 1000:.0f} / {cpu[c][k] * 1000:.0f} ms"
+                                for k in keys))
+            self.extra["startup"] = {"runs": STARTUP_RUNS, "wall": best, "cpu": cpu}
+        except BenchError as e:
+            note = str(e)
+            self.note(f"start-up: {e}")
+        for k in keys:
+            i, e = best["installed"], best["editable"]
+            text = note or (f"cpu {cpu['installed'][k] * 1000:.0f} ms; editable install "
+                            f"{e[k] * 1000:.0f} ms (cpu {cpu['editable'][k] * 1000:.0f} ms)"
+                            if k in e else "")
+            if k == "python":
+                self.add(Row("I", "start-up: python -c pass (reference: the same interpreter)",
+                             "—", "s", {"anytime": i.get(k)}, "reference", "reference",
+                             note=text, key="startup_python"))
+            else:
+                self.add(Row("I", f"start-up: anytime {k}", "stdlib", "s", {"anytime": i.get(k)},
+                             "< 60 ms", "abs_lt", 0.06, note=text, key=f"startup_{k}"))
+
+    def installed_copy(self) -> tuple[str, str]:
+        """(python, anytime) of anytime as README's setup installs it (``pip install .``,
+        which byte-compiles every module) into a fresh venv in the scratch directory. It
+        is built from a copy of the sources, so the checkout gets no build/ directory."""
+        venv, src = self.scratch / "startup-venv", self.scratch / "startup-src"
+        rmtree(venv)
+        rmtree(src)
+        shutil.copytree(HERE.parent, src, ignore=shutil.ignore_patterns(
+            ".venv", ".git", "build", "out", "*.egg-info", "__pycache__", ".*_cache",
+            ".hypothesis"))
+        log(f"installing anytime (pip install .) into {venv}")
+        must(run([sys.executable, "-m", "venv", str(venv)], timeout=300), "python -m venv")
+        must(run([str(venv / "bin" / "pip"), "install", "-q", str(src)], timeout=900),
+             "pip install .")
+        return str(venv / "bin" / "python"), str(venv / "bin" / "anytime")
 
     def bigger_repo_rss(self) -> None:
         """anytime's peak RSS when the repository already holds the other corpus."""
@@ -1261,7 +1319,7 @@ def median_rows(runs: list[list[Row]]) -> list[Row]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", action="append",
-                    choices=["capture", "mount", "restore", "versions"],
+                    choices=["capture", "startup", "mount", "restore", "versions"],
                     help="run only this part (repeatable); default: all")
     ap.add_argument("--scratch", default=os.environ.get("ANYTIME_BENCH_SCRATCH",
                                                          "/tmp/anytime-bench"),
@@ -1276,7 +1334,7 @@ def main(argv=None) -> int:
     ap.add_argument("--versions-commits", type=int, default=1000, help=argparse.SUPPRESS)
     ap.add_argument("--versions-files", type=int, default=1000, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    parts = args.only or ["capture", "mount", "restore", "versions"]
+    parts = args.only or ["capture", "startup", "mount", "restore", "versions"]
 
     def _term(signum, frame):
         raise KeyboardInterrupt
@@ -1300,13 +1358,13 @@ def main(argv=None) -> int:
     log(f"scratch {b.scratch}; parts: {', '.join(parts)}")
     try:
         b.build_corpora()
-        order = ["capture", "mount", "restore", "versions"]
+        order = ["capture", "startup", "mount", "restore", "versions"]
         runs: list[list[Row]] = []
         try:
             for i in range(max(1, args.runs)):
                 b.rows = []
                 for part in order:
-                    if part not in parts or (part == "versions" and i > 0):
+                    if part not in parts or (part in ("versions", "startup") and i > 0):
                         continue
                     log(f"run {i + 1}/{args.runs}: {part}")
                     try:
@@ -1321,7 +1379,7 @@ def main(argv=None) -> int:
             b.rows = median_rows(runs)
             if len(runs) > 1:
                 b.note(f"each figure is the median of {len(runs)} runs (the 10^6-version "
-                       f"figures: one run)")
+                       f"and start-up figures: one run)")
     except KeyboardInterrupt:
         b.note("interrupted")
     finally:
