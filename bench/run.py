@@ -5,7 +5,7 @@ Run it with the project's interpreter (it imports ``anytime`` to build the
 10^6-version repository):
 
     .venv/bin/python bench/run.py [--only capture|startup|mount|restore|versions ...]
-                                  [--scratch DIR] [--keep]
+                                  [--scratch DIR] [--restore-dir DIR] [--keep]
 
 Prints progress to stderr, a Markdown table to stdout, and writes
 ``bench/out/results.json``. See bench/README.md for what each figure means.
@@ -627,6 +627,43 @@ def fmt(v, unit: str) -> str:
 
 # --- the benchmark --------------------------------------------------------------------
 
+#: Filesystems that live in memory: restores must not go there.
+MEMORY_FS = ("tmpfs", "ramfs", "devtmpfs")
+
+
+def filesystem_of(path: Path) -> dict:
+    """The mount that holds ``path`` (its nearest existing ancestor): type, device and
+    mount point, from /proc/self/mountinfo."""
+    path = Path(path).resolve()
+    while not path.exists():
+        path = path.parent
+    dev = os.stat(path).st_dev
+    best = {"type": "unknown", "source": "?", "mount": "/"}
+    with contextlib.suppress(OSError):
+        for line in open("/proc/self/mountinfo"):
+            left, right = line.split(" - ", 1)
+            f = left.split()
+            major, minor = map(int, f[2].split(":"))
+            mnt = f[4].replace("\\040", " ")
+            if os.makedev(major, minor) == dev and (
+                    str(path) + "/").startswith(mnt.rstrip("/") + "/"):
+                if len(mnt) >= len(best["mount"]) or best["type"] == "unknown":
+                    fstype, source = right.split()[:2]
+                    best = {"type": fstype, "source": source, "mount": mnt}
+    return best
+
+
+def restore_dir(wanted: str | None, scratch: Path) -> Path:
+    """Where restores go: ``wanted`` (--restore-dir) if given, else ``scratch/restore``,
+    or ``/var/tmp/anytime-bench-restore`` when the scratch is on a memory filesystem."""
+    if wanted:
+        return Path(wanted).resolve()
+    rest = scratch / "restore"
+    if filesystem_of(rest)["type"] in MEMORY_FS:
+        rest = Path("/var/tmp/anytime-bench-restore")
+    return rest
+
+
 class Bench:
     def __init__(self, args):
         self.args = args
@@ -634,12 +671,8 @@ class Bench:
         self.corpus = self.scratch / "corpus"
         self.repos = self.scratch / "repos"
         self.mnt = self.scratch / "mnt"
-        # Restores go to tmpfs when there is one: this VM's disk varies write times 3x
-        # between identical runs (cp -a of the stdlib tree: 1.1 s to 2.8 s), which would
-        # swamp what the tools themselves cost. Every tool restores to the same place.
-        shm = Path("/dev/shm")
-        self.rest = (shm / f"anytime-bench-restore-{os.getpid()}" if shm.is_dir()
-                     and os.access(shm, os.W_OK) else self.scratch / "restore")
+        # Restores go onto a disk filesystem, as users restore (restore_dir).
+        self.rest = restore_dir(args.restore_dir, self.scratch)
         self.state_path = self.scratch / "state.json"
         self.rows: list[Row] = []
         self.notes: list[str] = []
@@ -1031,6 +1064,11 @@ class Bench:
         log("== restore (H restore of the tree and of the big file, diff)")
         self.ensure_repos()
         self.rest.mkdir(parents=True, exist_ok=True)
+        fs = filesystem_of(self.rest)
+        self.extra["restore_target"] = dict(fs, path=str(self.rest))
+        log(f"restores go to {self.rest}: {fs['type']} {fs['source']} mounted at {fs['mount']}")
+        if fs["type"] in MEMORY_FS:
+            self.note(f"restores went to {self.rest}, a {fs['type']} (memory), not a disk")
         for corpus in ("stdlib", "bigfile"):
             src_path = self.src_path(corpus)
             want = tree_bytes(src_path) if corpus == "stdlib" else (1, src_path.stat().st_size)
@@ -1041,6 +1079,7 @@ class Bench:
                     continue
                 dest = self.rest / f"{name}-{corpus}"
                 rmtree(dest)
+                os.sync()  # the disk idle: no writeback of the last restore in this one
                 try:
                     log(f"{name}: restore {corpus}")
                     r = tool.restore(self.repo(name, corpus), src_path, dest)
@@ -1061,8 +1100,8 @@ class Bench:
             self.add(Row("H", "restore (anytime restore / restic restore / borg extract)",
                          corpus, "s", vals, "<= 0.5x restic", "le_restic", 0.5,
                          note="; ".join(notes)))
-        if str(self.rest).startswith("/dev/shm/"):
-            rmtree(self.rest)
+        with contextlib.suppress(OSError):
+            self.rest.rmdir()  # each restore was removed; the directory goes if it is empty
         self.diff_figure()
 
     def diff_figure(self) -> None:
@@ -1325,6 +1364,10 @@ def main(argv=None) -> int:
                                                          "/tmp/anytime-bench"),
                     help="scratch directory for corpora, repositories, mounts "
                          "(default /tmp/anytime-bench)")
+    ap.add_argument("--restore-dir", default=os.environ.get("ANYTIME_BENCH_RESTORE"),
+                    help="where restores go: a directory on a disk filesystem (default "
+                         "SCRATCH/restore, or /var/tmp/anytime-bench-restore when the "
+                         "scratch is on tmpfs)")
     ap.add_argument("--keep", action="store_true",
                     help="keep the scratch directory (corpora and repositories) afterwards")
     ap.add_argument("--runs", type=int, default=3,
@@ -1395,8 +1438,8 @@ def main(argv=None) -> int:
         print(f"\n({perf_counter() - T_START:.0f} s in all; JSON: {path})")
         if not args.keep:
             rmtree(b.scratch)
-        if str(b.rest).startswith("/dev/shm/"):
-            rmtree(b.rest)
+        with contextlib.suppress(OSError):
+            b.rest.rmdir()
     return 0
 
 
