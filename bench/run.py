@@ -58,8 +58,15 @@ STARTUP_RUNS = 30
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
 T_START = perf_counter()
-PEERS = ("restic", "borg")
+PEERS = ("restic", "borg", "borg-zstd")
 TOOLS = ("anytime",) + PEERS
+#: The size goal of issue 9, against borg with zstd too (like for like).
+SIZE_GOAL = "<= smaller peer (issue 9)"
+#: Column heads of the table.
+HEADS = {"anytime": "anytime", "restic": "restic", "borg": "borg (lz4)",
+         "borg-zstd": "borg -C zstd,3"}
+#: Parts a tool takes part in (borg-zstd: capture only, for sizes and times).
+ALL_PARTS = ("capture", "mount", "restore", "versions")
 
 
 def log(msg: str) -> None:
@@ -393,6 +400,7 @@ def build_small(dest: Path, n_files: int = SMALL_FILES, total: int = SMALL_BYTES
 
 class Tool:
     name = ""
+    parts = ALL_PARTS
 
     def __init__(self, bench: Bench):
         self.b = bench
@@ -531,11 +539,14 @@ class Borg(Tool):
     def init(self, repo: Path) -> Res:
         return must(run(["borg", "init", "-e", "none", str(repo)], env=self.env()), "borg init")
 
+    #: Options of ``borg create`` (none: borg's default compression, lz4).
+    create_options: tuple[str, ...] = ()
+
     def capture(self, repo: Path, src: Path, first: bool) -> Res:
         archive = "a" if first else "b"
-        return must(run(["borg", "create", f"{repo}::{archive}", str(src)], env=self.env(),
-                        rss=True),
-                    "borg create")
+        return must(run(["borg", "create", *self.create_options, f"{repo}::{archive}",
+                         str(src)], env=self.env(), rss=True),
+                    f"borg create {' '.join(self.create_options)}".strip())
 
     @contextlib.contextmanager
     def mount(self, repo: Path, src: Path, mnt: Path):
@@ -560,6 +571,15 @@ class Borg(Tool):
 
     def restored_path(self, dest: Path, src_path: Path) -> Path:
         return dest / str(src_path).lstrip("/")
+
+
+class BorgZstd(Borg):
+    """borg with ``-C zstd,3`` (anytime compresses with zstd too): its repository sizes
+    compare like for like. Captures only; mounts and restores are borg's own."""
+
+    name = "borg-zstd"
+    parts = ("capture",)
+    create_options = ("-C", "zstd,3")
 
 
 # --- results --------------------------------------------------------------------------
@@ -676,7 +696,8 @@ class Bench:
         self.state_path = self.scratch / "state.json"
         self.rows: list[Row] = []
         self.notes: list[str] = []
-        self.tools = {t.name: t for t in (Anytime(self), Restic(self), Borg(self))}
+        self.tools = {t.name: t for t in (Anytime(self), Restic(self), Borg(self),
+                                          BorgZstd(self))}
         self.state = self._load_state()
         self.mount_seq = 0
         self.extra: dict = {}
@@ -811,7 +832,7 @@ class Bench:
                     r["error"] = f"{name} is not installed"
                     continue
                 try:
-                    if name != "borg":
+                    if not isinstance(tool, Borg):
                         repo.parent.mkdir(parents=True, exist_ok=True)
                     ri = tool.init(repo)
                     r["init"] = ri.secs
@@ -848,8 +869,7 @@ class Bench:
                          "<= 0.25x faster peer", "le_min_peer", 0.25))
         for corpus in CAPTURE_CORPORA:
             self.add(Row("C", "repository size after first capture (du)", corpus, "MB",
-                         vals(corpus, "size"), "<= smaller peer", "le_min_peer", 1.0,
-                         key="size"))
+                         vals(corpus, "size"), SIZE_GOAL, "le_min_peer", 1.0, key="size"))
         for corpus in ("stdlib", "bigfile"):
             self.add(Row("D", "peak RSS, first capture", corpus, "MB",
                          vals(corpus, "rss"), "<= 100 MB", "abs_le", 100e6))
@@ -964,7 +984,8 @@ class Bench:
 
     def ensure_repos(self) -> None:
         """Mount and restore need the capture repositories; build them if missing."""
-        want = [f"{t}-{c}" for t in TOOLS for c in ("stdlib", "bigfile") if self.avail(t)]
+        want = [f"{t}-{c}" for t in TOOLS for c in ("stdlib", "bigfile")
+                if self.avail(t) and "mount" in self.tools[t].parts]
         have = self.state.get("repos", {})
         if all(have.get(k) and (self.repos / k).exists() for k in want):
             return
@@ -993,6 +1014,8 @@ class Bench:
         m: dict[str, dict] = {k: {} for k in keys}
         errs: dict[str, str] = {}
         for name, tool in self.tools.items():
+            if "mount" not in tool.parts:
+                continue
             if not tool.available() or not self.state.get("repos", {}).get(f"{name}-stdlib"):
                 errs[name] = "not available"
                 continue
@@ -1075,7 +1098,8 @@ class Bench:
             vals: dict = {}
             notes = []
             for name, tool in self.tools.items():
-                if not tool.available() or not self.state.get("repos", {}).get(f"{name}-{corpus}"):
+                if "restore" not in tool.parts or not tool.available() or not self.state.get(
+                        "repos", {}).get(f"{name}-{corpus}"):
                     continue
                 dest = self.rest / f"{name}-{corpus}"
                 rmtree(dest)
@@ -1292,8 +1316,9 @@ class Bench:
 
     # --- output -------------------------------------------------------------------
     def table(self) -> str:
-        head = ("| fig | what | corpus | anytime | restic | borg | anytime / peer | goal | met |\n"
-                "| --- | --- | --- | ---: | ---: | ---: | ---: | --- | --- |")
+        heads = " | ".join(HEADS[t] for t in TOOLS)
+        head = (f"| fig | what | corpus | {heads} | anytime / peer | goal | met |\n"
+                f"| --- | --- | --- | {' | '.join('---:' for _ in TOOLS)} | ---: | --- | --- |")
         lines = [head]
         for r in self.rows:
             met = {True: "yes", False: "**no**", None: "n/a"}[r.met]
