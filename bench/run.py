@@ -4,7 +4,7 @@
 Run it with the project's interpreter (it imports ``anytime`` to build the
 10^6-version repository):
 
-    .venv/bin/python bench/run.py [--only capture|startup|mount|restore|versions ...]
+    .venv/bin/python bench/run.py [--only capture|startup|mount|restore|versions|shifted ...]
                                   [--scratch DIR] [--restore-dir DIR] [--keep]
 
 Prints progress to stderr, a Markdown table to stdout, and writes
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -53,6 +54,26 @@ SMALL_SEED = 8
 SMALL_PER_SOURCE = 64 * 1024  # bytes taken from the start of each source file, at most
 #: Corpora of the capture part, in order.
 CAPTURE_CORPORA = ("stdlib", "bigfile", "small")
+# The shifted-content part (bench/README.md): a text file of TEXT_BYTES, the .py files of
+# the standard library concatenated, edited by SHIFT (105 bytes) at SHIFT_AT and in the
+# middle; and DUP_BYTES of every regular file under DUP_ROOT concatenated.
+TEXT_BYTES = 31_500_000
+TEXT_NAME = "code.txt"
+SHIFT_AT = 1000
+SHIFT = (b"# 105 bytes inserted by bench/run.py: all that follows shifts by 105; "
+         b"content-defined chunks survive it.\n")
+assert len(SHIFT) == 105
+DUP_ROOT = "/usr/lib/x86_64-linux-gnu"
+DUP_BYTES = 580_000_000
+DUP_NAME = "dup.bin"
+#: The edits of the shifted-content part: name -> (what, offset or None for the middle,
+#: bytes inserted, bytes deleted).
+EDITS = {
+    "insert-1000": (f"{len(SHIFT)} bytes inserted at offset {SHIFT_AT}", SHIFT_AT, SHIFT, 0),
+    "delete-1000": (f"{len(SHIFT)} bytes deleted at offset {SHIFT_AT}", SHIFT_AT, b"",
+                    len(SHIFT)),
+    "insert-middle": (f"{len(SHIFT)} bytes inserted in the middle", None, SHIFT, 0),
+}
 #: Commands whose start-up time is measured (fig I), and how many times each.
 STARTUP_RUNS = 30
 HERE = Path(__file__).resolve().parent
@@ -65,8 +86,8 @@ SIZE_GOAL = "<= smaller peer (issue 9)"
 #: Column heads of the table.
 HEADS = {"anytime": "anytime", "restic": "restic", "borg": "borg (lz4)",
          "borg-zstd": "borg -C zstd,3"}
-#: Parts a tool takes part in (borg-zstd: capture only, for sizes and times).
-ALL_PARTS = ("capture", "mount", "restore", "versions")
+#: Parts a tool takes part in (borg-zstd: capture and shifted content, for sizes).
+ALL_PARTS = ("capture", "startup", "mount", "restore", "versions", "shifted")
 
 
 def log(msg: str) -> None:
@@ -396,6 +417,67 @@ def build_small(dest: Path, n_files: int = SMALL_FILES, total: int = SMALL_BYTES
             "max_depth": max(depth.values()), "sources": len(sources)}
 
 
+def build_text(stdlib: Path, total: int = TEXT_BYTES) -> bytes:
+    """``total`` bytes of text: the ``.py`` files of the standard library (without
+    site-packages; regular files only) in sorted walk order (a directory's files, then
+    its subdirectories), concatenated and cut at ``total``."""
+    out = bytearray()
+    for dirpath, dirnames, files in os.walk(stdlib):
+        dirnames[:] = sorted(d for d in dirnames if not (
+            dirpath == str(stdlib) and d == "site-packages"))
+        for f in sorted(files):
+            p = os.path.join(dirpath, f)
+            if f.endswith(".py") and stat.S_ISREG(os.lstat(p).st_mode):
+                with open(p, "rb") as fin:
+                    out += fin.read()
+                if len(out) >= total:
+                    return bytes(out[:total])
+    raise BenchError(f"only {len(out)} bytes of .py files under {stdlib}, want {total}")
+
+
+def apply_edit(data: bytes, at: int | None, insert: bytes, delete: int) -> bytes:
+    """``data`` with ``delete`` bytes removed and ``insert`` put at offset ``at`` (None:
+    the middle)."""
+    at = len(data) // 2 if at is None else at
+    return data[:at] + insert + data[at + delete:]
+
+
+def build_dup(dest: Path, root: str = DUP_ROOT, total: int = DUP_BYTES) -> dict:
+    """Every regular file under ``root`` in sorted path order, each hard link and copy
+    as often as it occurs, concatenated into ``dest`` and cut at ``total`` bytes."""
+    paths = []
+    for dirpath, _dirs, files in os.walk(root):
+        for f in files:
+            p = os.path.join(dirpath, f)
+            with contextlib.suppress(OSError):
+                if stat.S_ISREG(os.lstat(p).st_mode):
+                    paths.append(os.fsencode(p))
+    written, n, inodes = 0, 0, set()
+    with open(dest, "wb") as out:
+        for p in sorted(paths):
+            try:
+                with open(p, "rb") as fin:
+                    inodes.add(os.fstat(fin.fileno()).st_ino)
+                    while written < total and (buf := fin.read(min(MiB, total - written))):
+                        out.write(buf)
+                        written += len(buf)
+            except OSError:
+                continue
+            n += 1
+            if written >= total:
+                break
+    return {"bytes": written, "files": n, "inodes": len(inodes)}
+
+
+def digest(path: Path) -> str:
+    """BLAKE2b of a file (the results name each corpus by it: same digest, same data)."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while buf := f.read(4 * MiB):
+            h.update(buf)
+    return h.hexdigest()
+
+
 # --- the tools ------------------------------------------------------------------------
 
 class Tool:
@@ -578,7 +660,7 @@ class BorgZstd(Borg):
     compare like for like. Captures only; mounts and restores are borg's own."""
 
     name = "borg-zstd"
-    parts = ("capture",)
+    parts = ("capture", "shifted")
     create_options = ("-C", "zstd,3")
 
 
@@ -631,6 +713,9 @@ class Row:
             if self.ref:
                 self.ratio = a / self.ref
                 self.met = self.ratio >= self.k
+        elif self.kind == "info":  # no goal: the ratio vs the smaller peer, for context
+            if peers and min(peers) > 0:
+                self.ratio = a / min(peers)
 
 
 def fmt(v, unit: str) -> str:
@@ -639,7 +724,7 @@ def fmt(v, unit: str) -> str:
     if unit == "s":
         return f"{v:.3f} s" if v < 10 else f"{v:.1f} s"
     if unit == "MB":
-        return f"{v / 1e6:.1f} MB"
+        return f"{v / 1e6:.2f} MB" if abs(v) < 10e6 else f"{v / 1e6:.1f} MB"
     if unit == "MB/s":
         return f"{v:.0f} MB/s"
     return f"{v}"
@@ -736,8 +821,16 @@ class Bench:
         self.notes.append(msg)
 
     # --- corpora ------------------------------------------------------------------
-    def build_corpora(self) -> None:
+    def build_corpora(self, parts) -> None:
+        """The corpora ``parts`` need, each made once and kept (``NAME.done`` marks one
+        complete), then read once so every tool sees a warm source."""
         self.corpus.mkdir(parents=True, exist_ok=True)
+        if "shifted" in parts:
+            self.build_shifted()
+        if set(parts) - {"shifted"}:
+            self.build_main_corpora()
+
+    def build_main_corpora(self) -> None:
         std = self.src("stdlib")
         done = self.corpus / "stdlib.done"
         stdlib = Path(sysconfig.get_paths()["stdlib"])
@@ -769,19 +862,20 @@ class Bench:
             sdone.write_text(want)
             built = perf_counter()
         log("reading the corpora once so every tool sees a warm source")
-        warm(self.corpus)
+        for name in CAPTURE_CORPORA:
+            warm(self.src(name))
         # A file changed within the last second is read twice by anytime (a write may be
         # in flight, capture/scan.py "recent"); a real tree has settled, so let it.
         if built:
             sleep(max(0.0, built + 1.5 - perf_counter()))
         entries = sum(len(d) + len(f) for _, d, f in os.walk(std))
         files, fbytes = tree_bytes(std)
-        self.extra["corpora"] = {
+        self.extra.setdefault("corpora", {}).update({
             "stdlib": {"source": str(stdlib), "entries": entries, "files": files,
                        "bytes": fbytes},
             "bigfile": {"bytes": big.stat().st_size},
             "small": dict(zip(("files", "bytes"), tree_bytes(small), strict=True)),
-        }
+        })
         log(f"corpora ready: stdlib {entries} entries, {fbytes / 1e6:.0f} MB; "
             f"bigfile {big.stat().st_size / 1e6:.0f} MB; small "
             f"{self.extra['corpora']['small']['files']:,} files, "
@@ -816,6 +910,145 @@ class Bench:
                             return
         if written < BIG_BYTES:
             self.note(f"only {written / MiB:.0f} MiB of shared libraries found for bigfile")
+
+    # --- shifted content: corpora -------------------------------------------------
+    def shifted_dir(self) -> Path:
+        return self.corpus / "shifted"
+
+    def build_shifted(self) -> None:
+        """The text file and its edited versions (``shifted/text/EDIT.txt``), and the
+        duplicate-rich concatenation (``shifted/dup/dup.bin``, alone in its directory)."""
+        base = self.shifted_dir()
+        stdlib = Path(sysconfig.get_paths()["stdlib"])
+
+        def make_text(text: Path) -> dict:
+            log(f"concatenating the standard library's .py files into {TEXT_BYTES / 1e6} MB "
+                f"of text, and its edited versions")
+            data = build_text(stdlib)
+            (text / "base.txt").write_bytes(data)
+            for name, edit in EDITS.items():
+                (text / f"{name}.txt").write_bytes(apply_edit(data, *edit[1:]))
+            return {"bytes": len(data), "blake2b": digest(text / "base.txt")}
+
+        def make_dup(dup: Path) -> dict:
+            log(f"concatenating every regular file under {DUP_ROOT} (sorted by path, hard "
+                f"links and copies kept) into {DUP_BYTES / 1e6:.0f} MB")
+            info = build_dup(dup / DUP_NAME)
+            if info["bytes"] < DUP_BYTES:
+                self.note(f"only {info['bytes'] / 1e6:.0f} MB under {DUP_ROOT} for {DUP_NAME}")
+            return dict(info, blake2b=digest(dup / DUP_NAME))
+
+        self.extra.setdefault("corpora", {})["shifted"] = {
+            "text": self.made(base / "text", f"{TEXT_BYTES} {SHIFT_AT} {SHIFT!r} {stdlib}",
+                              make_text),
+            "dup": self.made(base / "dup", f"{DUP_ROOT} {DUP_BYTES}", make_dup)}
+        log("reading the shifted-content corpora once (warm page cache)")
+        warm(base)
+
+    @staticmethod
+    def made(where: Path, params: str, make) -> dict:
+        """A corpus directory ``where`` made by ``make(where)`` with ``params``: kept from
+        an earlier run when ``where``.done records the same params, else made anew.
+        Returns what ``make`` said about it (kept in the .done file)."""
+        done = where.with_suffix(".done")
+        with contextlib.suppress(OSError, ValueError):
+            info = json.loads(done.read_text())
+            if info.get("params") == params:
+                return info
+        rmtree(where)
+        where.mkdir(parents=True)
+        info = dict(make(where), params=params)
+        done.write_text(json.dumps(info))
+        return info
+
+    # --- S: shifted content -------------------------------------------------------
+    def section_shifted(self) -> None:
+        """Fig S: what an edit that shifts content costs each tool (repository growth),
+        and the repository size of the duplicate-rich concatenation."""
+        log("== shifted content (S growth after an edit that shifts content, C dup size)")
+        text, work = self.shifted_dir() / "text", self.repos / "shifted"
+        src = work / "src"  # the directory captured: code.txt, base then edited
+        tools = {n: t for n, t in self.tools.items() if "shifted" in t.parts}
+        res: dict = {}
+        for edit in EDITS:
+            for name, tool in tools.items():
+                r = res.setdefault(f"{name} {edit}", {})
+                try:
+                    if not tool.available():
+                        raise BenchError(f"{name} is not installed")
+                    repo = work / f"{name}-{edit}"
+                    self.place(text / "base.txt", src / TEXT_NAME, offset_ns=0)
+                    size0, r["base_secs"] = self.fresh_capture(tool, repo, src)
+                    self.place(text / f"{edit}.txt", src / TEXT_NAME, offset_ns=60 * 10**9)
+                    r["edit_secs"] = tool.capture(repo, src, first=False).secs
+                    size1 = du_bytes(repo)[0]
+                    r.update(base=size0, after=size1, growth=size1 - size0)
+                    log(f"{name} {edit}: base {size0 / 1e6:.2f} MB, growth "
+                        f"{(size1 - size0) / 1e6:.3f} MB")
+                    if not self.args.keep:
+                        rmtree(repo)
+                except BenchError as e:
+                    r["error"] = str(e)
+                    self.note(f"{name} shifted {edit}: {e}")
+        rmtree(src)
+        dup = self.shifted_dir() / "dup"
+        for name, tool in tools.items():
+            r = res.setdefault(f"{name} dup", {})
+            try:
+                if not tool.available():
+                    raise BenchError(f"{name} is not installed")
+                repo = work / f"{name}-dup"
+                r["size"], r["secs"] = self.fresh_capture(tool, repo, dup)
+                log(f"{name} dup: {r['secs']:.1f} s, repository {r['size'] / 1e6:.1f} MB")
+                if not self.args.keep:
+                    rmtree(repo)
+            except BenchError as e:
+                r["error"] = str(e)
+                self.note(f"{name} shifted dup: {e}")
+        self.extra["shifted"] = res
+
+        def vals(key: str, what: str) -> dict:
+            return {t: res.get(f"{t} {key}", {}).get(what) for t in tools}
+
+        first = next(iter(EDITS))
+        mb = TEXT_BYTES / 1e6
+        self.add(Row("S", f"repository size, the {mb} MB text file captured once", "text",
+                     "MB", vals(first, "base"), "(context)", "info"))
+        for edit, (what, *_rest) in EDITS.items():
+            row = self.add(Row("S", f"repository growth, {what}, captured again", "text",
+                               "MB", vals(edit, "growth"), "<= restic's growth (issue 9)",
+                               "le_restic", 1.0, key=f"growth_{edit}"))
+            self.min_peer_ratio(row)
+        dup_mb = self.extra["corpora"]["shifted"]["dup"]["bytes"] / 1e6
+        self.add(Row("C", f"repository size, {dup_mb:.0f} MB concatenation of "
+                     f"{DUP_ROOT} (duplicates kept)", "dup", "MB", vals("dup", "size"),
+                     SIZE_GOAL, "le_min_peer", 1.0, key="size"))
+        self.add(Row("S", "first capture of the concatenation", "dup", "s",
+                     vals("dup", "secs"), "(context)", "info"))
+
+    def min_peer_ratio(self, row: Row) -> None:
+        """Keep anytime / the smaller peer beside a row judged against restic."""
+        a = row.values.get("anytime")
+        peers = [v for t, v in row.values.items() if t != "anytime" and v]
+        if a is not None and peers:
+            row.extra["anytime_per_smaller_peer"] = a / min(peers)
+
+    def fresh_capture(self, tool: Tool, repo: Path, src: Path) -> tuple[int, float]:
+        """Capture ``src`` into a new repository; its size (du) and the capture's time."""
+        rmtree(repo)
+        repo.parent.mkdir(parents=True, exist_ok=True)
+        tool.init(repo)
+        secs = tool.capture(repo, src, first=True).secs
+        return du_bytes(repo)[0], secs
+
+    @staticmethod
+    def place(data: Path, dest: Path, offset_ns: int) -> None:
+        """Copy ``data`` to ``dest`` with a fixed modification time (2026-01-01 plus
+        ``offset_ns``), so every tool and run sees the same file."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(data, dest)
+        t = 1_767_225_600 * 10**9 + offset_ns
+        os.utime(dest, ns=(t, t))
 
     # --- A, B, C, D: capture ------------------------------------------------------
     def section_capture(self) -> None:
@@ -1338,7 +1571,7 @@ class Bench:
             "total_secs": perf_counter() - T_START,
             "rows": [{"figure": r.fig, "what": r.what, "corpus": r.corpus, "unit": r.unit,
                       "values": r.values, "ratio": r.ratio, "goal": r.goal, "met": r.met,
-                      "note": r.note, "key": r.key} for r in self.rows],
+                      "note": r.note, "key": r.key, "extra": r.extra} for r in self.rows],
             "notes": self.notes,
             "details": self.extra,
         }
@@ -1383,7 +1616,7 @@ def median_rows(runs: list[list[Row]]) -> list[Row]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", action="append",
-                    choices=["capture", "startup", "mount", "restore", "versions"],
+                    choices=list(ALL_PARTS),
                     help="run only this part (repeatable); default: all")
     ap.add_argument("--scratch", default=os.environ.get("ANYTIME_BENCH_SCRATCH",
                                                          "/tmp/anytime-bench"),
@@ -1402,7 +1635,7 @@ def main(argv=None) -> int:
     ap.add_argument("--versions-commits", type=int, default=1000, help=argparse.SUPPRESS)
     ap.add_argument("--versions-files", type=int, default=1000, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    parts = args.only or ["capture", "startup", "mount", "restore", "versions"]
+    parts = args.only or list(ALL_PARTS)
 
     def _term(signum, frame):
         raise KeyboardInterrupt
@@ -1425,14 +1658,15 @@ def main(argv=None) -> int:
             b.note(f"{t} not found")
     log(f"scratch {b.scratch}; parts: {', '.join(parts)}")
     try:
-        b.build_corpora()
-        order = ["capture", "startup", "mount", "restore", "versions"]
+        b.build_corpora(parts)
+        order = list(ALL_PARTS)
+        once = ("versions", "startup", "shifted")  # one run each
         runs: list[list[Row]] = []
         try:
             for i in range(max(1, args.runs)):
                 b.rows = []
                 for part in order:
-                    if part not in parts or (part in ("versions", "startup") and i > 0):
+                    if part not in parts or (part in once and i > 0):
                         continue
                     log(f"run {i + 1}/{args.runs}: {part}")
                     try:
@@ -1446,8 +1680,8 @@ def main(argv=None) -> int:
         finally:
             b.rows = median_rows(runs)
             if len(runs) > 1:
-                b.note(f"each figure is the median of {len(runs)} runs (the 10^6-version "
-                       f"and start-up figures: one run)")
+                b.note(f"each figure is the median of {len(runs)} runs (the 10^6-version, "
+                       f"start-up and shifted-content figures: one run)")
     except KeyboardInterrupt:
         b.note("interrupted")
     finally:
