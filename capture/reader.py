@@ -1,19 +1,21 @@
 """Reading files for a scan: what the scan's worker threads run.
 
-A worker opens, stats and reads a file, and stores each block through the commit's
-``store_block`` (hash, dedup, compress, append to a pack). Small files come in batches;
-large ones in segments, at most one per core at a time. The scan (capture/scan.py)
-decides what to read and checks what was read.
+A worker opens, stats and reads a file, cuts it into chunks and stores each through
+the commit's ``store_chunk`` (hash, dedup, compress, append to a pack), and returns the
+file's block references (store/chunker.py defines the terms). Small files come in
+batches, read and stored by one worker each; a large file is read by one worker while
+its chunks are stored by ``cores`` others (so both cores work even on one large file).
+The scan (capture/scan.py) decides what to read and checks what was read.
 
 Terms:
-  segment   up to ``SEGMENT_BLOCKS`` consecutive blocks of one file, read as one unit of
-            work (so both cores work even on one large file).
+  large     a file of more than ``SEGMENT_BLOCKS`` blocks: opened by the walking thread,
+            read as it is cut (never held whole).
   probe     a path with no previous version that d_type says is a regular file: the
             walking thread does not stat it; a worker opens, stats and reads it, or hands
             it back (``("defer", stat)``) when it is large, hardlinked or not a regular
             file.
   hole      a block with no data in a sparse file, found with ``SEEK_DATA`` without
-            reading it; stored as ``HOLE_ID``.
+            reading it, or a block of zeros; recorded as ``HOLE_ID``, nothing stored.
   end       where a file's reads really ended. It differs from ``st_size`` for files
             whose size lies: procfs files say 0 and hold bytes, sysfs files say 4096 and
             hold fewer. What a read returns is stored, and the entry's size is the
@@ -26,12 +28,16 @@ import errno
 import os
 import stat as st_
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from anytime.store import clock
-from anytime.store.format import HOLE_ID
+from anytime.store.chunker import RefBuilder
 from anytime.store.localfs import read_xattrs
 
 SEGMENT_BLOCKS = 8
+#: Chunks of one large file being stored at once, per core (bounds the memory a large
+#: file holds: at most this many chunks of up to CHUNK_MAX bytes each).
+INFLIGHT_CHUNKS = 3
 #: Reads of a file before it is recorded as unstable (capture/scan.py).
 RETRIES = 3
 #: A file changed less than this before its read began is "recent" (capture/scan.py):
@@ -44,17 +50,35 @@ SEEK_DATA = getattr(os, "SEEK_DATA", 3)
 READ_PAST_LIMIT = 64 * 1024 * 1024
 
 
-class FileReader:
-    """Reads files into blocks with ``store(data) -> block id``; thread-safe when
-    ``store`` is (``CommitBuilder.store_block`` is)."""
+class ReadStopped(Exception):
+    """A read given up because the scan stops (:meth:`FileReader.stop`)."""
 
-    def __init__(self, store, block_size: int, cores: int):
+
+class FileReader:
+    """Reads files into block references, storing their chunks with ``store(data) ->
+    chunk id``; thread-safe when ``store`` is (``CommitBuilder.store_chunk`` is).
+    ``chunker``: the repository's (store/chunker.py). Call :meth:`close` at the end."""
+
+    def __init__(self, store, block_size: int, cores: int, chunker):
         self.store = store
         self.bs = block_size
-        self._cpu_slots = threading.BoundedSemaphore(cores)
+        self.chunker = chunker
+        self.cores = cores
+        self._pool: ThreadPoolExecutor | None = None  # stores large files' chunks
+        self._pool_lock = threading.Lock()
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        """Make every read in progress fail (:class:`ReadStopped`) at its next block."""
+        self._stop.set()
+
+    def close(self) -> None:
+        """Wait for the chunks being stored; drop those not started. Idempotent."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
     def read_batch(self, jobs: list[tuple]) -> list:
-        """:meth:`read_small` for each (path, probe, tries, last ids); an OSError is
+        """:meth:`read_small` for each (path, probe, tries, last refs); an OSError is
         returned in its place."""
         out = []
         for job in jobs:
@@ -66,13 +90,15 @@ class FileReader:
 
     def read_small(self, abspath: bytes, probe: bool = False, tries: int = 1,
                    last_ids: list[bytes] | None = None):
-        """Read a file of at most one segment, and read it again while it is recent and
-        the last two reads differ (at most ``RETRIES`` reads in all, ``tries`` counted
-        already): the confirming read happens here, in the worker, not as a new job.
+        """Read a file of at most ``SEGMENT_BLOCKS`` blocks, and read it again while it
+        is recent and the last two reads differ (at most ``RETRIES`` reads in all,
+        ``tries`` counted already): the confirming read happens here, in the worker,
+        not as a new job.
 
-        Returns (block ids, end, stat before, stat after, xattrs, kernel time before,
-        tries, ids of the read before the last or ``last_ids``); or ``("defer", stat)`` (see
-        :meth:`read_once`). The caller judges stability as before, from these.
+        Returns (block references, end, stat before, stat after, xattrs, kernel time
+        before, tries, references of the read before the last or ``last_ids``); or
+        ``("defer", stat)`` (see :meth:`read_once`). The caller judges stability as
+        before, from these.
         """
         while True:
             got = self.read_once(abspath, probe)
@@ -85,13 +111,14 @@ class FileReader:
             tries, last_ids = tries + 1, ids
 
     def read_once(self, abspath: bytes, probe: bool = False):
-        """Open, read, store and close a file of at most one segment, in a worker thread.
+        """Open, read, store and close a file of at most ``SEGMENT_BLOCKS`` blocks, in a
+        worker thread.
 
-        Returns (block ids, end, stat before, stat after, xattrs, kernel time before);
-        end as :meth:`read_segment` gives it. With
-        ``probe`` (a new path the main thread did not stat), a file that is not a plain
-        regular file of at most one segment with one link is not read: ``("defer",
-        stat)`` hands it back to the main thread's full path.
+        Returns (block references, end, stat before, stat after, xattrs, kernel time
+        before); end as :meth:`read_file` gives it. With ``probe`` (a new path the
+        main thread did not stat), a file that is not a plain regular file of at most
+        ``SEGMENT_BLOCKS`` blocks with one link is not read: ``("defer", stat)`` hands
+        it back to the main thread's full path.
         """
         fd = os.open(abspath, OPEN_FLAGS)
         try:
@@ -102,61 +129,98 @@ class FileReader:
                 return "defer", before
             xattrs = read_xattrs(fd)
             size = before.st_size
-            nblocks = (size + self.bs - 1) // self.bs
-            ids, end = self.read_segment(fd, 0, nblocks, size, before.st_blocks * 512 < size)
-            return ids, end, before, os.fstat(fd), xattrs, started
+            if 0 < size < self.bs and size <= self.chunker.min_size:
+                refs, end = self._read_one_chunk(fd, size)
+            else:
+                refs, end = self.read_file(fd, size, before.st_blocks * 512 < size)
+            return refs, end, before, os.fstat(fd), xattrs, started
         finally:
             os.close(fd)
 
-    def read_big_segment(self, *args) -> tuple[list[bytes], int | None]:
-        """A segment of a large file: at most one per core at a time (the extra worker is
-        for small files, whose opens and reads wait on the kernel, not for compression)."""
-        with self._cpu_slots:
-            return self.read_segment(*args)
+    def _read_one_chunk(self, fd: int, size: int) -> tuple[list[bytes], int | None]:
+        """:meth:`read_file` for a file of one block that is one chunk (most small
+        files): one pread (asking one byte more, to see the file ends where its size
+        says), its id is its reference."""
+        data = os.pread(fd, size + 1, 0)
+        if len(data) != size:
+            builder = RefBuilder(self.chunker, self.store)
+            end = self._read_past(fd, 0, data, size, builder)
+            return builder.finish(), end
+        return [self.store(data)], None
 
-    def read_segment(self, fd: int, first: int, count: int, size: int, sparse: bool
-                     ) -> tuple[list[bytes], int | None]:
-        """Store blocks ``first`` .. ``first + count - 1`` of open file ``fd`` (of ``size``
-        bytes by its stat, with holes if ``sparse``); returns (their ids, end).
+    def read_file(self, fd: int, size: int, sparse: bool, large: bool = False
+                  ) -> tuple[list[bytes], int | None]:
+        """Store the content of open file ``fd`` (of ``size`` bytes by its stat, with holes
+        if ``sparse``); returns (its block references, end). ``large``: its chunks are
+        stored by the reader's pool while this thread reads on.
 
         ``end`` is None when every read returned what ``size`` says. Otherwise the file
-        was read on to EOF from the first read that did not (:meth:`read_past`) and
-        ``end`` is where it ended; the ids then stop there. Checking costs nothing for an
-        ordinary file: its last block is read asking one byte more, which a file longer
-        than its size returns; only a size that is a multiple of the block size (0
-        included) takes one more pread, at the end, to see the file ends there.
+        was read on to EOF from the first read that did not (:meth:`_read_past`) and
+        ``end`` is where it ended; the references then stop there. Checking costs
+        nothing for an ordinary file: its last block is read asking one byte more, which
+        a file longer than its size returns; only a size that is a multiple of the block
+        size (0 included) takes one more pread, at the end, to see the file ends there.
         """
+        builder = RefBuilder(self.chunker, self._submit if large else self.store)
+        try:
+            end = self._read_blocks(fd, size, sparse, builder)
+            return builder.finish(), end
+        finally:
+            for f in builder.futures():  # a failed read: nothing more is stored
+                f.cancel()
+
+    def read_large(self, fd: int, size: int, sparse: bool) -> tuple[list[bytes], int | None]:
+        """:meth:`read_file` of a large file (in a worker of the scan's pool)."""
+        return self.read_file(fd, size, sparse, large=True)
+
+    def _submit(self, chunk: bytes):
+        """Store ``chunk`` in the reader's pool (a Future of its id); waits while
+        ``INFLIGHT_CHUNKS`` per core are in flight."""
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.cores, thread_name_prefix="anytime-chunk")
+                self._slots = threading.BoundedSemaphore(INFLIGHT_CHUNKS * self.cores)
+        self._slots.acquire()
+        try:
+            fut = self._pool.submit(self.store, chunk)
+        except BaseException:
+            self._slots.release()
+            raise
+        fut.add_done_callback(lambda _f: self._slots.release())
+        return fut
+
+    def _read_blocks(self, fd: int, size: int, sparse: bool, builder: RefBuilder
+                     ) -> int | None:
+        """Hand every block of ``fd`` to ``builder``; returns the end (see read_file)."""
         bs = self.bs
-        ids = []
-        store = self.store
-        last = first + count
-        for b in range(first, last):
+        nblocks = (size + bs - 1) // bs
+        stop = self._stop
+        for b in range(nblocks):
+            if stop.is_set():
+                raise ReadStopped()
             off = b * bs
             n = min(bs, size - off)
             if sparse and all_hole(fd, off, n):
-                ids.append(HOLE_ID)
+                builder.add(None)
                 continue
             want = n + 1 if n < bs and off + n == size else n
             data = os.pread(fd, want, off)
             if len(data) != n:
-                more, end = self.read_past(fd, off, data, size)
-                return ids + more, end
-            ids.append(store(data))
-        if last * bs == size:
+                return self._read_past(fd, off, data, size, builder)
+            builder.add(data)
+        if nblocks * bs == size:
             data = os.pread(fd, bs, size)  # the file ends at a block boundary, or not
             if data:
-                more, end = self.read_past(fd, size, data, size)
-                return ids + more, end
-        return ids, None
+                return self._read_past(fd, size, data, size, builder)
+        return None
 
-    def read_past(self, fd: int, off: int, data: bytes, size: int
-                  ) -> tuple[list[bytes], int]:
-        """Store a file from ``off`` to EOF, ``data`` already read there (a file whose
-        reads end elsewhere than its ``size``); returns (ids, end). Reads on after a
-        short read, which ends a regular file only when the next returns nothing; stops
-        ``READ_PAST_LIMIT`` bytes past ``size``."""
+    def _read_past(self, fd: int, off: int, data: bytes, size: int, builder: RefBuilder
+                   ) -> int:
+        """Hand a file's blocks from ``off`` to EOF to ``builder``, ``data`` already read
+        there (a file whose reads end elsewhere than its ``size``); returns the end.
+        Reads on after a short read, which ends a regular file only when the next
+        returns nothing; stops ``READ_PAST_LIMIT`` bytes past ``size``."""
         bs = self.bs
-        ids = []
         limit = size + READ_PAST_LIMIT
         while True:
             while len(data) < bs:
@@ -165,10 +229,10 @@ class FileReader:
                     break
                 data += more
             if data:
-                ids.append(self.store(data))
+                builder.add(data)
             end = off + len(data)
             if len(data) < bs or end >= limit:
-                return ids, end
+                return end
             off = end
             data = os.pread(fd, bs, off)
 

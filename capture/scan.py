@@ -3,8 +3,9 @@
 Terms:
   stat cache   the previous version of each path, read from the index. A regular file
                whose kind, size, mtime, ctime and inode all match it is not read again.
-  segment,     what the worker threads read (capture/reader.py): segments of large
-  probe        files, and new paths that look like regular files, in batches.
+  large file,  what the worker threads read (capture/reader.py): large files one by
+  probe        one, and small files and new paths that look like regular files, in
+               batches.
   unstable     a file that kept changing while it was read: after ``RETRIES`` reads
                whose before/after stat differ, it is recorded with ``FLAG_UNSTABLE``.
   recent       a file whose ctime is less than ``RECENT_NS`` before its read began.
@@ -63,8 +64,9 @@ from .reader import OPEN_FLAGS, RETRIES, SEGMENT_BLOCKS, FileReader, recent, sam
 
 #: GIL switch interval while scanning (seconds; CPython's default is 0.005).
 SWITCH_INTERVAL = 0.0005
-MAX_INFLIGHT_SEGMENTS = 128
-#: Files of one segment or less are handed to the workers this many at a time.
+#: Units of work (batches of small files, large files) queued for the workers at most.
+MAX_INFLIGHT = 128
+#: Files of at most SEGMENT_BLOCKS blocks are handed to the workers this many at a time.
 BATCH_FILES = 16
 
 
@@ -125,16 +127,16 @@ class _FileJob:
     path: bytes  # relative to the volume root
     abspath: bytes
     entry: Entry | None  # None until a probe job's first read
-    fd: int | None  # open by the main thread for files of more than one segment
+    fd: int | None  # open by the main thread for large files
     before: os.stat_result | None
     file_id: int
     existing: bool  # file_id already had blocks: diff against them
-    segments: list[Future] = field(default_factory=list)
+    segments: list[Future] = field(default_factory=list)  # the read (one future)
     tries: int = 1
     batch_index: int = 0
     probe: bool = False  # a new path not yet stat'ed by the main thread
     started_ns: int = 0  # kernel time just before ``before`` was taken
-    last_ids: list[bytes] | None = None  # block ids of the previous read
+    last_ids: list[bytes] | None = None  # block references of the previous read
     end: int | None = None  # where the last read really ended, if not at st_size
     old: Entry | None = None  # the previous version of the path
     link: tuple[int, int] | None = None  # (dev, ino) of a file with more than one link
@@ -156,7 +158,8 @@ class Scanner:
         # cores stay busy compressing (measured: 0.64 s vs 0.76 s on the stdlib tree).
         self.pool = ThreadPoolExecutor(max_workers=workers or (os.cpu_count() or 2) + 1,
                                        thread_name_prefix="anytime-read")
-        self.reader = FileReader(self.builder.store_block, self.bs, os.cpu_count() or 2)
+        self.reader = FileReader(self.builder.store_chunk, self.bs, os.cpu_count() or 2,
+                                 repo.chunker)
         self.report = ScanReport(volume=vol.name)
         self.pending: deque[_FileJob] = deque()
         self.inflight = 0
@@ -212,12 +215,14 @@ class Scanner:
             r.committed = True
             return r
         except BaseException as err:
+            self.reader.stop()  # large files being read stop at their next block
             for job in self.pending:
                 for f in job.segments:
                     f.cancel()
                 if job.fd is not None:
                     os.close(job.fd)
             self.pool.shutdown(wait=True, cancel_futures=True)
+            self.reader.close()
             if isinstance(err, KeyboardInterrupt) and not self.builder.done:
                 # keep what was stored, as borg's checkpoints and restic's saved index
                 # do: the re-run of a long first snapshot finds these blocks
@@ -226,6 +231,7 @@ class Scanner:
             raise
         finally:
             self.pool.shutdown(wait=True)
+            self.reader.close()
 
     def _scan_root(self) -> None:
         try:
@@ -382,7 +388,7 @@ class Scanner:
         job = _FileJob(rel, abspath, None, None, None, 0, False, probe=True)
         self._submit(job)
         self.pending.append(job)
-        self._drain(MAX_INFLIGHT_SEGMENTS)
+        self._drain(MAX_INFLIGHT)
 
     def _file_id_for(self, s: os.stat_result, old: Entry | None) -> tuple[int, bool]:
         """(file id, whether it already has blocks) for a file about to be recorded."""
@@ -436,7 +442,7 @@ class Scanner:
         self._submit(job)
         self.pending.append(job)
         if drain:
-            self._drain(MAX_INFLIGHT_SEGMENTS)
+            self._drain(MAX_INFLIGHT)
 
     def _open_failed(self, job: _FileJob, err: OSError) -> None:
         if job.probe and err.errno == errno.ELOOP:  # became a symlink since it was listed
@@ -510,11 +516,8 @@ class Scanner:
             return
         size = job.before.st_size
         sparse = job.before.st_blocks * 512 < size
-        nblocks = (size + self.bs - 1) // self.bs
-        job.segments = [self.pool.submit(self.reader.read_big_segment, job.fd, first,
-                                         min(SEGMENT_BLOCKS, nblocks - first), size, sparse)
-                        for first in range(0, nblocks, SEGMENT_BLOCKS)]
-        self.inflight += len(job.segments)
+        job.segments = [self.pool.submit(self.reader.read_large, job.fd, size, sparse)]
+        self.inflight += 1
 
     def _flush_batch(self) -> None:
         if self._batch:
@@ -563,16 +566,11 @@ class Scanner:
             job.entry.xattrs = xattrs
             return ids, after
         self.inflight -= len(job.segments)
-        ids, job.end, failed = [], None, None
-        for f in job.segments:
-            try:
-                got, end = f.result()
-            except OSError as err:  # EIO, ...: every segment is waited for, then
-                failed = err
-                continue
-            if job.end is None:  # a segment's reads ended early: the file ends there
-                ids.extend(got)
-                job.end = end
+        failed = None
+        try:
+            ids, job.end = job.segments[0].result()
+        except OSError as err:  # EIO, ...
+            failed = err
         if failed is not None:
             os.close(job.fd)
             job.fd = None

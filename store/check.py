@@ -31,10 +31,10 @@ from .format import (
     DB_ENTRIES,
     DB_PACKS,
     ENTRY_FIXED,
-    HOLE_ID,
     KIND_FILE,
     PACK_INFO,
     block_id,
+    ref_chunk_ids,
     split_blockver_key,
     split_entry_key,
     vol_key,
@@ -163,21 +163,27 @@ class _Checker:
         to)]."""
         blocks_db = self.repo.dbs[DB_BLOCKS]
         spoiled: dict[tuple[int, int], list[list]] = {}
-        prev_prefix, prev_range = None, None
-        for key, bid in self.txn.cursor(db=self.repo.dbs[DB_BLOCKVERS]):
+        prev_prefix, prev_ranges = None, []
+        for key, ref in self.txn.cursor(db=self.repo.dbs[DB_BLOCKVERS]):
             self.rep.block_versions += 1
             vid, fid, block_no, t = split_blockver_key(key)
-            if prev_range is not None and prev_prefix == (vid, fid, block_no):
-                prev_range[2] = t  # the next version of that block ends the range
-            prev_prefix, prev_range = (vid, fid, block_no), None
-            bid = bytes(bid)
-            if bid == HOLE_ID:
+            if prev_prefix == (vid, fid, block_no):
+                for r in prev_ranges:
+                    r[2] = t  # the next version of that block ends the range
+            prev_prefix, prev_ranges = (vid, fid, block_no), []
+            try:
+                cids = ref_chunk_ids(ref)
+            except ValueError as e:
+                self.rep.problems.append(f"volume {vid}, file {fid}, block {block_no} at "
+                                         f"{t}: the block version is damaged ({e})")
                 continue
-            if bid not in self.bad and self.txn.get(bid, db=blocks_db) is None:
-                self.damaged(bid, None, "is named by a block version but not in the index")
-            if bid in self.bad:
-                prev_range = [block_no, t, None, bid]
-                spoiled.setdefault((vid, fid), []).append(prev_range)
+            for cid in cids:
+                if cid not in self.bad and self.txn.get(cid, db=blocks_db) is None:
+                    self.damaged(cid, None, "is named by a block version but not in the "
+                                            "index")
+                if cid in self.bad:
+                    prev_ranges.append([block_no, t, None, cid])
+                    spoiled.setdefault((vid, fid), []).append(prev_ranges[-1])
         return spoiled
 
     def affected(self, spoiled) -> None:

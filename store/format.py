@@ -11,7 +11,7 @@ from __future__ import annotations
 import stat as st_
 import struct
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 #: A writer of this repository may stage a commit (store/writer.py): readers must stop at
 #: a volume's horizon, and writers must roll back a ``pending`` commit first. Listed in
 #: new repositories, and added to older ones by their first staged commit, so that
@@ -86,6 +86,52 @@ def _import_blake3():
 
     _blake3 = blake3
     return blake3
+
+
+# --- chunks and block references ---------------------------------------------------
+#: Content-defined chunking of file content (store/chunker.py): FastCDC 2020, with
+#: normalized chunking level CHUNK_NC and the gear table of the reference code XORed
+#: with the repository's chunker seed. A chunk is at least CHUNK_MIN bytes (except a
+#: file's last), at most CHUNK_MAX; CHUNK_AVG (a power of two) picks the cut masks and
+#: where the stricter one ends; chunks come out about 700 KB on average (docs/format.md
+#: "Why these chunk sizes").
+CHUNK_MIN = 128 * 1024
+CHUNK_AVG = 512 * 1024
+CHUNK_MAX = 2 * 1024 * 1024
+CHUNK_NC = 1
+#: A slice of a block reference: chunk id (32) | offset in the chunk u32 | length u32.
+SLICE = struct.Struct("<32sII")
+
+
+def encode_ref(slices: list[tuple[bytes, int, int]], chunk_len: int | None = None) -> bytes:
+    """The block reference (a ``blockvers`` value) of a block made of ``slices``, each
+    (chunk id, offset in the chunk, length), in order. A block that is exactly one
+    whole chunk (``chunk_len``: that chunk's length) is just the chunk's id (32 bytes);
+    ``HOLE_ID`` alone is a hole."""
+    if len(slices) == 1:
+        cid, off, n = slices[0]
+        if off == 0 and n == chunk_len:
+            return cid
+    return b"".join(SLICE.pack(*sl) for sl in slices)
+
+
+def decode_ref(ref: bytes) -> list[tuple[bytes, int, int | None]]:
+    """The slices (chunk id, offset, length) of a block reference; a whole-chunk (or
+    hole) reference gives one slice of length None: the whole chunk (or block)."""
+    n = len(ref)
+    if n == BLOCK_ID_LEN:
+        return [(bytes(ref), 0, None)]
+    if n == 0 or n % SLICE.size:
+        raise ValueError(f"a block reference of {n} bytes is neither {BLOCK_ID_LEN} nor a "
+                         f"multiple of {SLICE.size}")
+    return [SLICE.unpack_from(ref, i) for i in range(0, n, SLICE.size)]
+
+
+def ref_chunk_ids(ref: bytes) -> list[bytes]:
+    """The ids of the chunks a block reference reads (holes left out)."""
+    if len(ref) == BLOCK_ID_LEN:
+        return [] if ref == HOLE_ID else [bytes(ref)]
+    return [cid for cid, _, _ in decode_ref(ref) if cid != HOLE_ID]
 
 
 ZSTD_LEVEL = 3

@@ -1,12 +1,10 @@
-"""Reading a local tree the way the store describes it: a file's block ids and a path's
-extended attributes. Used by capture (what to store), by diff against the live tree,
-and by restore (is the file at the destination already the stored one?)."""
+"""Reading a local tree the way the store describes it: a path's extended attributes.
+Used by capture (what to store), by diff against the live tree and by restore. (A
+local file's block references: ``Repository.file_refs``.)"""
 
 from __future__ import annotations
 
 import os
-
-from .format import block_id
 
 
 def read_xattrs(path: bytes | int) -> dict[bytes, bytes]:
@@ -25,12 +23,3 @@ def read_xattrs(path: bytes | int) -> dict[bytes, bytes]:
         except OSError:
             continue
     return out
-
-
-def file_block_ids(path: bytes, block_size: int, key: bytes) -> list[bytes]:
-    """The ids of a local file's blocks, as a snapshot would name them (holes included)."""
-    ids = []
-    with open(path, "rb") as f:
-        while data := f.read(block_size):
-            ids.append(block_id(key, data))
-    return ids

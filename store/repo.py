@@ -23,6 +23,7 @@ from contextlib import contextmanager
 import lmdb
 
 from . import clock, damage, modes, space
+from .chunker import Chunker, file_refs, seed_of
 from .errors import (
     AnytimeError,
     DamagedData,
@@ -35,7 +36,12 @@ from .errors import (
 )
 from .format import (
     ALL_DBS,
+    BLOCK_ID_LEN,
     BLOCK_LOC,
+    CHUNK_AVG,
+    CHUNK_MAX,
+    CHUNK_MIN,
+    CHUNK_NC,
     CODEC_ZSTD,
     CODEC_ZSTD_DICT,
     DB_BLOCKS,
@@ -48,6 +54,7 @@ from .format import (
     DEFAULT_BLOCK_SIZE,
     DEFAULT_PACK_TARGET,
     FORMAT_VERSION,
+    HOLE_ID,
     INODE_VALUE,
     KNOWN_FEATURES,
     PENDING_PREFIX,
@@ -56,6 +63,7 @@ from .format import (
     ZDICT_CURRENT,
     ZSTD_LEVEL,
     block_size_problem,
+    decode_ref,
     pending_key,
     split_pending_key,
     vol_key,
@@ -152,6 +160,21 @@ def _write_config(root: str, config: dict) -> None:
     except OSError as e:
         space.check(e, root, "writing the config")
         raise
+
+
+def chunker_problem(c) -> str | None:
+    """Why ``c`` (a config's ``chunker`` object) cannot be used (None: it can)."""
+    if not isinstance(c, dict) or c.get("algorithm") != "fastcdc2020":
+        return "are missing or name an unknown algorithm"
+    vals = [c.get(k) for k in ("min", "avg", "max", "nc", "seed")]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
+        return "are not whole numbers"
+    lo, avg, hi, nc, seed = vals
+    # pyfastcdc's bounds (min 64 B..1 MiB, max 1 KiB..16 MiB, avg 256 B..4 MiB)
+    if not (64 <= lo <= 1 << 20 and 256 <= avg <= 4 << 20 and 1024 <= hi <= 16 << 20
+            and lo <= avg <= hi and 0 <= nc <= 3 and 0 < seed < 1 << 63):
+        return f"are out of range (min {lo}, avg {avg}, max {hi}, nc {nc})"
+    return None
 
 
 def _fsync_dir(path: str) -> None:
@@ -285,6 +308,9 @@ class Repository:
         self.block_key = bytes.fromhex(config["block_key"])
         self.block_size = int(config.get("block_size", DEFAULT_BLOCK_SIZE))
         self.zstd_level = int(config.get("zstd_level", ZSTD_LEVEL))
+        c = config["chunker"]
+        #: cuts file content into chunks, the same way for every writer of the repository
+        self.chunker = Chunker(c["seed"], c["min"], c["avg"], c["max"], c["nc"])
         self.pack_target = int(options.pack_target
                                or config.get("pack_target", DEFAULT_PACK_TARGET))
         # mode: the index directory 0700, data.mdb and lock.mdb 0600 (py-lmdb drops the
@@ -322,8 +348,11 @@ class Repository:
     # --- opening ---------------------------------------------------------------------
     @classmethod
     def init(cls, root: str, block_size: int = DEFAULT_BLOCK_SIZE,
-             options: StoreOptions = DEFAULT_OPTIONS, packs: PackStore | None = None
-             ) -> Repository:
+             options: StoreOptions = DEFAULT_OPTIONS, packs: PackStore | None = None,
+             chunker_seed: int | None = None) -> Repository:
+        """Create a repository at ``root`` (empty or new). ``chunker_seed`` (tests:
+        chunk boundaries the same in every run) replaces the one derived from the new
+        repository's block key."""
         root = os.path.abspath(root)
         problem = block_size_problem(block_size)
         if problem:
@@ -344,6 +373,9 @@ class Repository:
             "zstd_level": ZSTD_LEVEL,
             "created_ns": clock.now_ns(),
         }
+        config["chunker"] = {"algorithm": "fastcdc2020", "min": CHUNK_MIN, "avg": CHUNK_AVG,
+                             "max": CHUNK_MAX, "nc": CHUNK_NC,
+                             "seed": chunker_seed or seed_of(bytes.fromhex(config["block_key"]))}
         modes.private_dir(os.path.join(root, "index"))
         _write_config(root, config)  # the config file marks a repository
         return cls(root, config, options, packs)
@@ -380,6 +412,13 @@ class Repository:
         except ValueError:  # UnicodeDecodeError and JSONDecodeError too
             raise RepositoryFormatError(_not_ours(root, raw)) from None
         version = config.get("format_version")
+        if version == 1:
+            raise RepositoryFormatError(
+                f"the repository at {root} has format version 1 (fixed blocks, made by "
+                f"anytime 0.1); this anytime reads and writes format version "
+                f"{FORMAT_VERSION} only, and does not convert it. Its data is intact: "
+                f"restore what you need with anytime 0.1 (or keep it for that), and start "
+                f"a new repository with 'anytime init' for this release")
         if version != FORMAT_VERSION:
             raise RepositoryFormatError(
                 f"the repository at {root} has format version {version}; this anytime "
@@ -400,6 +439,11 @@ class Repository:
         if problem:  # a volume made with it would drop every file's content
             raise RepositoryFormatError(
                 f"the repository config {path} is damaged: its block size {problem}")
+        problem = chunker_problem(config.get("chunker"))
+        if problem:  # chunks cut otherwise would not dedup with those stored
+            raise RepositoryFormatError(
+                f"the repository config {path} is damaged: its chunker settings {problem}. "
+                f"Put back the config from a copy of the repository")
         return cls(root, config, options, packs)
 
     def close(self) -> None:
@@ -512,6 +556,45 @@ class Repository:
                              "does not match its id")
             raise DamagedData(f"block {block_id.hex()[:16]} does not match its id")
         return data
+
+    def read_ref(self, txn, ref: bytes, lo: int = 0, hi: int | None = None,
+                 verified: bool = False) -> list:
+        """Bytes [lo, hi) of the block that block reference ``ref`` names (all of it
+        by default), as a list of pieces (bytes or memoryviews of cached chunks: the
+        caller joins them once, so a block made of slices is copied once, not twice).
+        Slices of ``HOLE_ID`` read as zeros; a whole-block ``HOLE_ID`` is the caller's
+        (it knows the block's length). ``verified``: each chunk is hashed against its
+        id (:meth:`read_block_verified`)."""
+        read = self.read_block_verified if verified else self.read_block
+        if len(ref) == BLOCK_ID_LEN:
+            data = read(txn, bytes(ref))
+            end = len(data) if hi is None else min(hi, len(data))
+            return [data] if (lo, end) == (0, len(data)) else [memoryview(data)[lo:end]]
+        pieces = []
+        pos = 0  # where the current slice starts in the block
+        for cid, off, n in decode_ref(ref):
+            a = max(lo, pos)
+            b = pos + n if hi is None else min(hi, pos + n)
+            if a < b:
+                if cid == HOLE_ID:
+                    pieces.append(bytes(b - a))
+                else:
+                    data = read(txn, cid)
+                    if off + n > len(data):
+                        self.note_damage(cid, self.block_location(txn, cid),
+                                         "shorter than a slice that names it")
+                        raise DamagedData(f"chunk {cid.hex()[:16]} is shorter than a block "
+                                          f"reference says")
+                    pieces.append(memoryview(data)[off + a - pos:off + b - pos])
+            pos += n
+        return pieces
+
+    def file_refs(self, f, block_size: int) -> list[bytes]:
+        """The block references a snapshot into this repository would record for the
+        content of open binary file ``f`` (nothing is stored): equal to a stored
+        version's references exactly when the content is the same."""
+        key = self.block_key
+        return file_refs(f, block_size, self.chunker, lambda d: block_id_of(key, d))
 
     def note_damage(self, block_id: bytes, loc, reason: str) -> None:
         """Append a damage record (store/damage.py) for a block found damaged at ``loc``

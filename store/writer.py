@@ -18,7 +18,7 @@ A crash before the commit point leaves pack files that no commit references, and
 staged records under a ``pending`` marker; the next writer deletes both
 (:meth:`Repository.reclaim_leftover_packs`, :meth:`Repository.roll_back_unfinished`).
 
-Thread-safety: :meth:`store_block` may be called from many threads (hashing and
+Thread-safety: :meth:`store_chunk` may be called from many threads (hashing and
 compression release the GIL); everything else from the thread that owns the builder.
 """
 
@@ -162,8 +162,10 @@ class CommitBuilder:
                     level=self.repo.zstd_level, write_content_size=False)
         return c
 
-    def store_block(self, data: bytes) -> bytes:
-        """Store ``data`` unless an identical block exists; returns its block id."""
+    def store_chunk(self, data: bytes) -> bytes:
+        """Store chunk ``data`` unless an identical chunk exists; returns its id (the
+        ``blocks`` database and pack records name chunks by it; ``HOLE_ID`` for zeros,
+        which are not stored)."""
         bid = block_id(self.repo.block_key, data)
         if bid == HOLE_ID:
             return bid
@@ -326,8 +328,10 @@ class CommitBuilder:
     def put_entry(self, path: bytes, entry: Entry) -> None:
         self._entries.add(entry_prefix(self.vol.id, *split_path(path)), entry.encode())
 
-    def put_block_version(self, file_id: int, block_no: int, block_id: bytes) -> None:
-        self._blockvers.add(blockver_prefix(self.vol.id, file_id, block_no), block_id)
+    def put_block_version(self, file_id: int, block_no: int, ref: bytes) -> None:
+        """Record block ``block_no`` of file ``file_id`` as block reference ``ref``
+        (``format.encode_ref``: a chunk id, slices of chunks, or ``HOLE_ID``)."""
+        self._blockvers.add(blockver_prefix(self.vol.id, file_id, block_no), ref)
 
     def map_inode(self, dev: int, ino: int, file_id: int, mtime_ns: int, size: int) -> None:
         """Remember which file id source inode (dev, ino) holds, and its recorded state."""
@@ -393,7 +397,7 @@ class CommitBuilder:
         and index them, listed with commit instant 0 as :meth:`_flush_blocks` does (no
         commit references them; the next snapshot dedups against them, prune reclaims
         what stays unreferenced); returns (blocks, bytes) kept. The owner thread calls
-        it once no :meth:`store_block` runs, instead of :meth:`abort`; a crash or a
+        it once no :meth:`store_chunk` runs, instead of :meth:`abort`; a crash or a
         second interrupt during it loses only blocks not yet indexed, as before."""
         if self.done:
             return 0, 0

@@ -17,7 +17,7 @@ from conftest import anytime_command
 from treeutil import at_epoch, snap, view_at
 
 from anytime.store import timeline
-from anytime.store.format import FLAG_DENSE, HOLE_ID, MAX_INSTANT
+from anytime.store.format import CHUNK_MAX, FLAG_DENSE, HOLE_ID, MAX_INSTANT
 from anytime.store.repo import Repository
 
 NS = 10**9
@@ -524,30 +524,34 @@ def test_kill_9_while_a_large_commit_is_staged(anytime, repo, repo_dir, src_dir)
 
 
 # --- incremental capture --------------------------------------------------------------------
-def test_changed_file_stores_only_its_new_blocks(anytime, src_dir):
-    bs = 64 * 1024
+@pytest.mark.parametrize("bs", [64 * 1024, 1024 * 1024])
+def test_changed_file_stores_only_the_chunks_around_the_change(anytime, src_dir, bs):
+    """Content-defined chunks: a byte changed in place, or bytes appended, store about
+    one chunk, whatever the block size (blocks only index the chunks)."""
     anytime("init", "--block-size", str(bs), check=0)
     assert js(anytime("volumes", "--json")) == []
-    data = bytearray(os.urandom(32 * bs))
+    data = bytearray(os.urandom(24 << 20))  # a large file: read as it is cut
     f = src_dir / "data.bin"
     f.write_bytes(data)
     (src_dir / "other").write_bytes(os.urandom(5000))
     snap(anytime, src_dir)
-
     assert js(anytime("volumes", "--json"))[0]["block_size"] == bs
-    with open(f, "r+b") as fh:  # one byte inside block 5
-        fh.seek(5 * bs + 77)
-        fh.write(b"\x00" if data[5 * bs + 77] else b"\x01")
+
+    data[10 << 20 | 77] ^= 1  # one byte, in place
+    f.write_bytes(data)
     s = snap(anytime, src_dir)
     assert s["files_read"] == 1
     last = js(anytime("log", "src", "--json"))[-1]
-    assert last["new_bytes"] == bs
+    assert 0 < last["new_bytes"] <= 2 * CHUNK_MAX
+    assert anytime("cat", f, check=0).stdout == data
 
-    with open(f, "ab") as fh:  # append: only the new last block
-        fh.write(os.urandom(1000))
+    extra = os.urandom(1000)
+    with open(f, "ab") as fh:  # append: the last chunk again, and the new bytes
+        fh.write(extra)
     snap(anytime, src_dir)
     last = js(anytime("log", "src", "--json"))[-1]
-    assert last["new_bytes"] == 1000
+    assert 1000 < last["new_bytes"] <= CHUNK_MAX + 1000
+    assert anytime("cat", f, check=0).stdout == data + extra
 
 
 def test_unchanged_rescan_reads_no_files(anytime, repo, src_dir):

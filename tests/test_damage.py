@@ -53,8 +53,9 @@ def test_a_damaged_block_is_stored_again_and_heals_every_instant(anytime, repo_d
         assert f"'anytime snapshot {src_dir}'" in err
         report = json.loads(anytime("check", "--json", check=16).stdout)
         (bad,) = report["damaged"]
-        (hit,) = bad["affected"]
-        assert (hit["path"], hit["block_no"], hit["from"], hit["to"]) == ("a.bin", 1, t1, None)
+        hits = bad["affected"]  # every block that reads a slice of the damaged chunk
+        assert {(h["path"], h["from"], h["to"]) for h in hits} == {("a.bin", t1, None)}
+        assert 1 in {h["block_no"] for h in hits}
         assert report["ok"] is False
     else:
         r = anytime("cat", f)
@@ -174,7 +175,7 @@ def test_a_restore_records_a_block_that_does_not_match_its_id(anytime, repo_dir,
     r = anytime("restore", f, "--at", "now", "--to", tmp_path / "out", "--json")
     assert r.returncode == 3, r.stderr
     err = r.stderr.decode()
-    assert "out: block 1 is damaged" in err and "does not match its id" in err, err
+    assert "out: block " in err and " is damaged" in err and "does not match its id" in err, err
     assert not (tmp_path / "out").exists(), "a damaged file is not left half-written"
     assert (repo_dir / "damaged").read_text().count("does not match its id") == 1
 

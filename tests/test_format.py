@@ -342,12 +342,32 @@ def test_an_lmdb_error_leaves_the_store_as_an_error_users_can_act_on(repo_dir):
 
 def test_other_format_version_is_refused_plainly(repo_dir):
     Repository.init(str(repo_dir)).close()
-    _edit_config(repo_dir, format_version=2)
+    _edit_config(repo_dir, format_version=3)
     with pytest.raises(RepositoryFormatError) as ei:
         Repository.open(str(repo_dir))
     msg = str(ei.value)
-    assert "format version 2" in msg and "format version 1" in msg
+    assert "format version 3" in msg and "format version 2" in msg
     assert ei.value.exit_code == 10
+
+
+def test_a_format_1_repository_is_refused_with_what_to_do(repo_dir):
+    Repository.init(str(repo_dir)).close()
+    _edit_config(repo_dir, format_version=1)
+    with pytest.raises(RepositoryFormatError) as ei:
+        Repository.open(str(repo_dir))
+    msg = str(ei.value)
+    assert "format version 1" in msg and "anytime 0.1" in msg and "anytime init" in msg
+    assert ei.value.exit_code == 10
+
+
+@pytest.mark.parametrize("chunker", [None, {"algorithm": "rabin"},
+                                     {"algorithm": "fastcdc2020", "min": 1, "avg": 2,
+                                      "max": 3, "nc": 1, "seed": 5}])
+def test_a_damaged_chunker_config_is_refused(repo_dir, chunker):
+    Repository.init(str(repo_dir)).close()
+    _edit_config(repo_dir, chunker=chunker)
+    with pytest.raises(RepositoryFormatError, match="chunker settings"):
+        Repository.open(str(repo_dir))
 
 
 def test_unknown_feature_is_refused_plainly(repo_dir):

@@ -44,7 +44,7 @@ def test_blocks_are_indexed_early_and_the_commit_reads_back(tmp_path, monkeypatc
     repo, vol = _repo_with_volume(tmp_path / "r", pack_target=8192, zdict_sample_blocks=1)
     b = writer.CommitBuilder(repo, vol)
     blocks = [os.urandom(1000) for _ in range(200)]
-    ids = [b.store_block(d) for d in blocks]
+    ids = [b.store_chunk(d) for d in blocks]
     assert len(b._new_blocks) < 200, "blocks of closed packs left memory"
     for i, bid in enumerate(ids):
         b.put_block_version(1, i, bid)
@@ -58,7 +58,7 @@ def test_abort_after_early_indexing_keeps_the_repository_consistent(tmp_path, mo
     monkeypatch.setattr(writer, "FLUSH_BLOCKS", 10)
     repo, vol = _repo_with_volume(tmp_path / "r", pack_target=4096, zdict_sample_blocks=1)
     b = writer.CommitBuilder(repo, vol)
-    ids = [b.store_block(os.urandom(1500)) for _ in range(80)]
+    ids = [b.store_chunk(os.urandom(1500)) for _ in range(80)]
     b.abort()
     rep = check(repo, read_data=True)
     assert not rep.problems, rep.problems
@@ -67,7 +67,7 @@ def test_abort_after_early_indexing_keeps_the_repository_consistent(tmp_path, mo
     with repo.read_txn() as txn:
         indexed = [bid for bid in ids if repo.block_location(txn, bid) is not None]
         again = [repo.read_block(txn, bid) for bid in indexed[:3]]
-    assert indexed and [b2.store_block(d) for d in again] == indexed[:3]
+    assert indexed and [b2.store_chunk(d) for d in again] == indexed[:3]
     assert b2.stats["blocks_dup"] == 3 and HOLE_ID not in indexed
 
 
@@ -80,7 +80,7 @@ def _build(repo, vol, n, first_fid=1):
         data = f"file {i}\n".encode() * 50
         e = Entry(KIND_FILE, size=len(data), file_id=first_fid + i, nlink=1, mode=0o100644)
         b.put_entry(f"d/f{i:04d}".encode(), e)
-        b.put_block_version(e.file_id, 0, b.store_block(data))
+        b.put_block_version(e.file_id, 0, b.store_chunk(data))
         b.map_inode(1, 1000 + i, e.file_id, 0, len(data))
         vol.next_file_id = max(vol.next_file_id, e.file_id + 1)
     return b
@@ -187,7 +187,7 @@ def test_an_interrupted_block_flush_keeps_the_packs_it_listed(tmp_path, monkeypa
     b = writer.CommitBuilder(repo, vol)
     blocks = [os.urandom(1500) for _ in range(30)]
     for d in blocks:
-        b.store_block(d)
+        b.store_chunk(d)
     calls = []
     put = writer._put_sorted
 

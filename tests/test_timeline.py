@@ -40,7 +40,7 @@ def commit(repo, vol_name, t, entries=(), blocks=()):
         vol = get_volume(repo, txn, vol_name)
     b = CommitBuilder(repo, vol)
     for fid, bno, data in blocks:
-        b.put_block_version(fid, bno, b.store_block(data))
+        b.put_block_version(fid, bno, b.store_chunk(data))
     for path, e in entries:
         b.put_entry(path, e)
     return b.commit({"kind": "test"}, instant=t)

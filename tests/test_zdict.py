@@ -151,7 +151,7 @@ def test_an_interrupted_commit_keeps_the_blocks_held_for_the_dictionary(tmp_path
         vol = create_volume(repo, txn, "v", "/nowhere", 1 << 20, 1)
     b = writer.CommitBuilder(repo, vol)
     blocks = [b"small block %d\n" % i * 50 for i in range(20)]  # fewer than the sample
-    ids = [b.store_block(d) for d in blocks]
+    ids = [b.store_chunk(d) for d in blocks]
     assert b.checkpoint() == (20, sum(map(len, blocks)))
     with repo.read_txn() as txn:
         assert [repo.read_block(txn, bid) for bid in ids] == blocks

@@ -100,7 +100,6 @@ from anytime.store.format import (
     KIND_SOCK,
     KIND_SYMLINK,
     Entry,
-    block_id,
     join_path,
     kind_of,
 )
@@ -419,16 +418,12 @@ class Restorer:
         return st_.S_IFMT(s.st_mode) == st_.S_IFMT(e.mode) and s.st_rdev == e.rdev
 
     def _block_ids_there(self, d: Dir, name: bytes) -> list[bytes]:
-        """The ids of the blocks of a file at the destination, as a snapshot names them."""
-        bs, key = self.view.bs, self.repo.block_key
+        """The block references of a file at the destination, as a snapshot names them."""
         with self.fds.of(d) as dfd:
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
                          dir_fd=dfd)
-        ids = []
         with open(fd, "rb") as f:
-            while data := f.read(bs):
-                ids.append(block_id(key, data))
-        return ids
+            return self.repo.file_refs(f, self.view.bs)
 
     @property
     def conflicts(self) -> list[Action]:
@@ -625,19 +620,19 @@ class Restorer:
 
     def _write_blocks(self, fd: int, a: Action, ids: list[bytes], first: int, stop: int
                       ) -> None:
-        """Write blocks [first, stop) of a file, each checked against its id (holes are
-        left unwritten); stops early once the restore is stopped or the file failed."""
+        """Write blocks [first, stop) of a file, each chunk checked against its id (holes
+        are left unwritten); stops early once the restore is stopped or the file failed."""
         bs, size = self.view.bs, a.entry.size
         halt = self._halt
         with self.repo.read_txn() as txn:
             for i in range(first, stop):
                 if halt.is_set() or a.failed:
                     return
-                bid = ids[i]
-                if bid == HOLE_ID:
+                ref = ids[i]
+                if ref == HOLE_ID:
                     continue
-                try:  # hashed against its id; damage found is recorded for the writer
-                    data = self.repo.read_block_verified(txn, bid)
+                try:  # each chunk hashed against its id; damage is recorded for the writer
+                    data = b"".join(self.repo.read_ref(txn, ref, verified=True))
                 except DamagedData as err:
                     a.failed = f"block {i} is damaged in the repository: {err}"
                     return

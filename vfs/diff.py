@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from anytime.store import timeline
 from anytime.store.format import KIND_DIR, KIND_FILE, KIND_SYMLINK, Entry, join_path
-from anytime.store.localfs import file_block_ids, read_xattrs
+from anytime.store.localfs import read_xattrs
 
 from .view import View
 
@@ -124,7 +124,8 @@ class LiveSide:
             return f.read(bs)
 
     def block_ids(self, path: bytes, e: Entry) -> list[bytes]:
-        return file_block_ids(self._abs(path), self.view.bs, self.repo.block_key)
+        with open(self._abs(path), "rb") as f:
+            return self.repo.file_refs(f, self.view.bs)
 
 
 def _same_meta(a: Entry, b: Entry) -> bool:

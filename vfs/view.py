@@ -51,7 +51,8 @@ class View:
             return timeline.list_dir_at(self.repo, txn, self.vol.id, path, self.at)
 
     def block_ids(self, entry: Entry, offset: int, size: int) -> tuple[int, list[bytes]]:
-        """(first block number, ids) of the blocks covering [offset, offset+size)."""
+        """(first block number, references) of the blocks covering [offset,
+        offset+size) (store/chunker.py: equal references mean equal content)."""
         if entry.flags & FLAG_UNREADABLE:
             raise ContentUnavailable(UNREADABLE)
         end = min(offset + size, entry.size)
@@ -75,20 +76,21 @@ class View:
         first, last = offset // bs, (end - 1) // bs
         parts = []
         with self.repo.read_txn() as txn:
-            ids = timeline.blocks_at(self.repo, txn, self.vol.id, entry.file_id, first,
-                                     last - first + 1, self.at)
-            for i, bid in enumerate(ids):
+            refs = timeline.blocks_at(self.repo, txn, self.vol.id, entry.file_id, first,
+                                      last - first + 1, self.at)
+            for i, ref in enumerate(refs):
                 bstart = (first + i) * bs
                 blen = min(bs, entry.size - bstart)
                 lo = max(offset - bstart, 0)
                 hi = min(end - bstart, blen)
-                if bid == HOLE_ID:  # zeros, only as many as asked for
+                if ref == HOLE_ID:  # zeros, only as many as asked for
                     parts.append(bytes(hi - lo))
                     continue
-                data = self.repo.read_block(txn, bid)
-                if len(data) < blen:  # a block stored before the file grew past it
-                    data += bytes(blen - len(data))
-                parts.append(data[lo:hi] if (lo, hi) != (0, len(data)) else data)
+                got = self.repo.read_ref(txn, ref, lo, hi)
+                short = hi - lo - sum(map(len, got))
+                parts += got
+                if short > 0:  # a block stored before the file grew past it
+                    parts.append(bytes(short))
         return b"".join(parts)
 
     def iter_read(self, entry: Entry, chunk: int = 1 << 20):
