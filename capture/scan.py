@@ -51,7 +51,7 @@ from anytime.store.format import (
     KIND_FILE,
     KIND_SYMLINK,
     MAX_INSTANT,
-    MAX_PATH,
+    MAX_NAME,
     Entry,
     join_path,
     kind_of,
@@ -281,9 +281,9 @@ class Scanner:
             if excluded is not None and excluded(name, de.path):
                 self.report.excluded += 1
                 continue  # recorded as deleted below if it existed before
-            if len(crel) > MAX_PATH:
-                self._skip(de.path, f"its path inside the volume is {len(crel)} bytes long; "
-                                    f"the index holds paths of up to {MAX_PATH} bytes")
+            if len(name) > MAX_NAME:  # no Linux filesystem makes one (NAME_MAX is 255)
+                self._skip(de.path, f"its name is {len(name)} bytes long; the index holds "
+                                    f"names of up to {MAX_NAME} bytes")
                 continue
             if name not in before and de.is_file(follow_symlinks=False):
                 # A new regular file (by d_type): nothing to compare with, so a worker

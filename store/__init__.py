@@ -11,6 +11,9 @@ Vocabulary:
               of kind ``KIND_DELETED``.
   file id     a volume's inode number: hardlinked paths share it, and file contents are
               versioned per file id.
+  dir hash    the keyed 16-byte hash of a directory's path under which the index files
+              the directory's entries (``format.DirHasher``), so index keys do not grow
+              with the path; the ``dirs`` database maps it back to the path.
   block       a fixed-size piece of a file's content (the volume's block size), named by
               its keyed BLAKE3 hash (the block id). All-zero blocks are holes
               (``HOLE_ID``) and are not stored.

@@ -5,6 +5,7 @@ Read-only for the index. What it verifies:
   - every pack listed in ``packs`` exists and its records walk cleanly (checksums match);
   - every block in ``blocks`` points at a record of that id in a committed pack;
   - every block version names a block that is indexed (or a hole);
+  - every directory that entries are filed under has its ``dirs`` record (its path);
   - pack files that no commit references (left by a killed writer) are counted; the
     next writer reclaims them.
 With ``read_data`` it also decompresses every block and compares its keyed BLAKE3 hash
@@ -28,18 +29,20 @@ from .format import (
     BLOCK_LOC,
     DB_BLOCKS,
     DB_BLOCKVERS,
+    DB_DIRS,
     DB_ENTRIES,
     DB_PACKS,
+    DIR_HASH_LEN,
     ENTRY_FIXED,
     KIND_FILE,
     PACK_INFO,
     block_id,
     ref_chunk_ids,
     split_blockver_key,
-    split_entry_key,
-    vol_key,
+    split_dir_key,
 )
 from .packs import iter_records
+from .timeline import entry_paths
 from .volumes import list_volumes
 
 
@@ -208,24 +211,43 @@ class _Checker:
         """(path, file id, size, from, to) for each path version of volume ``vid`` that
         is a file with one of ``fids`` (to: the next version's instant, None for the
         last)."""
-        cur = self.txn.cursor(db=self.repo.dbs[DB_ENTRIES])
-        prefix = vol_key(vid)
-        if not cur.set_range(prefix):
-            return
-        pending = None
-        for key, val in cur:
-            if not key.startswith(prefix):
-                break
-            _vid, path, t = split_entry_key(key)
+        pending, same = None, None
+        for path, dh, name, t, val in entry_paths(self.repo, self.txn, vid):
             if pending is not None:
-                yield (*pending, t if pending[0] == path else None)
+                yield (*pending, t if same == (dh, name) else None)
                 pending = None
             fixed = ENTRY_FIXED.unpack_from(val, 0)
             kind, size, fid = fixed[0], fixed[6], fixed[10]
             if kind == KIND_FILE and fid in fids:
-                pending = (path, fid, size, t)
+                # a directory without its record is reported by check_dirs
+                pending = (path if path is not None else b"?/" + name, fid, size, t)
+                same = (dh, name)
         if pending is not None:
             yield (*pending, None)
+
+    def check_dirs(self) -> None:
+        """Invariant: every directory that entries are filed under (by its path hash,
+        format.DirHasher) has its ``dirs`` record, and every record's path hashes to
+        its key. Seeks from one directory's entries to the next: one lookup each."""
+        dirs_db = self.repo.dbs[DB_DIRS]
+        for key, path in self.txn.cursor(db=dirs_db):
+            vid, dh = split_dir_key(key)
+            if self.repo.dir_hash(bytes(path)) != dh:
+                self.rep.problems.append(
+                    f"the directory record {dh.hex()} of volume {vid} names "
+                    f"{os.fsdecode(bytes(path))!r}, whose hash is another")
+        cur = self.txn.cursor(db=self.repo.dbs[DB_ENTRIES])
+        width = 4 + DIR_HASH_LEN
+        ok = cur.first()
+        while ok:
+            group = bytes(cur.key()[:width])
+            if self.txn.get(group, db=dirs_db) is None:
+                vid, dh = split_dir_key(group)
+                self.rep.problems.append(
+                    f"entries of volume {vid} are filed under directory {dh.hex()}, which "
+                    f"has no directory record: their paths cannot be named")
+            nxt = int.from_bytes(group, "big") + 1
+            ok = nxt < 1 << (8 * width) and cur.set_range(nxt.to_bytes(width, "big"))
 
     def damage_records(self) -> None:
         """Record what this check found in ``damaged``; count superseded records."""
@@ -250,6 +272,7 @@ def check(repo, read_data: bool = False, progress=None) -> CheckReport:
                  for k, v in txn.cursor(db=repo.dbs[DB_PACKS])}
         c.walk_packs(known)
         c.check_blocks()
+        c.check_dirs()
         spoiled = c.check_versions()
         if spoiled:
             c.affected(spoiled)

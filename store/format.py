@@ -11,6 +11,11 @@ from __future__ import annotations
 import stat as st_
 import struct
 
+try:  # the C module itself: hashlib would also load OpenSSL, at start-up of every command
+    from _blake2 import blake2b as _blake2b
+except ImportError:  # pragma: no cover - an interpreter without it
+    from hashlib import blake2b as _blake2b
+
 FORMAT_VERSION = 2
 #: A writer of this repository may stage a commit (store/writer.py): readers must stop at
 #: a volume's horizon, and writers must roll back a ``pending`` commit first. Listed in
@@ -173,8 +178,9 @@ DB_ENTRIES = b"entries"
 DB_BLOCKVERS = b"blockvers"
 DB_LABELS = b"labels"
 DB_INODES = b"inodes"
+DB_DIRS = b"dirs"
 ALL_DBS = (DB_META, DB_BLOCKS, DB_PACKS, DB_VOLUMES, DB_VOLNAMES, DB_COMMITS, DB_ENTRIES,
-           DB_BLOCKVERS, DB_LABELS, DB_INODES)
+           DB_BLOCKVERS, DB_LABELS, DB_INODES, DB_DIRS)
 
 #: blocks value: pack id(16) | offset u64 | stored length u32 | raw length u32 | codec u8
 BLOCK_LOC = struct.Struct("<16sQIIB")
@@ -212,24 +218,72 @@ def split_commit_key(key: bytes) -> tuple[int, int]:
     return _COMMIT_KEY.unpack(key)
 
 
-#: LMDB's largest key (bytes), and so the longest path inside a volume that an entry key
-#: (volume u32, parent, 00, name, 00, instant u64) can hold.
+#: LMDB's largest key (bytes).
 MAX_KEY = 511
-MAX_PATH = MAX_KEY - 4 - 2 - 8
+#: Bytes of a directory's path hash (:class:`DirHasher`) in ``entries`` and ``dirs`` keys.
+DIR_HASH_LEN = 16
+#: BLAKE2b personalisation of directory path hashes (so they are never the hash of
+#: anything else made with the block key).
+DIR_HASH_PERSON = b"anytime dirpath"
+#: The longest name an entry key (volume u32, directory hash, name, 00, instant u64) can
+#: hold: 482 bytes, above any filesystem's NAME_MAX (255). A path's length is bounded
+#: only by the filesystem (PATH_MAX, 4096).
+MAX_NAME = MAX_KEY - 4 - DIR_HASH_LEN - 1 - 8
 
 
-def entry_prefix(vol: int, parent: bytes, name: bytes) -> bytes:
-    """Key prefix of every version of one directory entry."""
-    return U32.pack(vol) + parent + SEP + name + SEP
+class DirHasher:
+    """The hash that names a directory inside index keys: BLAKE2b of its path inside the
+    volume, 16 bytes, keyed with the repository's block key and personalised with
+    ``DIR_HASH_PERSON``. Keyed, so nobody without the key can make two paths collide;
+    a collision by chance (two of 2**64 directories) is caught when the second
+    directory's ``dirs`` record is written (store/writer.py). Thread-safe.
+
+    Remembers its last answer: the entries of one directory are hashed in a row."""
+
+    __slots__ = ("_base", "_last")
+
+    def __init__(self, key: bytes):
+        self._base = _blake2b(digest_size=DIR_HASH_LEN, key=key, person=DIR_HASH_PERSON)
+        self._last = (None, b"")  # (path, hash), replaced whole: safe across threads
+
+    def __call__(self, path: bytes) -> bytes:
+        last = self._last
+        if last[0] == path:
+            return last[1]
+        h = self._base.copy()
+        h.update(path)
+        digest = h.digest()
+        self._last = (path, digest)
+        return digest
 
 
-def dir_prefix(vol: int, parent: bytes) -> bytes:
-    """Key prefix of every version of every entry of directory ``parent``."""
-    return U32.pack(vol) + parent + SEP
+def dir_key(vol: int, dir_hash: bytes) -> bytes:
+    """A directory's key in ``dirs`` (value: its path), and the key prefix in ``entries``
+    of every version of every entry in it; ``dir_hash`` is its :class:`DirHasher` hash."""
+    return U32.pack(vol) + dir_hash
 
 
-def entry_key(vol: int, parent: bytes, name: bytes, instant: int) -> bytes:
-    return entry_prefix(vol, parent, name) + U64.pack(instant)
+def split_dir_key(key: bytes) -> tuple[int, bytes]:
+    """(volume id, directory hash) of a :func:`dir_key`."""
+    return U32.unpack_from(key)[0], bytes(key[4:4 + DIR_HASH_LEN])
+
+
+def entry_prefix(vol: int, dir_hash: bytes, name: bytes) -> bytes:
+    """Key prefix of every version of entry ``name`` of the directory whose hash is
+    ``dir_hash`` (the volume root: name ``b""`` in the directory ``b""``)."""
+    return U32.pack(vol) + dir_hash + name + SEP
+
+
+def entry_key(vol: int, dir_hash: bytes, name: bytes, instant: int) -> bytes:
+    return entry_prefix(vol, dir_hash, name) + U64.pack(instant)
+
+
+def split_entry_key(key: bytes) -> tuple[int, bytes, bytes, int]:
+    """(volume id, directory hash, name, instant) of an ``entries`` key (inverse of
+    :func:`entry_key`; the directory's path is its ``dirs`` record)."""
+    key = bytes(key)
+    return (U32.unpack_from(key)[0], key[4:4 + DIR_HASH_LEN], key[4 + DIR_HASH_LEN:-9],
+            U64.unpack_from(key, len(key) - 8)[0])
 
 
 def blockver_prefix(vol: int, file_id: int, block_no: int) -> bytes:
@@ -246,15 +300,6 @@ _BLOCKVER_KEY = struct.Struct(">IQQQ")
 def split_blockver_key(key: bytes) -> tuple[int, int, int, int]:
     """(volume id, file id, block number, instant) of a ``blockvers`` key."""
     return _BLOCKVER_KEY.unpack(key)
-
-
-def split_entry_key(key: bytes) -> tuple[int, bytes, int]:
-    """(volume id, path, instant) of an ``entries`` key (inverse of :func:`entry_key`)."""
-    key = bytes(key)
-    inner = key[4:-8]  # parent 00 name 00
-    i = inner.index(SEP)
-    return U32.unpack_from(key)[0], join_path(inner[:i], inner[i + 1:-1]), \
-        U64.unpack_from(key, len(key) - 8)[0]
 
 
 def label_key(vol: int, name: bytes) -> bytes:

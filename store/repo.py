@@ -62,6 +62,7 @@ from .format import (
     U64,
     ZDICT_CURRENT,
     ZSTD_LEVEL,
+    DirHasher,
     block_size_problem,
     decode_ref,
     pending_key,
@@ -306,6 +307,8 @@ class Repository:
         #: knobs that are not part of the format (store/options.py)
         self.options = options
         self.block_key = bytes.fromhex(config["block_key"])
+        #: names directories in index keys (format.DirHasher)
+        self.dir_hash = DirHasher(self.block_key)
         self.block_size = int(config.get("block_size", DEFAULT_BLOCK_SIZE))
         self.zstd_level = int(config.get("zstd_level", ZSTD_LEVEL))
         c = config["chunker"]

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from .format import (
     DB_BLOCKVERS,
     DB_COMMITS,
+    DB_DIRS,
     DB_ENTRIES,
     DB_INODES,
     DB_LABELS,
@@ -28,13 +29,14 @@ from .format import (
     Entry,
     blockver_prefix,
     commit_key,
-    dir_prefix,
+    dir_key,
     entry_prefix,
     inode_key,
     join_path,
     label_key,
     split_blockver_key,
     split_commit_key,
+    split_entry_key,
     split_label_key,
     split_path,
     vol_key,
@@ -55,11 +57,16 @@ def _seek_at_or_before(cur, prefix: bytes, instant: int) -> bytes | None:
     return None
 
 
+def _path_prefix(repo, vol: int, path: bytes) -> bytes:
+    """Key prefix of every version of ``path`` in ``entries``."""
+    parent, name = split_path(path)
+    return entry_prefix(vol, repo.dir_hash(parent), name)
+
+
 def entry_at(repo, txn, vol: int, path: bytes, instant: int) -> Entry | None:
     """The entry at ``path`` in the view at ``instant``; None if absent then."""
-    parent, name = split_path(path)
     cur = txn.cursor(db=repo.dbs[DB_ENTRIES])
-    val = _seek_at_or_before(cur, entry_prefix(vol, parent, name), instant)
+    val = _seek_at_or_before(cur, _path_prefix(repo, vol, path), instant)
     if val is None:
         return None
     e = Entry.decode(val)
@@ -75,7 +82,7 @@ def list_dir_at(repo, txn, vol: int, path: bytes, instant: int,
     ``_WALK_VERSIONS`` steps per name ever seen, whatever the history length).
     """
     cur = txn.cursor(db=repo.dbs[DB_ENTRIES])
-    prefix = dir_prefix(vol, path)
+    prefix = dir_key(vol, repo.dir_hash(path))
     plen = len(prefix)
     out = []
     if not cur.set_range(prefix):
@@ -114,8 +121,7 @@ def entry_versions(repo, txn, vol: int, path: bytes, until: int = MAX_INSTANT
                    ) -> Iterator[tuple[int, Entry]]:
     """Every recorded version of ``path`` at or before ``until`` (deletions included),
     oldest first. Readers pass the volume's horizon (see :func:`last_alive`)."""
-    parent, name = split_path(path)
-    prefix = entry_prefix(vol, parent, name)
+    prefix = _path_prefix(repo, vol, path)
     cur = txn.cursor(db=repo.dbs[DB_ENTRIES])
     if not cur.set_range(prefix):
         return
@@ -136,8 +142,7 @@ def last_alive(repo, txn, vol: int, path: bytes, until: int = MAX_INSTANT
 
     Steps back from the newest version; costs one seek plus one step per deletion at
     the end of the history."""
-    parent, name = split_path(path)
-    prefix = entry_prefix(vol, parent, name)
+    prefix = _path_prefix(repo, vol, path)
     cur = txn.cursor(db=repo.dbs[DB_ENTRIES])
     val = _seek_at_or_before(cur, prefix, until)
     while val is not None:
@@ -154,7 +159,7 @@ def last_alive(repo, txn, vol: int, path: bytes, until: int = MAX_INSTANT
 def names_ever(repo, txn, vol: int, path: bytes) -> Iterator[bytes]:
     """Every name that ever appeared in directory ``path``."""
     cur = txn.cursor(db=repo.dbs[DB_ENTRIES])
-    prefix = dir_prefix(vol, path)
+    prefix = dir_key(vol, repo.dir_hash(path))
     if not cur.set_range(prefix):
         return
     while True:
@@ -238,30 +243,47 @@ def has_inodes(repo, txn, vol: int) -> bool:
     return cur.set_range(prefix) and cur.key().startswith(prefix)
 
 
+def dir_path(repo, txn, vol: int, dir_hash: bytes) -> bytes | None:
+    """The path of the directory of volume ``vol`` whose hash is ``dir_hash`` (its
+    ``dirs`` record); None if the index has none (damaged: ``check`` reports it)."""
+    v = txn.get(dir_key(vol, dir_hash), db=repo.dbs[DB_DIRS])
+    return None if v is None else bytes(v)
+
+
+def entry_paths(repo, txn, vol: int) -> Iterator[tuple[bytes | None, bytes, bytes, int, bytes]]:
+    """(path, directory hash, name, instant, encoded entry) of every ``entries`` record
+    of volume ``vol``, in key order (all versions of a path adjacent, oldest first).
+    The path is None for the volume root's own records and where the directory has no
+    ``dirs`` record; each directory's record is read once per run of its entries."""
+    prefix = vol_key(vol)
+    cur = txn.cursor(db=repo.dbs[DB_ENTRIES])
+    if not cur.set_range(prefix):
+        return
+    known, parent = None, None
+    for key, val in cur:
+        if not key.startswith(prefix):
+            break
+        _vid, dh, name, t = split_entry_key(key)
+        if dh != known:
+            known, parent = dh, dir_path(repo, txn, vol, dh)
+        path = join_path(parent, name) if name and parent is not None else None
+        yield path, dh, name, t, val
+
+
 def path_histories(repo, txn, vol: int, match, until: int = MAX_INSTANT
                    ) -> Iterator[tuple[bytes, list[tuple[int, Entry]]]]:
     """(path, versions at or before ``until``, oldest first) of every path of the volume
     for which ``match(path, name)`` holds, in key order: one pass over the volume's
     entries, each path named and matched once, only matching versions decoded."""
-    prefix = vol_key(vol)
-    cur = txn.cursor(db=repo.dbs[DB_ENTRIES])
-    if not cur.set_range(prefix):
-        return
     group, current, versions = None, None, []
-    for key, val in cur:
-        if not key.startswith(prefix):
-            break
-        if key[:-8] != group:  # a new path (all versions of a path are adjacent)
+    for path, dh, name, t, val in entry_paths(repo, txn, vol):
+        if (dh, name) != group:  # a new path (all versions of a path are adjacent)
             if versions:
                 yield current, versions
-            group = key[:-8]
-            parent, _, name = group[4:-1].partition(b"\x00")
-            current = join_path(parent, name) if name else None
-            versions = [] if name and match(current, name) else None
-        if versions is not None:
-            t = U64.unpack(key[-8:])[0]
-            if t <= until:
-                versions.append((t, Entry.decode(val)))
+            group, current = (dh, name), path
+            versions = [] if path is not None and match(path, name) else None
+        if versions is not None and t <= until:
+            versions.append((t, Entry.decode(val)))
     if versions:
         yield current, versions
 

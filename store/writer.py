@@ -32,6 +32,7 @@ import threading
 import zstandard
 
 from . import clock
+from .errors import AnytimeError
 from .format import (
     BLOCK_LOC,
     CODEC_RAW,
@@ -40,6 +41,7 @@ from .format import (
     DB_BLOCKS,
     DB_BLOCKVERS,
     DB_COMMITS,
+    DB_DIRS,
     DB_ENTRIES,
     DB_INODES,
     DB_LABELS,
@@ -66,6 +68,7 @@ from .format import (
     block_id,
     blockver_prefix,
     commit_key,
+    dir_key,
     entry_prefix,
     inode_key,
     label_key,
@@ -113,10 +116,30 @@ def _put_sorted(txn, db, items, suffix: bytes = b"", *, trim) -> None:
         trim.touched(len(chunk))
 
 
-def _put_records(txn, records: list[tuple], *, trim) -> None:
-    """Put (database, key, value) records, key-sorted within each run of one database."""
+def _put_records(txn, records: list[tuple], *, trim, dirs=None) -> None:
+    """Put (database, key, value) records, key-sorted within each run of one database;
+    those of ``dirs`` (the ``dirs`` database) through :func:`_put_dirs`."""
     for db, run in itertools.groupby(records, key=lambda r: r[0]):
-        _put_sorted(txn, db, ((k, v) for _, k, v in run), trim=trim)
+        if db is dirs:
+            _put_dirs(txn, db, ((k, v) for _, k, v in run))
+        else:
+            _put_sorted(txn, db, ((k, v) for _, k, v in run), trim=trim)
+
+
+def _put_dirs(txn, db, items) -> None:
+    """Put ``dirs`` records (directory hash -> path) that are not there yet. One already
+    there with another path is a collision of two directories' hashes (format.DirHasher),
+    whose entries would mix: refused, so nothing of the commit lands."""
+    for key, path in items:
+        if txn.put(key, path, db=db, overwrite=False):
+            continue
+        there = bytes(txn.get(key, db=db))
+        if there != path:
+            raise AnytimeError(
+                f"the directories '{os.fsdecode(there)}' and '{os.fsdecode(path)}' have "
+                f"the same path hash in this repository's index (a chance of about one in "
+                f"2**64 per pair): nothing was committed. Please report it; snapshot the "
+                f"volume into a new repository ('anytime init') meanwhile")
 
 
 class CommitBuilder:
@@ -131,6 +154,8 @@ class CommitBuilder:
         tmp = os.path.join(repo.root, "tmp")
         # keys without the commit instant (appended at commit), values encoded
         self._entries = SortedSpill(tmp)
+        self._dirs = SortedSpill(tmp)  # dirs records of the entries' directories
+        self._last_parent: bytes | None = None
         self._blockvers = SortedSpill(tmp)
         self._inodes = SortedSpill(tmp)
         self._flushed_packs: set[bytes] = set()
@@ -326,7 +351,12 @@ class CommitBuilder:
         return fid
 
     def put_entry(self, path: bytes, entry: Entry) -> None:
-        self._entries.add(entry_prefix(self.vol.id, *split_path(path)), entry.encode())
+        parent, name = split_path(path)
+        dir_hash = self.repo.dir_hash(parent)
+        self._entries.add(entry_prefix(self.vol.id, dir_hash, name), entry.encode())
+        if parent != self._last_parent:  # entries are filed under its hash: name it
+            self._last_parent = parent  # (once per run of one directory's entries)
+            self._dirs.add(dir_key(self.vol.id, dir_hash), parent)
 
     def put_block_version(self, file_id: int, block_no: int, ref: bytes) -> None:
         """Record block ``block_no`` of file ``file_id`` as block reference ``ref``
@@ -350,6 +380,7 @@ class CommitBuilder:
         t = max(instant or clock.now_ns(), stored.horizon + 1)
         suffix = U64.pack(t)
         records = itertools.chain(
+            ((dbs[DB_DIRS], k, v) for k, v in self._dirs.items()),
             ((dbs[DB_ENTRIES], k + suffix, v) for k, v in self._entries.items()),
             ((dbs[DB_BLOCKVERS], k + suffix, v) for k, v in self._blockvers.items()),
             ((dbs[DB_INODES], k, v) for k, v in self._inodes.items()))
@@ -367,7 +398,7 @@ class CommitBuilder:
             with repo.write_txn() as txn:  # staged: invisible, past the horizon
                 if not staged:
                     txn.put(pending_key(vid), suffix, db=dbs[DB_META])
-                _put_records(txn, batch, trim=repo.map_trimmer)
+                _put_records(txn, batch, trim=repo.map_trimmer, dirs=dbs[DB_DIRS])
             staged, batch = True, more
             more = list(itertools.islice(records, per_txn))
         with repo.write_txn() as txn:  # 2. the one commit point
@@ -376,7 +407,7 @@ class CommitBuilder:
             _put_sorted(txn, dbs[DB_BLOCKS], sorted(
                 (bid, BLOCK_LOC.pack(*loc)) for bid, loc in self._new_blocks.items()
                 if loc is not None), trim=repo.map_trimmer)
-            _put_records(txn, batch, trim=repo.map_trimmer)
+            _put_records(txn, batch, trim=repo.map_trimmer, dirs=dbs[DB_DIRS])
             record = dict(info, packs=len(packs), **self.stats)
             if label:
                 record["label"] = label
@@ -413,5 +444,5 @@ class CommitBuilder:
         self._close_spills()
 
     def _close_spills(self) -> None:
-        for spill in (self._entries, self._blockvers, self._inodes):
+        for spill in (self._entries, self._dirs, self._blockvers, self._inodes):
             spill.close()

@@ -585,22 +585,6 @@ def test_cat_of_a_path_absent_at_t(anytime, repo, src_dir):
     assert b"directory" in r.stderr
 
 
-def test_a_path_too_long_for_the_index_is_skipped_not_fatal(anytime, repo, src_dir):
-    """Entry keys hold the whole path; past LMDB's key limit the entry is reported and
-    skipped (a partial snapshot), and everything else is committed."""
-    from anytime.store.format import MAX_PATH
-    (src_dir / "ok.txt").write_text("kept")
-    deep = src_dir
-    while len(os.fsencode(deep.relative_to(src_dir))) <= MAX_PATH - 40:
-        deep = deep / ("d" * 30)
-    deep.mkdir(parents=True)
-    (deep / ("x" * 60)).write_text("too deep")
-    r = anytime("snapshot", src_dir, check=3)
-    assert b"the index holds paths of up to" in r.stderr and b"Traceback" not in r.stderr
-    assert anytime("cat", src_dir / "ok.txt", check=0).stdout == b"kept"
-    assert anytime("ls", deep, check=0).stdout == b""
-
-
 def test_snapshot_of_a_missing_path_or_a_file(anytime, repo, src_dir, tmp_path):
     r = anytime("snapshot", tmp_path / "no such dir", check=13)
     assert b"does not exist" in r.stderr and b"Traceback" not in r.stderr

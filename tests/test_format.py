@@ -16,17 +16,21 @@ from anytime.store.format import (
     CODEC_RAW,
     CODEC_ZSTD,
     DELETED,
+    DIR_HASH_LEN,
     FLAG_UNSTABLE,
     INODE_VALUE,
     KIND_FILE,
     KIND_SYMLINK,
+    MAX_KEY,
+    MAX_NAME,
     PACK_HEADER,
     PACK_INFO,
     RECORD_HEADER,
+    DirHasher,
     Entry,
     blockver_key,
     commit_key,
-    dir_prefix,
+    dir_key,
     entry_key,
     entry_prefix,
     inode_key,
@@ -35,6 +39,8 @@ from anytime.store.format import (
     pending_key,
     split_blockver_key,
     split_commit_key,
+    split_dir_key,
+    split_entry_key,
     split_inode_key,
     split_label_key,
     split_path,
@@ -95,11 +101,15 @@ def test_deleted_marker():
 
 
 # --- keys -----------------------------------------------------------------------------
-@given(parent=st.lists(names, max_size=3).map(b"/".join), name=names,
-       times=st.lists(instants, min_size=2, max_size=20, unique=True))
+#: a repository's directory hasher (any key: these are properties of the layout)
+H = DirHasher(bytes(range(32)))
+paths = st.lists(names, max_size=3).map(b"/".join)
+
+
+@given(parent=paths, name=names, times=st.lists(instants, min_size=2, max_size=20, unique=True))
 def test_versions_of_a_path_are_adjacent_and_time_sorted(parent, name, times):
-    keys = sorted(entry_key(1, parent, name, t) for t in times)
-    prefix = entry_prefix(1, parent, name)
+    keys = sorted(entry_key(1, H(parent), name, t) for t in times)
+    prefix = entry_prefix(1, H(parent), name)
     assert all(k.startswith(prefix) and len(k) == len(prefix) + 8 for k in keys)
     # key order is time order
     assert [int.from_bytes(k[-8:], "big") for k in keys] == sorted(times)
@@ -111,21 +121,50 @@ def test_versions_of_a_path_are_adjacent_and_time_sorted(parent, name, times):
 def test_a_name_that_is_a_prefix_of_another_does_not_mix(parent, name, suffix, t1, t2, t3):
     """All versions of ``name`` sort together, never interleaved with ``name+suffix``."""
     longer = name + suffix
-    a = [entry_key(1, parent, name, t) for t in (t1, t2)]
-    b = entry_key(1, parent, longer, t3)
+    a = [entry_key(1, H(parent), name, t) for t in (t1, t2)]
+    b = entry_key(1, H(parent), longer, t3)
     assert (max(a) < b) or (min(a) > b)
-    assert not b.startswith(entry_prefix(1, parent, name))
+    assert not b.startswith(entry_prefix(1, H(parent), name))
     # and both are in their directory, whose prefix is not shared with a sibling dir
-    assert b.startswith(dir_prefix(1, parent)) and a[0].startswith(dir_prefix(1, parent))
+    assert b.startswith(dir_key(1, H(parent))) and a[0].startswith(dir_key(1, H(parent)))
 
 
 @given(parent=st.lists(names, min_size=1, max_size=3).map(b"/".join), name=names,
        other=names, t=instants)
 def test_directory_prefix_excludes_other_directories(parent, name, other, t):
-    child = entry_key(1, join_path(parent, other), name, t)  # one level deeper
-    sibling = entry_key(1, parent + b"x", name, t)
-    assert not child.startswith(dir_prefix(1, parent))
-    assert not sibling.startswith(dir_prefix(1, parent))
+    child = entry_key(1, H(join_path(parent, other)), name, t)  # one level deeper
+    sibling = entry_key(1, H(parent + b"x"), name, t)
+    assert not child.startswith(dir_key(1, H(parent)))
+    assert not sibling.startswith(dir_key(1, H(parent)))
+
+
+@given(vol=u32, parent=paths, name=names, t=instants)
+def test_entry_keys_read_back(vol, parent, name, t):
+    assert split_entry_key(entry_key(vol, H(parent), name, t)) == (vol, H(parent), name, t)
+    assert split_dir_key(dir_key(vol, H(parent))) == (vol, H(parent))
+
+
+def test_an_entry_key_holds_any_path_and_a_name_of_max_name_bytes():
+    """Keys are bounded by the name, not the path: a 4,000-byte path and the longest
+    name fit LMDB's key limit; the root is the empty name in the empty directory."""
+    deep = b"/".join([b"d" * 250] * 16)[:4000]
+    longest = b"n" * MAX_NAME
+    assert len(entry_key(1, H(deep), longest, 2**64 - 1)) == MAX_KEY == 511
+    assert MAX_NAME >= 255  # NAME_MAX
+    assert entry_key(1, H(b""), b"", 5).startswith(dir_key(1, H(b"")))
+    assert len(H(deep)) == DIR_HASH_LEN == 16
+
+
+def test_directory_hashes_are_keyed_and_personalised():
+    """The hash is BLAKE2b-128 of the path, keyed with the block key and personalised
+    (docs/format.md "The index"): another repository's key gives other hashes."""
+    import hashlib
+
+    key = bytes(range(32))
+    assert H(b"a/b") == hashlib.blake2b(b"a/b", digest_size=16, key=key,
+                                        person=b"anytime dirpath").digest()
+    assert DirHasher(bytes(32))(b"a/b") != H(b"a/b")
+    assert H(b"a") != H(b"b") and H(b"a/b") == H(b"a/b") and H(b"x") != H(b"a/b")
 
 
 @given(vol=u32, t1=instants, t2=instants)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import shutil
 import stat
@@ -452,3 +453,51 @@ def test_namespace_root_selection(anytime, src_dir, repo_dir):
                          format_instant(t, utc=True)):
                 assert win.read(win.resolve(f"/{name}/f".encode()), 0, 10) == \
                     str(ts.index(t)).encode()
+
+
+def test_a_path_of_4000_bytes_round_trips(anytime, src_dir, mnt_dirs, tmp_path):
+    """Entry keys hold a directory's path hash and one name (docs/format.md "The index"),
+    so a path is bounded only by the filesystem: a 4,000-byte path (15 directories of
+    names of 250 bytes) goes through snapshot, cat, ls, find, check, the mount, restore,
+    a new version and the deletion of its tree."""
+    anytime("init", check=0)
+    dirs = [f"{i:02d}".encode() + b"d" * 248 for i in range(15)]
+    rel = b"/".join(dirs) + b"/" + b"f" * 235
+    assert len(rel) == 4000 and max(map(len, dirs)) == 250
+    deep = os.path.join(os.fsencode(src_dir), *dirs)
+    os.makedirs(deep)
+    first, second = os.urandom(1_500_000), b"second version\n" * 1000
+    with open(os.path.join(os.fsencode(src_dir), rel), "wb") as f:
+        f.write(first)
+    with open(os.path.join(deep, b"near"), "wb") as f:
+        f.write(b"a neighbour\n")
+    t1 = snap(anytime, src_dir)["instant_ns"]  # exit 0: nothing skipped
+    vpath = b"src:/" + rel
+    assert anytime("cat", vpath, check=0).stdout == first
+    assert anytime("ls", b"src:/" + b"/".join(dirs), check=0).stdout.split() == [
+        b"f" * 235, b"near"]
+    found = json.loads(anytime("find", "f" * 235, "--json", check=0).stdout)
+    assert [r["path"].encode() for r in found] == [rel]
+    assert anytime("check", check=0).returncode == 0
+    with mounted(anytime, src_dir, mnt_dirs(), "--at", at_epoch(t1)) as mp:
+        inside = os.path.join(os.fsencode(mp), rel)
+        with open(inside, "rb") as f:
+            assert f.read() == first
+        assert sorted(os.listdir(os.path.dirname(inside))) == [b"f" * 235, b"near"]
+    back = tmp_path / "back"
+    anytime("restore", src_dir, "--at", at_epoch(t1), "--to", back, check=0)
+    with open(os.path.join(os.fsencode(back), rel), "rb") as f:
+        assert f.read() == first
+
+    with open(os.path.join(os.fsencode(src_dir), rel), "wb") as f:
+        f.write(second)
+    t2 = snap(anytime, src_dir)["instant_ns"]
+    assert anytime("cat", vpath, check=0).stdout == second
+    assert anytime("cat", vpath, "--at", at_epoch(t1), check=0).stdout == first
+    shutil.rmtree(os.path.join(os.fsencode(src_dir), dirs[0]))
+    snap(anytime, src_dir)
+    assert anytime("cat", vpath, check=13).returncode == 13  # deleted with its tree
+    assert anytime("cat", vpath, "--at", at_epoch(t2), check=0).stdout == second
+    found = json.loads(anytime("find", "near", "--deleted", "--json", check=0).stdout)
+    assert [r["path"].encode() for r in found] == [b"/".join(dirs) + b"/near"]
+    assert anytime("check", check=0).returncode == 0

@@ -309,3 +309,24 @@ def test_an_interrupted_first_snapshot_keeps_its_blocks(anytime, repo, repo_dir,
     for rel in ("d0/f00", "d1/f13", "d3/f24"):
         assert anytime("cat", src_dir / rel, check=0).stdout == files[rel]
     anytime("check", "--read-data", check=0)
+
+
+def test_a_name_too_long_for_an_entry_key_is_skipped_not_fatal(tmp_path, src_dir, monkeypatch):
+    """A name longer than MAX_NAME (482 bytes: only a FUSE source can make one, NAME_MAX
+    is 255 elsewhere; lowered here) is reported and skipped, a partial snapshot, and
+    everything else is committed."""
+    from conftest import TEST_OPTIONS
+
+    from anytime.capture import scan, snapshot
+    from anytime.store.repo import Repository
+
+    monkeypatch.setattr(scan, "MAX_NAME", 12)
+    (src_dir / "ok.txt").write_text("kept")
+    (src_dir / ("x" * 13)).write_text("too long a name")
+    with Repository.init(str(tmp_path / "r"), options=TEST_OPTIONS) as repo:
+        report = snapshot(repo, str(src_dir))
+    assert report.committed and report.partial
+    assert [(os.path.basename(p), why) for p, why in report.skipped] == [
+        ("x" * 13, "its name is 13 bytes long; the index holds names of up to 12 bytes")]
+    with view_at(tmp_path / "r", "src") as v:
+        assert [n for n, _ in v.listdir(b"")] == [b"ok.txt"]

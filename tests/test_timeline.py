@@ -276,3 +276,43 @@ def test_last_alive_steps_back_over_deletions(repo):
         assert (t, e.size) == (20, 7)
         assert timeline.last_alive(repo, txn, vol.id, b"ab")[0] == 10
         assert timeline.last_alive(repo, txn, vol.id, b"zz") is None
+
+
+def test_two_directories_with_one_path_hash_are_refused_not_mixed(repo, monkeypatch):
+    """Entries are filed under their directory's path hash; should two directories ever
+    share one (a chance of one in 2**64 per pair: forced here), the commit that records
+    the second is refused, and nothing of it lands."""
+    from anytime.store.errors import AnytimeError
+
+    vol = new_volume(repo)
+    commit(repo, "vol", T[0], [(b"", d()), (b"a", d()), (b"a/x", f(1))])
+    real = repo.dir_hash
+    monkeypatch.setattr(repo, "dir_hash", lambda p: real(b"a" if p == b"b" else p))
+    with pytest.raises(AnytimeError, match="'a' and 'b' have the same path hash"):
+        commit(repo, "vol", T[1], [(b"b", d()), (b"b/y", f(2))])
+    monkeypatch.setattr(repo, "dir_hash", real)
+    with repo.read_txn() as txn:
+        vol = get_volume_by_id(repo, txn, vol.id)
+    assert vol.horizon == T[0] and ls(repo, vol, b"", MAX_INSTANT) == [b"a"]
+    assert ls(repo, vol, b"a", MAX_INSTANT) == [b"x"]
+
+
+def test_find_and_check_name_paths_through_the_directory_records(repo):
+    """path_histories (find) and check read each directory's path from its ``dirs``
+    record; an entry filed under a directory without one is a problem check names."""
+    from anytime.store.check import check
+    from anytime.store.format import DB_DIRS, dir_key
+
+    vol = new_volume(repo)
+    commit(repo, "vol", T[0], [(b"", d()), (b"a", d()), (b"a/b", d()), (b"a/b/x", f(1)),
+                               (b"x", f(2))])
+    commit(repo, "vol", T[1], [(b"a/b/x", DELETED)])
+    with repo.read_txn() as txn:
+        got = [(p, [t for t, _ in vs]) for p, vs in
+               timeline.path_histories(repo, txn, vol.id, lambda p, n: n == b"x")]
+    assert sorted(got) == [(b"a/b/x", [T[0], T[1]]), (b"x", [T[0]])]
+    assert not check(repo).problems
+    with repo.env.begin(write=True) as txn:
+        txn.delete(dir_key(vol.id, repo.dir_hash(b"a/b")), db=repo.dbs[DB_DIRS])
+    problems = check(repo).problems
+    assert len(problems) == 1 and "has no directory record" in problems[0], problems

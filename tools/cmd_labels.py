@@ -113,7 +113,8 @@ def cmd_find(args) -> int:
 
 
 def _find_in_volume(repo, txn, vol, match, since, until, deleted_only) -> list[dict]:
-    """Scan the volume's entries once, in key order (all versions of a path adjacent).
+    """Scan the volume's entries once, in key order (all versions of a path adjacent),
+    and list the paths found in path order (the index files directories by hash).
     Versions past the volume's horizon (a commit still being written) are left out."""
     horizon = get_volume_by_id(repo, txn, vol.id).horizon  # as of this transaction
     rows = []
@@ -125,7 +126,7 @@ def _find_in_volume(repo, txn, vol, match, since, until, deleted_only) -> list[d
         if deleted_only and not last_e.deleted:
             continue
         live = [(t, e) for t, e in versions if not e.deleted and t <= last_t]
-        rows.append({
+        rows.append((current, {
             "volume": vol.name, "path": current.decode("utf-8", "surrogateescape"),
             "original": os.fsdecode(vol.source_path(current)),
             "first": format_instant(versions[0][0]),
@@ -133,6 +134,6 @@ def _find_in_volume(repo, txn, vol, match, since, until, deleted_only) -> list[d
             "last_version_ns": live[-1][0] if live else None,
             "size": live[-1][1].size if live else None,
             "deleted": format_instant(last_t) if last_e.deleted else None,
-        })
-    return rows
+        }))
+    return [row for _, row in sorted(rows, key=lambda r: r[0])]
 
