@@ -36,6 +36,49 @@ PACK_HEADER = struct.Struct("<8sI16sI")
 RECORD_MAGIC = b"ATRC"
 #: magic(4) | block id(32) | codec u8 | 3 pad | raw length u32 | stored length u32 | xxh3_64 of stored bytes
 RECORD_HEADER = struct.Struct("<4s32sB3xIIQ")
+#: A history record (store/history.py) has the same header with this magic: it holds
+#: index records of a commit, a commit, a label change or a dictionary, so that the
+#: index can be rebuilt from the packs alone. A chunk is never read from one.
+HISTORY_MAGIC = b"ATHS"
+#: The 32-byte id field of a history record: kind u8 | 3 pad | volume id u32 | instant
+#: u64 | part u32 | commit nonce (8 random bytes per commit, zeros for other kinds) |
+#: 4 pad (big-endian). ``part``: the batch's number within its commit; for a
+#: dictionary, its id. The nonce keeps apart a commit that never reached its commit
+#: point and a later one that happens to get the same instant.
+HISTORY_ID = struct.Struct(">B3xIQI8s4x")
+NO_NONCE = bytes(8)
+HIST_BATCH = 1
+HIST_COMMIT = 2
+HIST_LABEL = 3
+HIST_ZDICT = 4
+#: An index record in a batch: database code u8 | key length u16 | value length u32,
+#: then the key and the value (little-endian).
+HIST_ITEM = struct.Struct("<BHI")
+
+
+def encode_history_items(items) -> bytes:
+    """The payload of a batch: ``items`` are (database code, key, value)."""
+    out = []
+    for code, key, val in items:
+        out += (HIST_ITEM.pack(code, len(key), len(val)), key, val)
+    return b"".join(out)
+
+
+def decode_history_items(buf: bytes) -> list[tuple[int, bytes, bytes]]:
+    """The (database code, key, value) items of a batch payload; ValueError if torn."""
+    out, off, n = [], 0, len(buf)
+    while off < n:
+        if off + HIST_ITEM.size > n:
+            raise ValueError("a history batch ends inside an item header")
+        code, klen, vlen = HIST_ITEM.unpack_from(buf, off)
+        off += HIST_ITEM.size
+        if off + klen + vlen > n:
+            raise ValueError("a history batch ends inside an item")
+        out.append((code, bytes(buf[off:off + klen]), bytes(buf[off + klen:off + klen + vlen])))
+        off += klen + vlen
+    return out
+
+
 CODEC_RAW = 0
 CODEC_ZSTD = 1
 #: One zstd frame compressed with the dictionary whose id its frame header names (the
@@ -179,6 +222,10 @@ DB_BLOCKVERS = b"blockvers"
 DB_LABELS = b"labels"
 DB_INODES = b"inodes"
 DB_DIRS = b"dirs"
+#: The databases a history batch carries records of, by the code its items use.
+HIST_ENTRIES, HIST_BLOCKVERS, HIST_INODES, HIST_DIRS = 1, 2, 3, 4
+HIST_DBS = {HIST_ENTRIES: DB_ENTRIES, HIST_BLOCKVERS: DB_BLOCKVERS, HIST_INODES: DB_INODES,
+            HIST_DIRS: DB_DIRS}
 ALL_DBS = (DB_META, DB_BLOCKS, DB_PACKS, DB_VOLUMES, DB_VOLNAMES, DB_COMMITS, DB_ENTRIES,
            DB_BLOCKVERS, DB_LABELS, DB_INODES, DB_DIRS)
 

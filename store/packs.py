@@ -22,6 +22,7 @@ from .errors import AnytimeError, DamagedData
 from .format import (
     CODEC_RAW,
     FORMAT_VERSION,
+    HISTORY_MAGIC,
     PACK_HEADER,
     PACK_MAGIC,
     RECORD_HEADER,
@@ -84,10 +85,11 @@ class PackWriter:
         self._buffered = self._size = len(header)
         self._records = 0
 
-    def append(self, block_id: bytes, codec: int, raw_len: int, stored: bytes
-               ) -> tuple[bytes, int]:
-        """Append one record; returns (pack id, offset of the record header)."""
-        header = RECORD_HEADER.pack(RECORD_MAGIC, block_id, codec, raw_len, len(stored),
+    def append(self, block_id: bytes, codec: int, raw_len: int, stored: bytes,
+               magic: bytes = RECORD_MAGIC) -> tuple[bytes, int]:
+        """Append one record (a chunk; with ``HISTORY_MAGIC``, a history record whose id
+        is ``block_id``); returns (pack id, offset of the record header)."""
+        header = RECORD_HEADER.pack(magic, block_id, codec, raw_len, len(stored),
                                     (_xxh3 or _import_xxh3())(stored))
         n = len(header) + len(stored)
         with self.lock:
@@ -222,31 +224,44 @@ class _Walk:
         return out
 
 
-def iter_records(store: PackStore, pack_id: bytes
-                 ) -> Iterator[tuple[int, bytes, int, int, int, bool]]:
-    """Walk pack ``pack_id`` of ``store`` without the index.
+def walk_records(store: PackStore, pack_id: bytes, payload: bool = False
+                 ) -> Iterator[tuple]:
+    """Walk pack ``pack_id`` of ``store`` without the index: every record, chunks and
+    history records alike.
 
-    Yields (offset, block id, codec, raw length, stored length, checksum ok). Stops at
-    the first record whose header is unreadable (a crash leaves a torn tail). Raises
-    what :meth:`PackStore.read` raises (a missing pack, an I/O error).
+    Yields (magic, offset, id, codec, raw length, stored length, checksum ok), and the
+    stored bytes as an eighth item with ``payload``. Stops at the first record whose
+    header is unreadable or whose bytes are cut short (a crash leaves a torn tail).
+    Raises what :meth:`PackStore.read` raises (a missing pack, an I/O error).
     """
     walk = _Walk(store, pack_id)
     head = walk.take(PACK_HEADER.size)
     if len(head) < PACK_HEADER.size or PACK_HEADER.unpack(head)[0] != PACK_MAGIC:
         return
     offset = PACK_HEADER.size
+    xxh3 = _xxh3 or _import_xxh3()
     while True:
         h = walk.take(RECORD_HEADER.size)
         if len(h) < RECORD_HEADER.size:
             return
         magic, bid, codec, raw_len, slen, check = RECORD_HEADER.unpack(h)
-        if magic != RECORD_MAGIC:
+        if magic not in (RECORD_MAGIC, HISTORY_MAGIC):
             return
         stored = walk.take(slen)
         if len(stored) < slen:
             return
-        yield offset, bid, codec, raw_len, slen, (_xxh3 or _import_xxh3())(stored) == check
+        got = (magic, offset, bid, codec, raw_len, slen, xxh3(stored) == check)
+        yield (*got, stored) if payload else got
         offset += RECORD_HEADER.size + slen
 
 
-__all__ = ["PackWriter", "PackReader", "iter_records", "CODEC_RAW"]
+def iter_records(store: PackStore, pack_id: bytes
+                 ) -> Iterator[tuple[int, bytes, int, int, int, bool]]:
+    """The chunk records of a pack, as :func:`walk_records` finds them: (offset, chunk
+    id, codec, raw length, stored length, checksum ok)."""
+    for magic, *rest in walk_records(store, pack_id):
+        if magic == RECORD_MAGIC:
+            yield tuple(rest)
+
+
+__all__ = ["PackWriter", "PackReader", "iter_records", "walk_records", "CODEC_RAW"]

@@ -234,9 +234,16 @@ def index_error(err: Exception, root: str, what: str = "writing the index") -> A
         return access_denied(root, index)
     return RepositoryFormatError(
         f"the repository index {index} cannot be used ({text}): it is damaged, or not "
-        f"an anytime index. The data is in the packs, but this release cannot rebuild "
-        f"the index from them: put back {index} from a copy of the repository, or keep "
-        f"this repository aside and start a new one with 'anytime init'")
+        f"an anytime index. The packs hold everything it held: rebuild it from them with "
+        f"'anytime check --repair' (the damaged index is kept beside the new one)")
+
+
+def index_missing(root: str) -> RepositoryFormatError:
+    """The error for a repository whose packs are there but whose index is not."""
+    return RepositoryFormatError(
+        f"the repository {root} holds packs but its index ({os.path.join(root, 'index')}) "
+        f"is missing or new: nothing can be read or written until it is rebuilt. The "
+        f"packs hold everything it held: run 'anytime check --repair'")
 
 
 def _not_ours(root: str, raw: bytes) -> str:
@@ -292,6 +299,29 @@ def access_denied(root: str, path: str) -> RepositoryAccessDenied:
         f"permission denied on {path}: the repository {root} belongs to {owner} and is "
         f"private to it (it holds every protected file unencrypted). Run anytime as that "
         f"user, or as root; or let the owner change its modes or owner (chmod, chown)")
+
+
+@contextmanager
+def hold_writer_lock(root: str, wait: bool = False):
+    """Hold the writer lock of the repository at ``root`` (the ``lock`` file's flock,
+    which names the holder's pid); without ``wait``, another holder raises
+    :class:`RepositoryLocked`. ``Repository.writer_lock`` is this plus the writer's
+    cleanup; a rebuild of the index (store/repair.py) holds it bare."""
+    path = os.path.join(root, "lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, modes.FILE_MODE)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+            raise RepositoryLocked(
+                f"another anytime process ({holder or 'unknown pid'}) is writing to "
+                f"{root}; wait for it to finish") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 class Repository:
@@ -393,7 +423,10 @@ class Repository:
 
     @classmethod
     def open(cls, root: str, options: StoreOptions = DEFAULT_OPTIONS,
-             packs: PackStore | None = None) -> Repository:
+             packs: PackStore | None = None, new_index: bool = False) -> Repository:
+        """Open the repository at ``root``. ``new_index``: the index may be missing and is
+        then made empty (a rebuild fills it, store/repair.py); otherwise a repository with
+        packs and no index is refused with what to do."""
         root = os.path.abspath(root)
         path = os.path.join(root, "config")
         try:
@@ -447,6 +480,10 @@ class Repository:
             raise RepositoryFormatError(
                 f"the repository config {path} is damaged: its chunker settings {problem}. "
                 f"Put back the config from a copy of the repository")
+        if not new_index and not os.path.exists(os.path.join(root, "index", "data.mdb")):
+            store = packs if packs is not None else LocalDirPackStore(root)
+            if next(iter(store.list()), None) is not None:
+                raise index_missing(root)
         return cls(root, config, options, packs)
 
     def close(self) -> None:
@@ -672,29 +709,18 @@ class Repository:
         if self._writing:
             yield
             return
-        path = os.path.join(self.root, "lock")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, modes.FILE_MODE)
-        try:
+        with hold_writer_lock(self.root, wait):
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            except BlockingIOError:
-                holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
-                raise RepositoryLocked(
-                    f"another anytime process ({holder or 'unknown pid'}) is writing to "
-                    f"{self.root}; wait for it to finish") from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
-            self.damage = damage.load(self.root)
-            self.roll_back_unfinished()
-            self.reclaim_leftover_packs()
-            import shutil
+                self.damage = damage.load(self.root)
+                self.roll_back_unfinished()
+                self.reclaim_leftover_packs()
+                import shutil
 
-            shutil.rmtree(os.path.join(self.root, "tmp"), ignore_errors=True)
-            self._writing = True
-            yield
-        finally:
-            self._writing = False
-            os.close(fd)
+                shutil.rmtree(os.path.join(self.root, "tmp"), ignore_errors=True)
+                self._writing = True
+                yield
+            finally:
+                self._writing = False
 
     def roll_back_unfinished(self) -> list[tuple[int, int]]:
         """Delete the staged records of commits that never reached their commit point
@@ -768,6 +794,8 @@ class Repository:
         with self.read_txn() as txn:
             known = self.committed_packs(txn)
         removed = [p for p in self.pack_store.list() if p not in known]
+        if removed and not known:  # an index made anew beside old packs: keep them all
+            raise index_missing(self.root)
         for pack_id in removed:
             self.pack_store.delete(pack_id)
         return removed

@@ -22,9 +22,11 @@ from .format import (
     DB_ENTRIES,
     DB_INODES,
     DB_LABELS,
+    DB_PACKS,
     HOLE_ID,
     INODE_VALUE,
     MAX_INSTANT,
+    PACK_INFO,
     U64,
     Entry,
     blockver_prefix,
@@ -293,21 +295,51 @@ def set_label(repo, vol: int, name: str, instant: int, force: bool = False) -> i
     """Name ``instant`` of volume ``vol``; returns the instant the label named before (it
     is moved only with ``force``; without, nothing changes). Written as the writer's own
     writes are: under the writer lock (taken here unless held; another writer running
-    raises :class:`RepositoryLocked`), in one LMDB write transaction."""
+    raises :class:`RepositoryLocked`), first to a pack as a history record (so a rebuilt
+    index has it), then in one LMDB write transaction."""
     key = label_key(vol, name.encode())
-    with repo.writer_lock(), repo.write_txn("writing a label") as txn:
-        old = txn.get(key, db=repo.dbs[DB_LABELS])
-        old = None if old is None else U64.unpack(old)[0]
+    with repo.writer_lock():
+        with repo.read_txn() as txn:
+            old = label_instant(repo, txn, vol, name)
         if old is None or force:
-            txn.put(key, U64.pack(instant), db=repo.dbs[DB_LABELS])
+            packs = _log_label(repo, vol, name, instant)
+            with repo.write_txn("writing a label") as txn:
+                _list_packs(repo, txn, packs)
+                txn.put(key, U64.pack(instant), db=repo.dbs[DB_LABELS])
     return old
 
 
 def remove_label(repo, vol: int, name: str) -> bool:
     """Remove a label; False if the volume had none of that name. Under the writer lock,
-    as :func:`set_label`."""
-    with repo.writer_lock(), repo.write_txn("writing a label") as txn:
-        return txn.delete(label_key(vol, name.encode()), db=repo.dbs[DB_LABELS])
+    and first to a pack, as :func:`set_label`."""
+    with repo.writer_lock():
+        with repo.read_txn() as txn:
+            if label_instant(repo, txn, vol, name) is None:
+                return False
+        packs = _log_label(repo, vol, name, None)
+        with repo.write_txn("writing a label") as txn:
+            _list_packs(repo, txn, packs)
+            return txn.delete(label_key(vol, name.encode()), db=repo.dbs[DB_LABELS])
+
+
+def _log_label(repo, vol: int, name: str, instant: int | None) -> list:
+    """Write a label change to a new pack, durable; returns the pack (as
+    :meth:`PackWriter.sync` does)."""
+    from . import clock, history
+    from .packs import PackWriter
+
+    packw = PackWriter(repo.pack_store, repo.pack_target)
+    history.append_label(packw, vol, clock.now_ns(), name, instant)
+    return packw.sync()
+
+
+def _list_packs(repo, txn, packs) -> None:
+    """List ``packs`` in the index (a pack not listed is a leftover the next writer
+    deletes), with the time they were written as their instant."""
+    from . import clock
+
+    for pack_id, size, nrec in packs:
+        txn.put(pack_id, PACK_INFO.pack(size, nrec, clock.now_ns()), db=repo.dbs[DB_PACKS])
 
 
 def label_instant(repo, txn, vol: int, name: str) -> int | None:

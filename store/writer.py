@@ -31,7 +31,7 @@ import threading
 
 import zstandard
 
-from . import clock
+from . import clock, history
 from .errors import AnytimeError
 from .format import (
     BLOCK_LOC,
@@ -39,17 +39,18 @@ from .format import (
     CODEC_ZSTD,
     CODEC_ZSTD_DICT,
     DB_BLOCKS,
-    DB_BLOCKVERS,
     DB_COMMITS,
-    DB_DIRS,
-    DB_ENTRIES,
-    DB_INODES,
     DB_LABELS,
     DB_META,
     DB_PACKS,
     DB_VOLUMES,
     FEATURE_STAGED,
     FEATURE_ZDICT,
+    HIST_BLOCKVERS,
+    HIST_DBS,
+    HIST_DIRS,
+    HIST_ENTRIES,
+    HIST_INODES,
     HOLE_ID,
     INODE_VALUE,
     PACK_INFO,
@@ -116,14 +117,15 @@ def _put_sorted(txn, db, items, suffix: bytes = b"", *, trim) -> None:
         trim.touched(len(chunk))
 
 
-def _put_records(txn, records: list[tuple], *, trim, dirs=None) -> None:
-    """Put (database, key, value) records, key-sorted within each run of one database;
-    those of ``dirs`` (the ``dirs`` database) through :func:`_put_dirs`."""
-    for db, run in itertools.groupby(records, key=lambda r: r[0]):
-        if db is dirs:
-            _put_dirs(txn, db, ((k, v) for _, k, v in run))
+def _put_records(txn, records: list[tuple], dbs: dict, *, trim) -> None:
+    """Put (database code, key, value) records, key-sorted within each run of one
+    database; ``dbs``: the database of each code (``HIST_DBS``, opened). Those of
+    ``dirs`` go through :func:`_put_dirs`."""
+    for code, run in itertools.groupby(records, key=lambda r: r[0]):
+        if code == HIST_DIRS:
+            _put_dirs(txn, dbs[code], ((k, v) for _, k, v in run))
         else:
-            _put_sorted(txn, db, ((k, v) for _, k, v in run), trim=trim)
+            _put_sorted(txn, dbs[code], ((k, v) for _, k, v in run), trim=trim)
 
 
 def _put_dirs(txn, db, items) -> None:
@@ -303,6 +305,9 @@ class CommitBuilder:
         with repo.write_txn("storing the compression dictionary") as txn:
             txn.put(zdict_key(dict_id), packed, db=meta)
             txn.put(ZDICT_CURRENT, U32.pack(dict_id), db=meta)
+        # in the packs before any chunk compressed with it: whatever makes such a chunk
+        # durable makes this record durable too
+        history.append_zdict(self.packw, dict_id, packed)
         return dict_id, zd
 
     def _flush_blocks(self, wait: bool = False, synced: list | None = None) -> None:
@@ -370,20 +375,25 @@ class CommitBuilder:
 
     # --- commit --------------------------------------------------------------------------
     def commit(self, info: dict, label: str | None = None, instant: int | None = None) -> int:
-        """Make the commit durable and visible; returns its instant."""
+        """Make the commit durable and visible; returns its instant.
+
+        Every index record also goes to the packs as a history record (a batch of each
+        transaction's records, then the commit record: store/history.py) before the
+        packs are synced and the last transaction commits."""
         self._end_sampling()
-        packs = self.packw.sync()  # 1. pack bytes durable
+        packs = self.packw.sync()  # chunks durable: the blocks indexed early name them
         repo, dbs = self.repo, self.repo.dbs
+        by_code = {code: dbs[name] for code, name in HIST_DBS.items()}
         vid = self.vol.id
         with repo.read_txn() as txn:  # the writer lock keeps it current until we commit
             stored = Volume.decode(txn.get(vol_key(vid), db=dbs[DB_VOLUMES]))
         t = max(instant or clock.now_ns(), stored.horizon + 1)
         suffix = U64.pack(t)
         records = itertools.chain(
-            ((dbs[DB_DIRS], k, v) for k, v in self._dirs.items()),
-            ((dbs[DB_ENTRIES], k + suffix, v) for k, v in self._entries.items()),
-            ((dbs[DB_BLOCKVERS], k + suffix, v) for k, v in self._blockvers.items()),
-            ((dbs[DB_INODES], k, v) for k, v in self._inodes.items()))
+            ((HIST_DIRS, k, v) for k, v in self._dirs.items()),
+            ((HIST_ENTRIES, k + suffix, v) for k, v in self._entries.items()),
+            ((HIST_BLOCKVERS, k + suffix, v) for k, v in self._blockvers.items()),
+            ((HIST_INODES, k, v) for k, v in self._inodes.items()))
         per_txn = repo.options.stage_records
         batch = list(itertools.islice(records, per_txn))
         more = list(itertools.islice(records, per_txn))
@@ -394,30 +404,42 @@ class CommitBuilder:
         if more:
             repo.require_feature(FEATURE_STAGED)
         staged = False
+        part = 0  # history batches written
+        nonce = os.urandom(8)  # this commit's, in each of its history records
         while more:
+            history.append_batch(self.packw, vid, t, nonce, part, batch)
+            part += 1
             with repo.write_txn() as txn:  # staged: invisible, past the horizon
                 if not staged:
                     txn.put(pending_key(vid), suffix, db=dbs[DB_META])
-                _put_records(txn, batch, trim=repo.map_trimmer, dirs=dbs[DB_DIRS])
+                _put_records(txn, batch, by_code, trim=repo.map_trimmer)
             staged, batch = True, more
             more = list(itertools.islice(records, per_txn))
+        if batch:
+            history.append_batch(self.packw, vid, t, nonce, part, batch)
+            part += 1
+        # the packs of this commit: those sealed, and the one the commit record goes in
+        record = dict(info, packs=len(self.packw.finished) + 1, **self.stats)
+        if label:
+            record["label"] = label
+        self.vol.horizon = t
+        self.vol.next_file_id = max(self.vol.next_file_id, stored.next_file_id)
+        history.append_commit(self.packw, vid, t, nonce, record, self.vol.as_dict(), part, label,
+                              self._zdict[0] if self._zdict else None)
+        packs = self.packw.sync()  # 1. pack bytes durable, history records included
         with repo.write_txn() as txn:  # 2. the one commit point
             for pack_id, size, nrec in packs:
                 txn.put(pack_id, PACK_INFO.pack(size, nrec, t), db=dbs[DB_PACKS])
             _put_sorted(txn, dbs[DB_BLOCKS], sorted(
                 (bid, BLOCK_LOC.pack(*loc)) for bid, loc in self._new_blocks.items()
                 if loc is not None), trim=repo.map_trimmer)
-            _put_records(txn, batch, trim=repo.map_trimmer, dirs=dbs[DB_DIRS])
-            record = dict(info, packs=len(packs), **self.stats)
+            _put_records(txn, batch, by_code, trim=repo.map_trimmer)
             if label:
-                record["label"] = label
                 txn.put(label_key(vid, label.encode()), suffix, db=dbs[DB_LABELS])
             txn.put(commit_key(vid, t), json.dumps(record, sort_keys=True).encode(),
                     db=dbs[DB_COMMITS])
             if staged:
                 txn.delete(pending_key(vid), db=dbs[DB_META])
-            self.vol.horizon = t
-            self.vol.next_file_id = max(self.vol.next_file_id, stored.next_file_id)
             put_volume(repo, txn, self.vol)
         self.done = True
         self._close_spills()

@@ -111,8 +111,8 @@ def test_a_large_commit_is_staged_and_shows_only_when_it_lands(tmp_path, monkeyp
     seen = []
     put = writer._put_records
 
-    def watching(txn, records, **kw):
-        put(txn, records, **kw)
+    def watching(txn, records, dbs, **kw):
+        put(txn, records, dbs, **kw)
         with repo.read_txn() as rtxn:  # what any reader sees meanwhile
             fresh = get_volume_by_id(repo, rtxn, vol.id)
             marker = rtxn.get(pending_key(vol.id), db=repo.dbs[DB_META])
@@ -145,11 +145,11 @@ def test_a_crash_while_staging_is_rolled_back_by_the_next_writer(tmp_path, monke
     calls = []
     put = writer._put_records
 
-    def dying(txn, records, **kw):
+    def dying(txn, records, dbs, **kw):
         calls.append(1)
         if len(calls) == 6:
             raise KeyboardInterrupt("killed between staged transactions")
-        put(txn, records, **kw)
+        put(txn, records, dbs, **kw)
 
     monkeypatch.setattr(writer, "_put_records", dying)
     b = _build(repo, vol, 40, first_fid=100)

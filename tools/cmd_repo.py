@@ -109,6 +109,9 @@ def register(sub, common) -> None:
                    help="also decompress every block and verify it against its id")
     p.add_argument("--json", action="store_true",
                    help="print a machine-readable report (counts, problems, warnings)")
+    p.add_argument("--repair", action="store_true",
+                   help="rebuild the index from the packs (after it was lost or damaged; "
+                        "the old one is kept aside), then check")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("volumes", parents=[common])
@@ -261,14 +264,17 @@ def some(paths: list[str], n: int = 5) -> str:
 
 
 def cmd_check(args) -> int:
+    from dataclasses import asdict
+
     from anytime.store.check import check
-    from anytime.store.errors import DamagedData
+    from anytime.store.errors import DamagedData, PartialError
     from anytime.vfs.instants import format_instant
 
     from .progress import Progress
     from .text import plural
 
     progress = Progress(enabled=None if not args.json else False)
+    repaired = repair_index(args) if args.repair else None
     with open_repo(args) as repo:
         try:
             rep = check(repo, read_data=args.read_data, progress=progress)
@@ -276,12 +282,17 @@ def cmd_check(args) -> int:
             progress.clear()
     if args.json:
         out = rep.to_json()
+        if repaired is not None:
+            out["repair"] = asdict(repaired)
         for d in out["damaged"]:
             for a in d["affected"]:
                 a["from"] = format_instant(a["from_ns"])
                 a["to"] = format_instant(a["to_ns"]) if a["to_ns"] is not None else None
         json.dump(out, sys.stdout, indent=2)
         print()
+        if repaired is not None and repaired.lost:
+            raise PartialError(f"the index was rebuilt, but history was lost: "
+                               f"{'; '.join(repaired.lost)}")
         if rep.problems:
             raise DamagedData(f"{plural(len(rep.problems), 'problem')} found (listed in the "
                               f"report)")
@@ -295,8 +306,31 @@ def cmd_check(args) -> int:
           f"good copies (reclaimable)")
     if rep.problems:
         raise DamagedData(damage_text(rep))
+    if repaired is not None and repaired.lost:
+        raise PartialError("the index was rebuilt and checks out, but history was lost:\n"
+                           + "\n".join(f"  {x}" for x in repaired.lost))
     print("no problems found")
     return 0
+
+
+def repair_index(args):
+    """``check --repair``: rebuild the index from the packs; prints what was found."""
+    from anytime.store.repair import repair
+
+    from .text import plural
+
+    root = locate(args.repo)
+    rep = repair(root, store_options())
+    if not args.json:
+        print(f"index rebuilt from {plural(rep.packs, 'pack')}: {plural(rep.chunks, 'chunk')}, "
+              f"{plural(rep.volumes, 'volume')}, {plural(rep.commits, 'commit')}, "
+              f"{plural(rep.labels, 'label')}")
+        if rep.old_index:
+            print(f"the index that was there is kept at {rep.old_index}; delete it once "
+                  f"the rebuilt one reads right")
+        for line in rep.torn_packs + rep.bad_records:
+            print(f"anytime: warning: {line}", file=sys.stderr)
+    return rep
 
 
 def damage_text(rep, limit: int = 50, per_block: int = 10) -> str:
