@@ -4,7 +4,8 @@ A worker opens, stats and reads a file, cuts it into chunks and stores each thro
 the commit's ``store_chunk`` (hash, dedup, compress, append to a pack), and returns the
 file's block references (store/chunker.py defines the terms). Small files come in
 batches, read and stored by one worker each; a large file is read by one worker while
-its chunks are stored by ``cores`` others (so both cores work even on one large file).
+its chunks are stored by it and ``cores - 1`` others (so both cores work even on one
+large file, and no more compressors and buffers exist than cores).
 The scan (capture/scan.py) decides what to read and checks what was read.
 
 Terms:
@@ -35,9 +36,6 @@ from anytime.store.chunker import RefBuilder
 from anytime.store.localfs import read_xattrs
 
 SEGMENT_BLOCKS = 8
-#: Chunks of one large file being stored at once, per core (bounds the memory a large
-#: file holds: at most this many chunks of up to CHUNK_MAX bytes each).
-INFLIGHT_CHUNKS = 3
 #: Reads of a file before it is recorded as unstable (capture/scan.py).
 RETRIES = 3
 #: A file changed less than this before its read began is "recent" (capture/scan.py):
@@ -65,6 +63,8 @@ class FileReader:
         self.chunker = chunker
         self.cores = cores
         self._pool: ThreadPoolExecutor | None = None  # stores large files' chunks
+        self._pool_size = max(1, cores - 1)  # the reading thread stores chunks too
+        self._in_pool = 0  # chunks given to the pool and not yet stored
         self._pool_lock = threading.Lock()
         self._stop = threading.Event()
 
@@ -174,20 +174,30 @@ class FileReader:
         return self.read_file(fd, size, sparse, large=True)
 
     def _submit(self, chunk: bytes):
-        """Store ``chunk`` in the reader's pool (a Future of its id); waits while
-        ``INFLIGHT_CHUNKS`` per core are in flight."""
+        """Store ``chunk`` of a large file: in the reader's pool (a Future of its id)
+        while one of its ``cores - 1`` threads is free, else in this thread (its id).
+        So a large file keeps one chunk per core compressing, as many compressors and
+        buffers as that takes, and no more (each compressor holds megabytes)."""
         with self._pool_lock:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.cores, thread_name_prefix="anytime-chunk")
-                self._slots = threading.BoundedSemaphore(INFLIGHT_CHUNKS * self.cores)
-        self._slots.acquire()
+                self._pool = ThreadPoolExecutor(self._pool_size,
+                                                thread_name_prefix="anytime-chunk")
+            pooled = self._in_pool < self._pool_size
+            if pooled:
+                self._in_pool += 1
+        if not pooled:
+            return self.store(chunk)
         try:
             fut = self._pool.submit(self.store, chunk)
         except BaseException:
-            self._slots.release()
+            self._left_pool()
             raise
-        fut.add_done_callback(lambda _f: self._slots.release())
+        fut.add_done_callback(lambda _f: self._left_pool())
         return fut
+
+    def _left_pool(self) -> None:
+        with self._pool_lock:
+            self._in_pool -= 1
 
     def _read_blocks(self, fd: int, size: int, sparse: bool, builder: RefBuilder
                      ) -> int | None:

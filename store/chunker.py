@@ -36,8 +36,9 @@ from .format import (
 )
 
 #: Bytes of stream handed to the cutter at a time by :class:`RefBuilder` (a large file is
-#: cut as it is read, not held whole).
-FEED_BYTES = 8 << 20
+#: cut as it is read, not held whole): with the unfinished chunk carried over, at most
+#: about twice CHUNK_MAX is held per file being read.
+FEED_BYTES = 2 << 20
 
 
 def seed_of(block_key: bytes) -> int:

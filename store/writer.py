@@ -162,7 +162,7 @@ class CommitBuilder:
         self._inodes = SortedSpill(tmp)
         self._flushed_packs: set[bytes] = set()
         self._flush_lock = threading.Lock()
-        self._local = threading.local()
+        self._cctx_free: dict[object, list] = {}  # compressors not in use, by kind
         self.stats = {"blocks_new": 0, "bytes_new": 0, "bytes_stored": 0, "blocks_dup": 0}
         self.done = False
         # the repository's dictionary for small blocks; without one, the first small
@@ -174,20 +174,33 @@ class CommitBuilder:
         self._held_bytes = 0  # held back while the dictionary is trained
 
     # --- blocks (any thread) -----------------------------------------------------------
-    def _cctx(self, size: int) -> zstandard.ZstdCompressor:
-        """This thread's compressor for a block of ``size`` bytes (one per thread: a
-        compressor is not thread-safe)."""
-        large = size >= ZSTD_LARGE_MIN
-        c = getattr(self._local, "large" if large else "small", None)
+    def _new_cctx(self, kind) -> zstandard.ZstdCompressor:
+        """A compressor of ``kind``: "small", "large" (``ZSTD_LARGE_PARAMS``) or a
+        dictionary id (with that dictionary)."""
+        if kind == "large":
+            params = zstandard.ZstdCompressionParameters(write_content_size=0,
+                                                         **ZSTD_LARGE_PARAMS)
+            return zstandard.ZstdCompressor(compression_params=params)
+        if kind == "small":
+            return zstandard.ZstdCompressor(level=self.repo.zstd_level,
+                                            write_content_size=False)
+        return zstandard.ZstdCompressor(level=self.repo.zstd_level, dict_data=self._zdict[1],
+                                        write_content_size=False)
+
+    def _compress_with(self, kind, data: bytes) -> bytes:
+        """``data`` compressed by a compressor of ``kind`` taken from the free ones (a
+        compressor is not thread-safe, and holds megabytes of tables: shared this way,
+        there are only as many as compress at once, not one of each kind per thread)."""
+        with self._lock:
+            free = self._cctx_free.setdefault(kind, [])
+            c = free.pop() if free else None
         if c is None:
-            if large:
-                params = zstandard.ZstdCompressionParameters(write_content_size=0,
-                                                             **ZSTD_LARGE_PARAMS)
-                c = self._local.large = zstandard.ZstdCompressor(compression_params=params)
-            else:
-                c = self._local.small = zstandard.ZstdCompressor(
-                    level=self.repo.zstd_level, write_content_size=False)
-        return c
+            c = self._new_cctx(kind)
+        try:
+            return c.compress(data)
+        finally:
+            with self._lock:
+                self._cctx_free[kind].append(c)
 
     def store_chunk(self, data: bytes) -> bytes:
         """Store chunk ``data`` unless an identical chunk exists; returns its id (the
@@ -236,13 +249,9 @@ class CommitBuilder:
         n = len(data)
         zd = self._zdict
         if zd is not None and n <= ZDICT_MAX_BLOCK:
-            c = getattr(self._local, "zdict", None)
-            if c is None or self._local.zdict_id != zd[0]:
-                c = self._local.zdict = zstandard.ZstdCompressor(
-                    level=self.repo.zstd_level, dict_data=zd[1], write_content_size=False)
-                self._local.zdict_id = zd[0]
-            return CODEC_ZSTD_DICT, c.compress(data)
-        return CODEC_ZSTD, self._cctx(n).compress(data)
+            return CODEC_ZSTD_DICT, self._compress_with(zd[0], data)
+        return CODEC_ZSTD, self._compress_with("large" if n >= ZSTD_LARGE_MIN else "small",
+                                               data)
 
     def _sample(self, bid: bytes, data: bytes) -> bool:
         """Hold a new small block back to train the dictionary on; False once sampling is
