@@ -46,8 +46,9 @@ def test_blocks_are_indexed_early_and_the_commit_reads_back(tmp_path, monkeypatc
     blocks = [os.urandom(1000) for _ in range(200)]
     ids = [b.store_chunk(d) for d in blocks]
     assert len(b._new_blocks) < 200, "blocks of closed packs left memory"
+    fid = b.new_file_id()
     for i, bid in enumerate(ids):
-        b.put_block_version(1, i, bid)
+        b.put_block_version(fid, i, bid)
     t = b.commit({"kind": "test"})
     with repo.read_txn() as txn:
         assert [repo.read_block(txn, bid) for bid in ids] == blocks

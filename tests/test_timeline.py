@@ -39,6 +39,9 @@ def commit(repo, vol_name, t, entries=(), blocks=()):
     with repo.read_txn() as txn:
         vol = get_volume(repo, txn, vol_name)
     b = CommitBuilder(repo, vol)
+    # file ids chosen by the test, allocated as a scan's are (docs/format.md I18)
+    fids = [e.file_id for _, e in entries] + [fid for fid, _, _ in blocks]
+    vol.next_file_id = max([vol.next_file_id, *(fid + 1 for fid in fids)])
     for fid, bno, data in blocks:
         b.put_block_version(fid, bno, b.store_chunk(data))
     for path, e in entries:
