@@ -92,6 +92,13 @@ GOLDEN = {
         b'{"block_size": 1048576, "created_ns": 10, "horizon": 20, "id": 1, "kind": "tree", '
         b'"name": "src", "next_file_id": 3, "source": "/srv/src"}'.hex()),
     # packs
+    "history record id": (
+        lambda: f.HISTORY_ID.pack(f.HIST_COMMIT, 1, T, 0, bytes(range(8))),
+        "0200000000000001010203040506070800000000000102030405060700000000"),
+    "history batch items": (
+        lambda: f.encode_history_items([(f.HIST_ENTRIES, b"key", b"value"),
+                                        (f.HIST_DIRS, b"k2", b"")]),
+        "010300050000006b657976616c7565040200000000006b32"),
     "pack header": (lambda: f.PACK_HEADER.pack(f.PACK_MAGIC, f.FORMAT_VERSION, PACK, 0),
                     "414e59545041434b02000000000102030405060708090a0b0c0d0e0f00000000"),
     "record header": (
@@ -110,7 +117,10 @@ def test_encoder_gives_the_golden_bytes(name):
 
 def test_constants_of_the_format():
     """Values written in docs/format.md and stored in every repository."""
-    assert (f.FORMAT_VERSION, f.PACK_MAGIC, f.RECORD_MAGIC) == (2, b"ANYTPACK", b"ATRC")
+    assert (f.FORMAT_VERSION, f.PACK_MAGIC, f.RECORD_MAGIC, f.HISTORY_MAGIC) == (
+        2, b"ANYTPACK", b"ATRC", b"ATHS")
+    assert (f.HIST_BATCH, f.HIST_COMMIT, f.HIST_LABEL, f.HIST_ZDICT) == (1, 2, 3, 4)
+    assert f.HIST_DBS == {1: b"entries", 2: b"blockvers", 3: b"inodes", 4: b"dirs"}
     assert (f.PACK_HEADER.size, f.RECORD_HEADER.size, f.ENTRY_FIXED.size) == (32, 56, 84)
     assert (f.BLOCK_LOC.size, f.PACK_INFO.size, f.INODE_VALUE.size, f.SLICE.size) == (
         33, 20, 24, 40)
