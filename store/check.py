@@ -1,7 +1,7 @@
 """Checking a repository: one function per invariant of the format, and for each damaged
 chunk, which files at which instants it spoils.
 
-docs/format.md "Invariants" numbers the rules (I1...I25) and names, for each one check
+docs/format.md "Invariants" numbers the rules (I1...I26) and names, for each one check
 can verify, the function here that does (``INVARIANTS`` is that table; a test keeps the
 two equal). Each ``check_*`` method verifies one invariant, over the whole repository or
 one record at a time inside a walk (the walks over packs, ``entries`` and ``blockvers``

@@ -91,7 +91,7 @@ DEFAULT_PACK_TARGET = 64 * 1024 * 1024
 BLOCK_ID_LEN = 32
 #: The id recorded for an all-zero block (a hole). No data is stored for it.
 HOLE_ID = bytes(BLOCK_ID_LEN)
-#: Default block size of a directory-tree volume (see docs/format.md for the measurement).
+#: Default block size of a directory-tree volume (docs/performance.md "Block size").
 DEFAULT_BLOCK_SIZE = 1024 * 1024
 #: Allowed block sizes: powers of two from MIN_BLOCK_SIZE to
 #: MAX_BLOCK_SIZE (is_zero compares against a buffer of that size, and a record's raw
@@ -141,8 +141,8 @@ def _import_blake3():
 #: normalized chunking level CHUNK_NC and the gear table of the reference code XORed
 #: with the repository's chunker seed. A chunk is at least CHUNK_MIN bytes (except a
 #: file's last), at most CHUNK_MAX; CHUNK_AVG (a power of two) picks the cut masks and
-#: where the stricter one ends; chunks come out about 700 KB on average (docs/format.md
-#: "Why these chunk sizes").
+#: where the stricter one ends; chunks come out about 700 KB on average
+#: (docs/performance.md "Chunk sizes").
 CHUNK_MIN = 128 * 1024
 CHUNK_AVG = 512 * 1024
 CHUNK_MAX = 2 * 1024 * 1024
@@ -186,11 +186,11 @@ ZSTD_LEVEL = 3
 #: Blocks of at least ZSTD_LARGE_MIN bytes are compressed with these parameters instead
 #: of ZSTD_LEVEL: level 3's "dfast" strategy with larger tables and shorter matches,
 #: which on 1 MiB blocks of binaries gives 1.4% smaller output for about 15% more time
-#: (docs/format.md).
+#: (docs/performance.md "Compression").
 ZSTD_LARGE_MIN = 512 * 1024
 #: Blocks of at most ZDICT_MAX_BLOCK bytes are compressed with the repository's zstd
 #: dictionary once it has one (``CODEC_ZSTD_DICT``): a frame of a few KB has too little
-#: context of its own (docs/format.md "Small blocks").
+#: context of its own (docs/format.md "Small blocks", docs/performance.md).
 ZDICT_MAX_BLOCK = 64 * 1024
 #: The dictionary is trained on the first small blocks a repository stores, until
 #: ZDICT_SAMPLE_BLOCKS of them or ZDICT_SAMPLE_BYTES, whichever comes first; at least
