@@ -108,7 +108,8 @@ def register(sub, common) -> None:
     p.add_argument("--read-data", action="store_true",
                    help="also decompress every block and verify it against its id")
     p.add_argument("--json", action="store_true",
-                   help="print a machine-readable report (counts, problems, warnings)")
+                   help="print a machine-readable report (counts, problems and the invariant "
+                        "each breaks, warnings)")
     p.add_argument("--repair", action="store_true",
                    help="rebuild the index from the packs (after it was lost or damaged; "
                         "the old one is kept aside), then check")
