@@ -59,6 +59,7 @@ from .format import (
     ZDICT_CURRENT,
     ZDICT_MAX_BLOCK,
     ZDICT_MIN_SAMPLE_BYTES,
+    ZDICT_PARAMS,
     ZDICT_SAMPLE_BYTES,
     ZDICT_SIZE,
     ZDICT_STORE_LEVEL,
@@ -172,6 +173,8 @@ class CommitBuilder:
         self._sample_bytes = 0  # of the blocks in _samples, (block id, data) each
         self._training = False
         self._held_bytes = 0  # held back while the dictionary is trained
+        # (id, this builder's copy of the dictionary, prepared for ZDICT_PARAMS)
+        self._prepared: tuple[int, zstandard.ZstdCompressionDict] | None = None
 
     # --- blocks (any thread) -----------------------------------------------------------
     def _new_cctx(self, kind) -> zstandard.ZstdCompressor:
@@ -184,8 +187,7 @@ class CommitBuilder:
         if kind == "small":
             return zstandard.ZstdCompressor(level=self.repo.zstd_level,
                                             write_content_size=False)
-        return zstandard.ZstdCompressor(level=self.repo.zstd_level, dict_data=self._zdict[1],
-                                        write_content_size=False)
+        return self._dict_compressor(self._zdict)
 
     def _compress_with(self, kind, data: bytes) -> bytes:
         """``data`` compressed by a compressor of ``kind`` taken from the free ones (a
@@ -252,6 +254,23 @@ class CommitBuilder:
             return CODEC_ZSTD_DICT, self._compress_with(zd[0], data)
         return CODEC_ZSTD, self._compress_with("large" if n >= ZSTD_LARGE_MIN else "small",
                                                data)
+
+    def _dict_compressor(self, zd: tuple[int, zstandard.ZstdCompressionDict]
+                         ) -> zstandard.ZstdCompressor:
+        """A compressor of small blocks with dictionary ``zd`` (id, dictionary) and
+        ``ZDICT_PARAMS``. The dictionary's tables for them are computed once per commit
+        and shared by its compressors (about 3 MB, instead of a copy each), in a copy of
+        the dictionary this builder owns: computing them again frees the old ones, which
+        a compressor of another builder may still use."""
+        params = zstandard.ZstdCompressionParameters(write_content_size=0, write_dict_id=1,
+                                                     **ZDICT_PARAMS)
+        with self._lock:
+            if self._prepared is None or self._prepared[0] != zd[0]:
+                own = zstandard.ZstdCompressionDict(zd[1].as_bytes())
+                own.precompute_compress(compression_params=params)
+                self._prepared = zd[0], own
+            own = self._prepared[1]
+        return zstandard.ZstdCompressor(dict_data=own, compression_params=params)
 
     def _sample(self, bid: bytes, data: bytes) -> bool:
         """Hold a new small block back to train the dictionary on; False once sampling is
