@@ -25,6 +25,7 @@ Terms:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat as st_
@@ -55,10 +56,13 @@ class ReadStopped(Exception):
 class FileReader:
     """Reads files into block references, storing their chunks with ``store(data) ->
     chunk id``; thread-safe when ``store`` is (``CommitBuilder.store_chunk`` is).
-    ``chunker``: the repository's (store/chunker.py). Call :meth:`close` at the end."""
+    ``chunker``: the repository's (store/chunker.py); ``batch``: a context manager
+    factory a batch of small files is read in (``CommitBuilder.reading``). Call
+    :meth:`close` at the end."""
 
-    def __init__(self, store, block_size: int, cores: int, chunker):
+    def __init__(self, store, block_size: int, cores: int, chunker, batch=None):
         self.store = store
+        self.batch = batch or contextlib.nullcontext
         self.bs = block_size
         self.chunker = chunker
         self.cores = cores
@@ -81,11 +85,12 @@ class FileReader:
         """:meth:`read_small` for each (path, probe, tries, last refs); an OSError is
         returned in its place."""
         out = []
-        for job in jobs:
-            try:
-                out.append(self.read_small(*job))
-            except OSError as err:
-                out.append(err)
+        with self.batch():
+            for job in jobs:
+                try:
+                    out.append(self.read_small(*job))
+                except OSError as err:
+                    out.append(err)
         return out
 
     def read_small(self, abspath: bytes, probe: bool = False, tries: int = 1,

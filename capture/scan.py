@@ -159,7 +159,7 @@ class Scanner:
         self.pool = ThreadPoolExecutor(max_workers=workers or (os.cpu_count() or 2) + 1,
                                        thread_name_prefix="anytime-read")
         self.reader = FileReader(self.builder.store_chunk, self.bs, os.cpu_count() or 2,
-                                 repo.chunker)
+                                 repo.chunker, batch=self.builder.reading)
         self.report = ScanReport(volume=vol.name)
         self.pending: deque[_FileJob] = deque()
         self.inflight = 0

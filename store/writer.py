@@ -24,6 +24,7 @@ compression release the GIL); everything else from the thread that owns the buil
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -164,6 +165,8 @@ class CommitBuilder:
         self._flushed_packs: set[bytes] = set()
         self._flush_lock = threading.Lock()
         self._cctx_free: dict[object, list] = {}  # compressors not in use, by kind
+        self._flushes = 0  # times _flush_blocks indexed blocks and forgot them
+        self._local = threading.local()  # a thread's transaction of reading()
         self.stats = {"blocks_new": 0, "bytes_new": 0, "bytes_stored": 0, "blocks_dup": 0}
         self.done = False
         # the repository's dictionary for small blocks; without one, the first small
@@ -216,8 +219,14 @@ class CommitBuilder:
                 self.stats["blocks_dup"] += 1
                 return bid
             self._new_blocks[bid] = None  # reserve: another thread may race us
-        with self.repo.read_txn() as txn:
+            flushes = self._flushes
+        txn = getattr(self._local, "txn", None)
+        if txn is not None and self._local.flushes == flushes:
+            self.repo.map_trimmer.touched()
             loc = txn.get(bid, db=self.repo.dbs[DB_BLOCKS])
+        else:  # outside reading(), or blocks were indexed since its transaction began
+            with self.repo.read_txn() as txn:
+                loc = txn.get(bid, db=self.repo.dbs[DB_BLOCKS])
         # a copy known damaged is not reused: stored again, the index then points at the
         # new copy, which mends every instant that uses the block (store/damage.py)
         known = loc is not None and not (self.repo.damage and self.repo.is_damaged(bid, loc))
@@ -230,6 +239,23 @@ class CommitBuilder:
             return bid  # held back: stored once the dictionary is trained (or at commit)
         self._store_new(bid, data)
         return bid
+
+    @contextlib.contextmanager
+    def reading(self):
+        """``with builder.reading():`` this thread's :meth:`store_chunk` calls inside
+        look chunks up in one read transaction instead of one each (a batch of small
+        files: one per file otherwise). Keep it short, as any read transaction: LMDB
+        cannot reuse the pages it sees. Blocks indexed early meanwhile
+        (:meth:`_flush_blocks`) leave the index and ``_new_blocks`` at once for such a
+        transaction, so from then on each lookup takes a new one again."""
+        with self._lock:
+            flushes = self._flushes
+        with self.repo.read_txn() as txn:
+            self._local.txn, self._local.flushes = txn, flushes
+            try:
+                yield
+            finally:
+                self._local.txn = None
 
     def _store_new(self, bid: bytes, data: bytes) -> None:
         """Compress and append a block reserved in ``_new_blocks``."""
@@ -372,6 +398,7 @@ class CommitBuilder:
                 if i == 0:  # listed: an abort must keep them (their blocks are indexed)
                     self._flushed_packs.update(closed)
             with self._lock:
+                self._flushes += 1  # transactions of reading() do not see these
                 for bid, _ in todo:
                     del self._new_blocks[bid]
         finally:

@@ -72,6 +72,19 @@ def test_abort_after_early_indexing_keeps_the_repository_consistent(tmp_path, mo
     assert b2.stats["blocks_dup"] == 3 and HOLE_ID not in indexed
 
 
+def test_a_batch_transaction_still_finds_blocks_indexed_early_meanwhile(tmp_path):
+    repo, vol = _repo_with_volume(tmp_path / "r", pack_target=4096, zdict_sample_blocks=1)
+    b = writer.CommitBuilder(repo, vol)
+    data = os.urandom(1500)
+    with b.reading():  # one read transaction, begun before the block is indexed
+        bid = b.store_chunk(data)
+        b._flush_blocks(wait=True)  # indexed early: it left _new_blocks
+        assert bid not in b._new_blocks
+        assert b.store_chunk(data) == bid
+    assert b.stats["blocks_new"] == 1 and b.stats["blocks_dup"] == 1, "stored once"
+    b.abort()
+
+
 # --- staged commits ----------------------------------------------------------------------
 def _build(repo, vol, n, first_fid=1):
     """A builder holding ``n`` files (entry, one block version, inode mapping each)."""
