@@ -341,7 +341,10 @@ def split_entry_key(key: bytes) -> tuple[int, bytes, bytes, int]:
 
 
 def blockver_prefix(vol: int, file_id: int, block_no: int) -> bytes:
-    return U32.pack(vol) + U64.pack(file_id) + U64.pack(block_no)
+    return _BLOCKVER_PREFIX.pack(vol, file_id, block_no)
+
+
+_BLOCKVER_PREFIX = struct.Struct(">IQQ")
 
 
 def blockver_key(vol: int, file_id: int, block_no: int, instant: int) -> bytes:
@@ -393,7 +396,7 @@ def split_pending_key(key: bytes) -> int:
 def inode_key(vol: int, dev: int, ino: int) -> bytes:
     """``inodes`` key of source inode (``dev``, ``ino``); ``dev`` is kept modulo 2**64
     (``st_dev`` may be negative)."""
-    return vol_key(vol) + U64.pack(dev & (2**64 - 1)) + U64.pack(ino)
+    return _INODE_KEY.pack(vol, dev & (2**64 - 1), ino)
 
 
 _INODE_KEY = struct.Struct(">IQQ")
@@ -443,6 +446,7 @@ FLAG_UNREADABLE = 4
 ENTRY_FIXED = struct.Struct("<BB2xIIIIQqqqQQQQ")
 _U32LE = struct.Struct("<I")
 _U16LE = struct.Struct("<H")
+_NO_TARGET_NO_XATTRS = _U32LE.pack(0) * 2  # the tail of an entry without either
 
 
 class Record:
@@ -511,11 +515,14 @@ class Entry(Record):
                 self.src_dev, self.src_ino, self.flags, self.target, self.xattrs)
 
     def encode(self) -> bytes:
-        parts = [ENTRY_FIXED.pack(self.kind, self.flags, self.mode, self.uid, self.gid,
-                                  self.nlink, self.size, self.atime_ns, self.mtime_ns,
-                                  self.ctime_ns, self.file_id, self.rdev,
-                                  self.src_dev & (2**64 - 1), self.src_ino),
-                 _U32LE.pack(len(self.target)), self.target, _U32LE.pack(len(self.xattrs))]
+        fixed = ENTRY_FIXED.pack(self.kind, self.flags, self.mode, self.uid, self.gid,
+                                 self.nlink, self.size, self.atime_ns, self.mtime_ns,
+                                 self.ctime_ns, self.file_id, self.rdev,
+                                 self.src_dev & (2**64 - 1), self.src_ino)
+        if not self.target and not self.xattrs:  # most entries: one concatenation
+            return fixed + _NO_TARGET_NO_XATTRS
+        parts = [fixed, _U32LE.pack(len(self.target)), self.target,
+                 _U32LE.pack(len(self.xattrs))]
         for k in sorted(self.xattrs):
             v = self.xattrs[k]
             parts += [_U16LE.pack(len(k)), k, _U32LE.pack(len(v)), v]
