@@ -27,7 +27,7 @@ import struct
 from dataclasses import asdict, dataclass, field
 
 from . import damage, modes
-from .errors import PackMissing, RepositoryIOError
+from .errors import AnytimeError, PackMissing, RepositoryIOError
 from .format import (
     BLOCK_LOC,
     DB_BLOCKS,
@@ -44,7 +44,10 @@ from .format import (
     DIR_HASH_LEN,
     ENTRY_FIXED,
     FORMAT_VERSION,
+    HIST_BATCH,
+    HIST_COMMIT,
     HIST_LABEL,
+    HIST_ZDICT,
     HISTORY_ID,
     HOLE_ID,
     IFMT_OF_KIND,
@@ -68,7 +71,9 @@ from .format import (
     commit_key,
     decode_ref,
     split_blockver_key,
+    split_commit_key,
     split_dir_key,
+    split_label_key,
     split_pending_key,
     split_zdict_key,
     vol_key,
@@ -100,6 +105,7 @@ INVARIANTS = {
     "I23": "check_commit_records",
     "I24": "check_labels",
     "I25": "check_dirs",
+    "I26": "check_history",
 }
 
 #: Keys every commit record has (I23): what the writer itself puts, and the capture's kind.
@@ -180,6 +186,10 @@ class _Checker:
         #: listed packs: pack id -> PACK_INFO (size, records, commit instant)
         self.packs: dict[bytes, tuple[int, int, int]] = {}
         self.vols: dict[int, Volume] = {}
+        #: history records of listed packs whose checksum matches: (pack, offset, id,
+        #: codec, raw length, stored length)
+        self.history: list[tuple] = []
+        self.zdict_ids: list[int] = []  # the dictionaries the index holds
         #: volume id -> instant of its pending marker
         self.pending: dict[int, int] = {}
         self._commit_seen: set[tuple[int, int]] = set()
@@ -222,6 +232,8 @@ class _Checker:
                         self.records[(pack_id, offset)] = (rid, ok, codec, raw, slen)
                     else:
                         history.append((offset, rid, ok))
+                        if ok:
+                            self.history.append((pack_id, offset, rid, codec, raw, slen))
                     end, count = offset + RECORD_HEADER.size + slen, count + 1
                     if self.progress:
                         self.progress.bytes_done(done + end, total)
@@ -367,6 +379,7 @@ class _Checker:
                 self.problem("I10", f"meta key {key!r} is not a dictionary key")
                 continue
             want = split_zdict_key(key)
+            self.zdict_ids.append(want)
             try:
                 got = zstandard.ZstdCompressionDict(
                     zstandard.ZstdDecompressor().decompress(val)).dict_id()
@@ -768,6 +781,70 @@ class _Checker:
                 damage.record(self.repo.root, bid, where[0], where[1], d.reason)
 
 
+    def check_history(self) -> None:
+        """I26: the packs hold what the index holds: every commit has its commit record
+        and all its batches in listed packs, every label was written there (by its
+        commit or as a label change). Without them a rebuild of the index (``check
+        --repair``) would lose that history. A dictionary without its record is only a
+        warning: no listed pack then holds a chunk compressed with it."""
+        from . import history as hist
+
+        store = self.repo.pack_store
+        recs: dict[tuple[int, int], tuple] = {}  # (volume, instant) -> commit record
+        batches: dict[tuple, int] = {}  # (volume, instant, nonce) -> batches found
+        labels: set[tuple[int, str]] = set()
+        zdicts: set[int] = set()
+        for pack_id, offset, rid, codec, raw, slen in self.history:
+            kind, vid, t, part, nonce = hist.split_history_id(rid)
+            if kind == HIST_BATCH:
+                batches[(vid, t, nonce)] = batches.get((vid, t, nonce), 0) + 1
+            elif kind == HIST_ZDICT:
+                zdicts.add(part)
+            elif kind in (HIST_COMMIT, HIST_LABEL):
+                try:
+                    got = hist.decode_json(hist.decode_payload(
+                        codec, raw, store.read(pack_id, offset + RECORD_HEADER.size, slen)))
+                except (ValueError, AnytimeError) as e:
+                    self.problem("I26", f"pack {pack_id.hex()}: the history record at "
+                                        f"offset {offset} does not decode ({e})")
+                    continue
+                if kind == HIST_COMMIT:
+                    recs[(vid, t)] = (nonce, got.get("batches"))
+                if got.get("label"):
+                    labels.add((vid, got["label"]))
+        instants: dict[int, list[int]] = {}  # of each volume's commits (records unread)
+        for key in self.txn.cursor(db=self.dbs[DB_COMMITS]).iternext(values=False):
+            if len(key) == 12:
+                vid, t = split_commit_key(bytes(key))
+                instants.setdefault(vid, []).append(t)
+        for vid, vol in sorted(self.vols.items()):
+            for t in instants.get(vid, []):
+                rec = recs.get((vid, t))
+                if rec is None:
+                    self.problem("I26", f"volume {vol.name}: the commit of {t} has no commit "
+                                        f"record in the packs; a rebuild of the index "
+                                        f"would lose it and every later commit")
+                elif batches.get((vid, t, rec[0]), 0) != rec[1]:
+                    self.problem("I26", f"volume {vol.name}: the commit of {t} has "
+                                        f"{batches.get((vid, t, rec[0]), 0)} of its {rec[1]} "
+                                        f"record batches in the packs")
+        for key in self.txn.cursor(db=self.dbs[DB_LABELS]).iternext(values=False):
+            vid, raw_name = split_label_key(bytes(key))
+            name = raw_name.decode(errors="surrogateescape")
+            vol = self.vols.get(vid)
+            if vol is not None and (vid, name) not in labels:
+                self.problem("I26", f"volume {vol.name}: label '{name}' is in no history "
+                                    f"record of the packs")
+        for dict_id in self.zdict_ids:
+            if dict_id not in zdicts:  # a warning: its record and the chunks compressed
+                # with it share packs, so no listed pack holds such a chunk either (the
+                # snapshot that trained it failed before its commit point)
+                self.rep.warnings.append(
+                    f"dictionary {dict_id} is in no history record of the listed packs: "
+                    f"no chunk in them was compressed with it (the snapshot that trained "
+                    f"it did not commit); a rebuild of the index leaves it out")
+
+
 def check(repo, read_data: bool = False, progress=None) -> CheckReport:
     """Verify every invariant check can (docs/format.md, ``INVARIANTS``)."""
     with repo.read_txn() as txn:
@@ -789,6 +866,7 @@ def check(repo, read_data: bool = False, progress=None) -> CheckReport:
         c.walk_inodes()
         c.check_commit_records()
         c.check_labels()
+        c.check_history()
         if spoiled:
             c.affected(spoiled)
         c.record_damage()

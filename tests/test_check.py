@@ -113,6 +113,7 @@ from anytime.store.format import (  # noqa: E402
     DB_PACKS,
     DB_VOLNAMES,
     DB_VOLUMES,
+    HIST_COMMIT,
     HISTORY_MAGIC,
     HOLE_ID,
     INODE_VALUE,
@@ -125,8 +126,10 @@ from anytime.store.format import (  # noqa: E402
     label_key,
     pending_key,
     split_blockver_key,
+    split_label_key,
     vol_key,
 )
+from anytime.store.history import split_history_id  # noqa: E402
 from anytime.store.packs import walk_records  # noqa: E402
 from anytime.store.packstore import LocalDirPackStore  # noqa: E402
 from anytime.store.repo import Repository  # noqa: E402
@@ -413,6 +416,27 @@ def test_I25_a_directory_record_naming_another_path(made):
     key, path = next((k, v) for k, v in records(made, DB_DIRS) if v)
     put(made, DB_DIRS, key, path + b"x")
     found(made, "I25", f"names '{path.decode()}x', whose hash is another")
+
+
+def test_I26_index_records_the_packs_do_not_hold(made):
+    """A label put in the index alone, and a commit whose commit record is in no
+    listed pack: a rebuild from the packs would lose them."""
+    key, val = records(made, DB_LABELS)[0]
+    vid, _name = split_label_key(key)
+    put(made, DB_LABELS, label_key(vid, b"sneaked-in"), val)
+    found(made, "I26", "label 'sneaked-in' is in no history record")
+    # the history of the last commit, as if its packs were never listed
+    t = volume(made).horizon
+    with made.read_txn() as txn:
+        listed = made.committed_packs(txn)
+    holder = next(p for p in listed if any(
+        m == HISTORY_MAGIC and split_history_id(rid)[:3] == (HIST_COMMIT, vid, t)
+        for m, _o, rid, *_ in walk_records(made.pack_store, p)))
+    with made.env.begin(write=True) as txn:
+        txn.delete(holder, db=made.dbs[DB_PACKS])
+    problems = check(made).problems
+    assert any(f"the commit of {t} has no commit record in the packs" in p
+               for p in problems), problems
 
 
 def test_check_json_names_the_invariant_of_each_problem(anytime, repo_dir, src_dir):
