@@ -344,8 +344,10 @@ class CommitBuilder:
             return None
         repo = self.repo
         meta = repo.dbs[DB_META]
-        while True:  # ids below 32768 are reserved by zstd
-            dict_id = 32768 + int.from_bytes(os.urandom(4), "big") % (2**31 - 32768)
+        # ids below 32768 are reserved by zstd; one below 65536 takes 2 bytes of each
+        # frame's header instead of 4 (a repository has one dictionary)
+        while True:
+            dict_id = 32768 + int.from_bytes(os.urandom(2), "big") % 32768
             with repo.read_txn() as txn:
                 if txn.get(zdict_key(dict_id), db=meta) is None:
                     break

@@ -75,6 +75,8 @@ def test_small_files_are_compressed_with_a_dictionary(anytime, repo_dir, src_dir
     anytime("snapshot", src_dir, check=0)
     codecs, dicts = index_view(repo_dir)
     assert len(dicts) == 1
+    # an id of 2 bytes in each frame's header: above those zstd reserves, below 65536
+    assert 32768 <= int.from_bytes(next(iter(dicts))[len(ZDICT_PREFIX):], "big") < 65536
     assert codecs.count(CODEC_ZSTD_DICT) == len(files), "every small block, samples too"
     # smaller than each file compressed alone at the same level
     alone = sum(len(zstandard.ZstdCompressor(level=3, write_content_size=False).compress(d))
