@@ -211,10 +211,10 @@ ZSTD_LARGE_PARAMS = {"window_log": 20, "hash_log": 19, "chain_log": 19, "search_
                      "min_match": 4, "target_length": 0, "strategy": 2}
 #: Small blocks are compressed with the dictionary with these parameters instead of
 #: ZSTD_LEVEL: the "lazy" strategy of level 6 with one search attempt per position
-#: (level 6 makes 8), which stores the benchmark's 50,000 small files 5.5% smaller than
-#: level 3 does with the same dictionary for 2.3-2.4 times its compression time
-#: (docs/performance.md "Small blocks").
-ZDICT_PARAMS = {"window_log": 21, "hash_log": 19, "chain_log": 18, "search_log": 1,
+#: (level 6 makes 8) and tables of 2^18 entries (level 6: 2^19), which stores the
+#: benchmark's 50,000 small files 5% smaller than level 3 does with the same dictionary
+#: for about 2.3 times its compression time (docs/performance.md "Small blocks").
+ZDICT_PARAMS = {"window_log": 21, "hash_log": 18, "chain_log": 17, "search_log": 1,
                 "min_match": 5, "target_length": 4, "strategy": 4}
 
 # --- LMDB databases ----------------------------------------------------------------
