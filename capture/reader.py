@@ -57,12 +57,15 @@ class FileReader:
     """Reads files into block references, storing their chunks with ``store(data) ->
     chunk id``; thread-safe when ``store`` is (``CommitBuilder.store_chunk`` is).
     ``chunker``: the repository's (store/chunker.py); ``batch``: a context manager
-    factory a batch of small files is read in (``CommitBuilder.reading``). Call
-    :meth:`close` at the end."""
+    factory a batch of small files is read in (``CommitBuilder.reading``);
+    ``store_many(chunks) -> chunk ids``: ``store`` of several chunks at once
+    (``CommitBuilder.store_chunks``). Call :meth:`close` at the end."""
 
-    def __init__(self, store, block_size: int, cores: int, chunker, batch=None):
+    def __init__(self, store, block_size: int, cores: int, chunker, batch=None,
+                 store_many=None):
         self.store = store
         self.batch = batch or contextlib.nullcontext
+        self.store_many = store_many or (lambda chunks: [store(c) for c in chunks])
         self.bs = block_size
         self.chunker = chunker
         self.cores = cores
@@ -83,18 +86,28 @@ class FileReader:
 
     def read_batch(self, jobs: list[tuple]) -> list:
         """:meth:`read_small` for each (path, probe, tries, last refs); an OSError is
-        returned in its place."""
-        out = []
+        returned in its place. The files that are one chunk and not recent are read
+        first and their chunks stored together at the end (``store_many``): one call
+        for the batch instead of one per file (each releases and takes back the GIL)."""
+        out: list = []
+        unstored: list[int] = []  # where out holds an _Unstored chunk in place of refs
         with self.batch():
             for job in jobs:
                 try:
-                    out.append(self.read_small(*job))
+                    got = self.read_small(*job, defer=True)
                 except OSError as err:
-                    out.append(err)
+                    got = err
+                if not isinstance(got, OSError) and isinstance(got[0], _Unstored):
+                    unstored.append(len(out))
+                out.append(got)
+            if unstored:
+                ids = self.store_many([out[k][0].data for k in unstored])
+                for k, bid in zip(unstored, ids, strict=True):
+                    out[k] = ([bid], *out[k][1:])
         return out
 
     def read_small(self, abspath: bytes, probe: bool = False, tries: int = 1,
-                   last_ids: list[bytes] | None = None):
+                   last_ids: list[bytes] | None = None, defer: bool = False):
         """Read a file of at most ``SEGMENT_BLOCKS`` blocks, and read it again while it
         is recent and the last two reads differ (at most ``RETRIES`` reads in all,
         ``tries`` counted already): the confirming read happens here, in the worker,
@@ -103,10 +116,10 @@ class FileReader:
         Returns (block references, end, stat before, stat after, xattrs, kernel time
         before, tries, references of the read before the last or ``last_ids``); or
         ``("defer", stat)`` (see :meth:`read_once`). The caller judges stability as
-        before, from these.
+        before, from these. ``defer``: see :meth:`read_once`.
         """
         while True:
-            got = self.read_once(abspath, probe)
+            got = self.read_once(abspath, probe, defer)
             if got[0] == "defer":
                 return got
             ids, _end, before, after, _xattrs, started = got
@@ -115,7 +128,7 @@ class FileReader:
                 return (*got, tries, last_ids)
             tries, last_ids = tries + 1, ids
 
-    def read_once(self, abspath: bytes, probe: bool = False):
+    def read_once(self, abspath: bytes, probe: bool = False, defer: bool = False):
         """Open, read, store and close a file of at most ``SEGMENT_BLOCKS`` blocks, in a
         worker thread.
 
@@ -123,7 +136,10 @@ class FileReader:
         before); end as :meth:`read_file` gives it. With ``probe`` (a new path the
         main thread did not stat), a file that is not a plain regular file of at most
         ``SEGMENT_BLOCKS`` blocks with one link is not read: ``("defer", stat)`` hands
-        it back to the main thread's full path.
+        it back to the main thread's full path. With ``defer``, a file that is one
+        chunk and not recent is read but not stored: an :class:`_Unstored` chunk
+        stands in place of its references (:meth:`read_batch` stores it; a recent
+        file's references are compared with the next read's at once).
         """
         fd = os.open(abspath, OPEN_FLAGS)
         try:
@@ -135,23 +151,26 @@ class FileReader:
             xattrs = read_xattrs(fd)
             size = before.st_size
             if 0 < size < self.bs and size <= self.chunker.min_size:
-                refs, end = self._read_one_chunk(fd, size)
+                refs, end = self._read_one_chunk(fd, size,
+                                                 defer and not recent(before, started))
             else:
                 refs, end = self.read_file(fd, size, before.st_blocks * 512 < size)
             return refs, end, before, os.fstat(fd), xattrs, started
         finally:
             os.close(fd)
 
-    def _read_one_chunk(self, fd: int, size: int) -> tuple[list[bytes], int | None]:
+    def _read_one_chunk(self, fd: int, size: int, defer: bool = False
+                        ) -> tuple[list[bytes] | _Unstored, int | None]:
         """:meth:`read_file` for a file of one block that is one chunk (most small
         files): one pread (asking one byte more, to see the file ends where its size
-        says), its id is its reference."""
+        says), its id is its reference; with ``defer``, the chunk is not stored but
+        returned as an :class:`_Unstored` in place of the references."""
         data = os.pread(fd, size + 1, 0)
         if len(data) != size:
             builder = RefBuilder(self.chunker, self.store)
             end = self._read_past(fd, 0, data, size, builder)
             return builder.finish(), end
-        return [self.store(data)], None
+        return (_Unstored(data) if defer else [self.store(data)]), None
 
     def read_file(self, fd: int, size: int, sparse: bool, large: bool = False
                   ) -> tuple[list[bytes], int | None]:
@@ -250,6 +269,15 @@ class FileReader:
                 return end
             off = end
             data = os.pread(fd, bs, off)
+
+
+class _Unstored:
+    """The chunk of a file read but not stored yet (:meth:`FileReader.read_once`)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes):
+        self.data = data
 
 
 def all_hole(fd: int, off: int, n: int) -> bool:

@@ -166,7 +166,8 @@ class Scanner:
         self.pool = ThreadPoolExecutor(max_workers=workers or (os.cpu_count() or 2) + 1,
                                        thread_name_prefix="anytime-read")
         self.reader = FileReader(self.builder.store_chunk, self.bs, os.cpu_count() or 2,
-                                 repo.chunker, batch=self.builder.reading)
+                                 repo.chunker, batch=self.builder.reading,
+                                 store_many=self.builder.store_chunks)
         self.report = ScanReport(volume=vol.name)
         self.pending: deque[_FileJob] = deque()
         self.inflight = 0

@@ -192,16 +192,20 @@ class CommitBuilder:
                                             write_content_size=False)
         return self._dict_compressor(self._zdict)
 
-    def _compress_with(self, kind, data: bytes) -> bytes:
+    def _compress_with(self, kind, data, many: bool = False):
         """``data`` compressed by a compressor of ``kind`` taken from the free ones (a
         compressor is not thread-safe, and holds megabytes of tables: shared this way,
-        there are only as many as compress at once, not one of each kind per thread)."""
+        there are only as many as compress at once, not one of each kind per thread).
+        With ``many``, ``data`` is a list of blocks, compressed by one call (each to a
+        frame of its own); returns the list of frames."""
         with self._lock:
             free = self._cctx_free.setdefault(kind, [])
             c = free.pop() if free else None
         if c is None:
             c = self._new_cctx(kind)
         try:
+            if many:
+                return [bytes(z) for z in c.multi_compress_to_buffer(data)]
             return c.compress(data)
         finally:
             with self._lock:
@@ -211,13 +215,49 @@ class CommitBuilder:
         """Store chunk ``data`` unless an identical chunk exists; returns its id (the
         ``blocks`` database and pack records name chunks by it; ``HOLE_ID`` for zeros,
         which are not stored)."""
+        bid, new = self._reserve(data)
+        if new:
+            self._store_reserved(bid, data)
+        return bid
+
+    def store_chunks(self, chunks: list[bytes]) -> list[bytes]:
+        """:meth:`store_chunk` of each of ``chunks`` (those of a batch of small files);
+        returns their ids. The new ones of at most ``ZDICT_MAX_BLOCK`` bytes, once the
+        dictionary is trained, are compressed by one call for all: each call releases
+        and takes back the GIL, which for a small file cost about as much as the rest of
+        storing it."""
+        ids, todo = [], []
+        for data in chunks:
+            bid, new = self._reserve(data)
+            ids.append(bid)
+            if new:
+                todo.append((bid, data))
+        zd = self._zdict
+        if self._samples is not None or zd is None or len(todo) < 2:
+            for bid, data in todo:
+                self._store_reserved(bid, data)
+            return ids
+        small = [(bid, data) for bid, data in todo if len(data) <= ZDICT_MAX_BLOCK]
+        for bid, data in todo:
+            if len(data) > ZDICT_MAX_BLOCK:
+                self._store_new(bid, data)
+        if small:
+            frames = self._compress_with(zd[0], [data for _, data in small], many=True)
+            for (bid, data), z in zip(small, frames, strict=True):
+                self._append(bid, data, CODEC_ZSTD_DICT, z)
+        return ids
+
+    def _reserve(self, data: bytes) -> tuple[bytes, bool]:
+        """(id of chunk ``data``, whether it is to be stored): True once reserved in
+        ``_new_blocks`` for this caller, False for zeros and chunks already stored or
+        being stored (counted as duplicates)."""
         bid = block_id(self.repo.block_key, data)
         if bid == HOLE_ID:
-            return bid
+            return bid, False
         with self._lock:
             if bid in self._new_blocks:
                 self.stats["blocks_dup"] += 1
-                return bid
+                return bid, False
             self._new_blocks[bid] = None  # reserve: another thread may race us
             flushes = self._flushes
         txn = getattr(self._local, "txn", None)
@@ -234,11 +274,14 @@ class CommitBuilder:
             with self._lock:
                 del self._new_blocks[bid]
                 self.stats["blocks_dup"] += 1
-            return bid
+            return bid, False
+        return bid, True
+
+    def _store_reserved(self, bid: bytes, data: bytes) -> None:
+        """Store a chunk reserved by :meth:`_reserve`, or hold it back for the dictionary."""
         if self._samples is not None and len(data) <= ZDICT_MAX_BLOCK and self._sample(bid, data):
-            return bid  # held back: stored once the dictionary is trained (or at commit)
+            return  # held back: stored once the dictionary is trained (or at commit)
         self._store_new(bid, data)
-        return bid
 
     @contextlib.contextmanager
     def reading(self):
@@ -259,7 +302,11 @@ class CommitBuilder:
 
     def _store_new(self, bid: bytes, data: bytes) -> None:
         """Compress and append a block reserved in ``_new_blocks``."""
-        codec, z = self._compress(data)
+        self._append(bid, data, *self._compress(data))
+
+    def _append(self, bid: bytes, data: bytes, codec: int, z: bytes) -> None:
+        """Append a block reserved in ``_new_blocks``, compressed (``codec``) to ``z``:
+        as it is if that is not smaller."""
         codec, stored = (codec, z) if len(z) < len(data) else (CODEC_RAW, data)
         pack_id, offset = self.packw.append(bid, codec, len(data), stored)
         with self._lock:

@@ -107,6 +107,38 @@ def test_later_commits_use_the_same_dictionary(anytime, repo_dir, src_dir):
     assert anytime("cat", extra, check=0).stdout == extra.read_bytes()
 
 
+def test_chunks_stored_together_read_back_and_dedup_as_one_by_one(anytime, repo_dir,
+                                                                    src_dir):
+    from anytime.store.repo import Repository
+    from anytime.store.volumes import get_volume
+    from anytime.store.writer import CommitBuilder
+
+    files = small_tree(src_dir)
+    anytime("init", check=0)
+    anytime("snapshot", src_dir, "--name", "v", check=0)  # trains the dictionary
+    repo = Repository.open(str(repo_dir))
+    with repo.writer_lock():
+        with repo.read_txn() as txn:
+            vol = get_volume(repo, txn, "v")
+        b = CommitBuilder(repo, vol)
+        assert b._zdict is not None
+        new = [bytes([i]) * 100 + b"a chunk of a batch %d\n" % i * 50 for i in range(5)]
+        old = list(files.values())[0]
+        chunks = [new[0], old, new[1], bytes(300), new[0], *new[2:], b"x" * 70000]
+        ids = b.store_chunks(chunks)
+        assert ids == [b.store_chunk(c) for c in chunks], "the ids store_chunk gives"
+        assert b.stats["blocks_new"] == 6, "5 small ones and the large one, each once"
+        for i, bid in enumerate(ids[:3] + ids[5:]):
+            b.put_block_version(1, i, bid)
+        b.commit({"kind": "test"})
+    with repo.read_txn() as txn:
+        assert [repo.read_block(txn, bid) for bid in ids if bid != ids[3]] == [
+            c for c in chunks if c != bytes(300)]
+        codecs = {bid: repo.block_location(txn, bid)[-1] for bid in ids[2:3] + ids[5:8]}
+    assert set(codecs.values()) == {CODEC_ZSTD_DICT}
+    repo.close()
+
+
 def test_few_small_files_train_nothing_and_read_back(anytime, repo_dir, src_dir):
     files = small_tree(src_dir, 30)  # 30 x 4 KB: short of ZDICT_MIN_SAMPLE_BYTES too
     anytime("init", check=0)
