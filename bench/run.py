@@ -1558,7 +1558,7 @@ class Bench:
                         fids = [b.new_file_id() for _ in names]
                     for i, (d, f) in enumerate(names):
                         data = b"file %d version %d\n" % (i, c)
-                        bid = b.store_block(data)
+                        bid = b.store_chunk(data)
                         b.put_block_version(fids[i], 0, bid)
                         b.put_entry(d + b"/" + f, Entry(
                             KIND_FILE, mode=0o100644, size=len(data), atime_ns=t, mtime_ns=t,
