@@ -85,6 +85,10 @@ MAP_SIZE = 1 << 40
 MAX_READERS = 512
 
 
+#: Chunk ids ``read_block_verified`` remembers as verified, at most (then forgotten).
+VERIFIED_KEPT = 65_536
+
+
 class BlockCache:
     """A small thread-safe LRU of decompressed blocks, bounded in bytes."""
 
@@ -376,6 +380,10 @@ class Repository:
         #: damage records in force for the writer (read when it takes the writer lock)
         self.damage: damage.Damage = {}
         self._noted: set[tuple[bytes, bytes, int]] = set()
+        #: chunks whose plaintext hashed to their id lately (read_block_verified); the
+        #: plaintext is read from packs only through checksums and the cache, so a chunk
+        #: a restore reads for two neighbouring blocks need not be hashed twice
+        self._verified: set[bytes] = set()
         self._writing = False  # this object holds the writer lock (writer_lock)
 
     # --- opening ---------------------------------------------------------------------
@@ -591,10 +599,15 @@ class Repository:
         """:meth:`read_block`, and the plaintext hashed against its id (a restore's
         check); a mismatch is recorded as damage and raises :class:`DamagedData`."""
         data = self.read_block(txn, block_id)
+        if block_id in self._verified:  # a chunk read for two blocks is hashed once
+            return data
         if block_id_of(self.block_key, data) != block_id:
             self.note_damage(block_id, self.block_location(txn, block_id),
                              "does not match its id")
             raise DamagedData(f"block {block_id.hex()[:16]} does not match its id")
+        if len(self._verified) >= VERIFIED_KEPT:
+            self._verified.clear()
+        self._verified.add(block_id)
         return data
 
     def read_ref(self, txn, ref: bytes, lo: int = 0, hi: int | None = None,
