@@ -153,14 +153,16 @@ class Scanner:
     """One scan of ``source`` into volume ``vol``; call :meth:`run` once."""
 
     def __init__(self, repo, vol, source: bytes, progress=None, workers: int | None = None,
-                 excluder: Excluder | None = None, one_file_system: bool = False):
+                 excluder: Excluder | None = None, one_file_system: bool = False,
+                 session=None):
         self.repo = repo
         self.vol = vol
         self.vid = vol.id
         self.source = source
         self.bs = vol.block_size
         self.progress = progress
-        self.builder = CommitBuilder(repo, vol)
+        # a writer session's (store/session.py) shares its packs with other commits
+        self.builder = session.builder(vol) if session else CommitBuilder(repo, vol)
         # One worker more than cores: while one waits on a read or the pack lock, the
         # cores stay busy compressing (measured: 0.64 s vs 0.76 s on the stdlib tree).
         self.pool = ThreadPoolExecutor(max_workers=workers or (os.cpu_count() or 2) + 1,

@@ -55,6 +55,7 @@ from .format import (
     KIND_DELETED,
     KIND_FILE,
     KIND_NAMES,
+    OPEN_PACK_PREFIX,
     PACK_HEADER,
     PACK_INFO,
     PACK_MAGIC,
@@ -219,6 +220,9 @@ class _Checker:
     def walk_packs(self) -> None:
         self.packs = {bytes(k): PACK_INFO.unpack(v)
                       for k, v in self.txn.cursor(db=self.dbs[DB_PACKS])}
+        # packs a writer session keeps open: what follows their listed size is a
+        # running writer's next commit (or a dead one's, cut back by the next writer)
+        self.open_packs = self._open_packs()
         total, done = sum(p[0] for p in self.packs.values()), 0
         store = self.repo.pack_store
         for pack_id in sorted(self.packs):
@@ -227,7 +231,12 @@ class _Checker:
                 size = store.size(pack_id)
                 self.check_pack_headers(pack_id, store.read(pack_id, 0, PACK_HEADER.size))
                 end, count, history = PACK_HEADER.size, 0, []
+                listed = self.packs[pack_id][0]
+                if pack_id in self.open_packs:
+                    size = min(size, listed)
                 for magic, offset, rid, codec, raw, slen, ok in walk_records(store, pack_id):
+                    if offset + RECORD_HEADER.size + slen > size:
+                        break  # past an open pack's listed size
                     if magic == RECORD_MAGIC:
                         self.records[(pack_id, offset)] = (rid, ok, codec, raw, slen)
                     else:
@@ -250,6 +259,16 @@ class _Checker:
             done += self.packs[pack_id][0]
         if self.progress:
             self.progress.bytes_done(total, total)
+
+    def _open_packs(self) -> set[bytes]:
+        cur = self.txn.cursor(db=self.dbs[DB_META])
+        found = set()
+        if cur.set_range(OPEN_PACK_PREFIX):
+            for key in cur.iternext(values=False):
+                if not key.startswith(OPEN_PACK_PREFIX):
+                    break
+                found.add(bytes(key[len(OPEN_PACK_PREFIX):]))
+        return found
 
     def check_pack_headers(self, pack_id: bytes, head: bytes) -> None:
         """I4: a pack starts with PACK_HEADER: the magic, this format version and the

@@ -3,7 +3,8 @@ other store (store/packstore.py) and passes every call through until told otherw
 
 Faults (each raises what the contract says the real failure raises, built by the
 wrapped store, so the errors are those users would see):
-  - :meth:`~FaultyPackStore.fail`: the next ``create``, ``append``, ``seal`` or ``sync``
+  - :meth:`~FaultyPackStore.fail`: the next ``create``, ``append``, ``seal``, ``sync`` or
+    ``flush``
     (after ``after`` that succeed) fails with an I/O error; a failing ``append`` first
     writes half its bytes, as a real failed write can (a torn tail);
   - :meth:`~FaultyPackStore.fill_disk`: appends fail as on a full disk once ``room``
@@ -27,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from .packstore import PackStore
 
-WRITE_OPS = ("create", "append", "seal", "sync")
+WRITE_OPS = ("create", "append", "seal", "sync", "flush")
 
 
 def _eio() -> OSError:
@@ -45,6 +46,7 @@ class FaultyPackStore(PackStore):
     def __init__(self, inner: PackStore):
         self.inner = inner
         self.root, self.where = inner.root, inner.where
+        self.can_flush = inner.can_flush
         self._lock = threading.Lock()
         self._fail: dict[str, list[int]] = {}  # op -> [calls to let through, to fail]
         self._room: int | None = None  # bytes appends may still write (None: no limit)
@@ -79,8 +81,9 @@ class FaultyPackStore(PackStore):
         self._sealed_hooks.append(action)
 
     def truncate(self, pack_id: bytes, size: int) -> None:
-        """Cut sealed pack ``pack_id`` to ``size`` bytes."""
-        self._rewrite(pack_id, lambda data: data[:size])
+        """Cut pack ``pack_id`` to ``size`` bytes: the contract's ``truncate``, and a
+        fault when called by a test on a sealed pack."""
+        self.inner.truncate(pack_id, size)
 
     def flip(self, pack_id: bytes, offset: int, mask: int = 0x01) -> None:
         """XOR the byte at ``offset`` of sealed pack ``pack_id`` with ``mask``."""
@@ -157,6 +160,11 @@ class FaultyPackStore(PackStore):
         if self._due("sync"):
             raise self.inner.write_error(_eio(), "making packs durable")
         self.inner.sync(pack_ids)
+
+    def flush(self, handle: _Handle) -> None:
+        if self._due("flush"):
+            raise self.inner.write_error(_eio(), "writing a pack", handle.pack_id)
+        self.inner.flush(handle.inner)
 
     def discard(self, handle: _Handle) -> None:
         self.inner.discard(handle.inner)

@@ -26,8 +26,13 @@ FEATURE_STAGED = "staged-commits"
 #: (``CODEC_ZSTD_DICT``): readers must know the codec. Listed in new repositories, and
 #: added to older ones when their first dictionary is stored.
 FEATURE_ZDICT = "zstd-dictionaries"
+#: A writer session may leave a pack open across commits (store/session.py): a listed
+#: pack may be longer than its ``PACK_INFO`` says while it is marked open, and a writer
+#: must cut marked packs back first. Added by the first session that keeps a pack open.
+FEATURE_OPEN_PACKS = "open-packs"
 #: Feature flags this program understands; a repository listing another is refused.
-KNOWN_FEATURES: frozenset[str] = frozenset({FEATURE_STAGED, FEATURE_ZDICT})
+KNOWN_FEATURES: frozenset[str] = frozenset({FEATURE_STAGED, FEATURE_ZDICT,
+                                            FEATURE_OPEN_PACKS})
 
 # --- packs -------------------------------------------------------------------------
 PACK_MAGIC = b"ANYTPACK"
@@ -372,6 +377,18 @@ def split_label_key(key: bytes) -> tuple[int, bytes]:
 #: id u32 BE -> the commit's instant u64 BE. Present only between a large commit's first
 #: staged transaction and its commit point (see store/writer.py).
 PENDING_PREFIX = b"pending/"
+
+
+#: ``meta`` key of a pack left open across commits by a writer session
+#: (store/session.py): ``OPEN_PACK_PREFIX`` + pack id -> b"". Present from the commit
+#: that first lists the pack's flushed prefix until the one that lists it sealed; the
+#: next writer cuts a pack so marked back to its ``PACK_INFO`` size (its writer died,
+#: and bytes past that belong to no commit).
+OPEN_PACK_PREFIX = b"openpack/"
+
+
+def open_pack_key(pack_id: bytes) -> bytes:
+    return OPEN_PACK_PREFIX + pack_id
 
 
 def zdict_key(dict_id: int) -> bytes:

@@ -57,7 +57,10 @@ class PackWriter:
     bytes.
 
     Nothing is durable until :meth:`sync` returns; the caller commits the index only
-    after that (the one commit point).
+    after that (the one commit point). A writer that lives across commits (a
+    :class:`~anytime.store.session.WriterSession`) syncs with ``keep_open``, so one
+    pack takes the records of many commits, and calls :meth:`committed` after each
+    commit point, so the next commit lists only the packs written since.
     """
 
     def __init__(self, store: PackStore, target: int):
@@ -71,6 +74,9 @@ class PackWriter:
         self._size = 0
         self._records = 0
         self._unsynced: list[bytes] = []  # sealed packs whose names are not yet durable
+        #: the open pack's id once a ``keep_open`` sync made its prefix durable (its name
+        #: synced too); b"" when no such pack is open
+        self.open_pack = b""
         self._buf: list[bytes] = []  # record headers and bytes not yet appended
         self._buffered = 0
         #: set by a failed write: the open pack may hold a torn record, so nothing more is
@@ -129,7 +135,12 @@ class PackWriter:
         if self._handle is not None:
             handle, self._handle = self._handle, None
             try:
-                self.store.discard(handle)
+                if self._id == self.open_pack:
+                    # its prefix holds commits: left as it is, for the next writer to cut
+                    # back to what the index lists
+                    self.store.seal(handle)
+                else:
+                    self.store.discard(handle)
             except (AnytimeError, OSError):
                 pass  # left for the next writer, which deletes packs no commit lists
         self._broken = err
@@ -142,19 +153,36 @@ class PackWriter:
         self.store.seal(self._handle)  # durable now, so the final commit waits for less
         self._handle = None
         self.finished.append((self._id, self._size, self._records))
-        self._unsynced.append(self._id)
+        if self.open_pack != self._id:  # an open pack's name was synced when flushed
+            self._unsynced.append(self._id)
+        self.open_pack = b""
 
-    def sync(self) -> list[tuple[bytes, int, int]]:
-        """Seal the open pack and make every pack written durable; returns them all."""
+    def sync(self, keep_open: bool = False) -> list[tuple[bytes, int, int]]:
+        """Seal the open pack and make every pack written durable; returns them all:
+        (pack id, size, records) each, since the last :meth:`committed`.
+
+        With ``keep_open`` (where the store can flush), the open pack is not sealed but
+        flushed: its bytes so far are durable, it is the last of those returned, with
+        its size now, and :attr:`open_pack` names it."""
         with self._sync_lock:  # a second caller returns only once the names are durable
             with self.lock:
                 if self._broken is not None:
                     raise self._broken
+                opened = None
                 try:
-                    self._close()
+                    if keep_open and self.store.can_flush and self._handle is not None:
+                        self._write_out()
+                        self.store.flush(self._handle)
+                        opened = (self._id, self._size, self._records)
+                        if self.open_pack != self._id:
+                            self.open_pack = self._id
+                            self._unsynced.append(self._id)
+                    else:
+                        self._close()
                 except AnytimeError as e:
                     self._fail(e)
-                done = list(self.finished)  # what we return is what we made durable
+                # what we return is what we made durable
+                done = list(self.finished) + ([opened] if opened else [])
                 unsynced, self._unsynced = self._unsynced, []
             try:  # appenders go on meanwhile
                 self.store.sync(unsynced)
@@ -163,6 +191,12 @@ class PackWriter:
                     self._unsynced[:0] = unsynced
                 raise
         return done
+
+    def committed(self) -> None:
+        """The packs returned by the last :meth:`sync` are listed by a commit: forget
+        them (the open pack stays open)."""
+        with self.lock:
+            self.finished.clear()
 
     def abort(self, keep: set[bytes] = frozenset()) -> None:
         """Drop the packs written by this writer that nothing references (all but

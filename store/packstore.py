@@ -24,6 +24,17 @@ pack: reading it is undefined, and a crash leaves it absent or holding any prefi
 what was appended (a *torn tail*), which ``packs.iter_records`` stops at.
 ``discard(handle)`` gives up an unsealed pack and deletes what it holds.
 
+Open packs. A store whose ``can_flush`` is True also keeps packs *open* across commits
+(continuous capture commits many times a second, and a pack per commit would make
+hundreds of thousands of files a day): ``flush(handle)`` makes every byte appended so
+far durable and readable, and the pack stays open for more appends; its name is made
+durable by ``sync`` as a sealed pack's. The index may then reference the flushed prefix.
+``truncate(pack_id, size)`` cuts a pack back to its first ``size`` bytes, durably: the
+next writer does so to a pack left open by a writer that died, whose bytes past what
+the index lists belong to no commit. A store that cannot flush (an object store, whose
+objects are written whole) has ``can_flush`` False; its writers seal a pack at every
+commit instead.
+
 A failed ``create``, ``append``, ``seal`` or ``sync`` raises
 :class:`~anytime.store.errors.RepositoryFull` when the store has no room (the local
 store: ENOSPC or EDQUOT; the message names the filesystem, exit 18) and
@@ -72,6 +83,8 @@ class PackStore:
 
     root: str | None = None
     where: str = "the pack store"
+    #: whether :meth:`flush` and :meth:`truncate` are supported (open packs)
+    can_flush: bool = False
 
     def init(self) -> None:
         """Prepare a new, empty store (a new repository)."""
@@ -87,6 +100,12 @@ class PackStore:
 
     def sync(self, pack_ids: Iterable[bytes]) -> None:
         raise NotImplementedError
+
+    def flush(self, handle) -> None:
+        raise NotImplementedError(f"{self.where} cannot keep packs open")
+
+    def truncate(self, pack_id: bytes, size: int) -> None:
+        raise NotImplementedError(f"{self.where} cannot keep packs open")
 
     def discard(self, handle) -> None:
         raise NotImplementedError
@@ -148,9 +167,12 @@ class LocalDirPackStore(PackStore):
     hex digits of the id), ``FILE_MODE`` files in ``DIR_MODE`` directories.
 
     Appends are written at once (the pack writer batches them into large writes);
-    ``seal`` fsyncs the file; ``sync`` fsyncs each pack's directory and ``packs/``
-    once, however many packs share them. Reads use ``os.pread`` on descriptors kept
-    open (one per pack read)."""
+    ``seal`` fsyncs the file, ``flush`` fdatasyncs it; ``sync`` fsyncs each pack's
+    directory and ``packs/`` once, however many packs share them. Reads use
+    ``os.pread`` on descriptors kept open (one per pack read): they see an open pack's
+    bytes as they are appended."""
+
+    can_flush = True
 
     def __init__(self, root: str):
         self.root = root
@@ -193,6 +215,27 @@ class LocalDirPackStore(PackStore):
             raise self.write_error(e, "writing a pack") from None
         os.close(handle.fd)
         handle.fd = -1
+
+    def flush(self, handle: _LocalPack) -> None:
+        try:
+            os.fdatasync(handle.fd)  # the data and the size that reaches it
+        except OSError as e:
+            raise self.write_error(e, "writing a pack") from None
+
+    def truncate(self, pack_id: bytes, size: int) -> None:
+        try:
+            fd = os.open(self.path(pack_id), os.O_WRONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise self.missing(pack_id) from None
+        except OSError as e:
+            raise self.write_error(e, "cutting an open pack back", pack_id) from None
+        try:
+            os.ftruncate(fd, size)
+            os.fsync(fd)
+        except OSError as e:
+            raise self.write_error(e, "cutting an open pack back", pack_id) from None
+        finally:
+            os.close(fd)
 
     def sync(self, pack_ids: Iterable[bytes]) -> None:
         dirs = {os.path.dirname(self.path(p)) for p in pack_ids}
@@ -291,6 +334,7 @@ class MemoryPackStore(PackStore):
     with the process). Never full, never fails."""
 
     where = "the in-memory pack store"
+    can_flush = True
 
     def __init__(self):
         self._packs: dict[bytes, _MemoryPack] = {}
@@ -313,6 +357,13 @@ class MemoryPackStore(PackStore):
 
     def sync(self, pack_ids: Iterable[bytes]) -> None:
         pass
+
+    def flush(self, handle: _MemoryPack) -> None:
+        if not handle.open:
+            raise ValueError("flush of a sealed pack")
+
+    def truncate(self, pack_id: bytes, size: int) -> None:
+        del self._pack(pack_id).data[size:]
 
     def discard(self, handle: _MemoryPack) -> None:
         handle.open = False

@@ -27,6 +27,7 @@ from .chunker import Chunker, file_refs, seed_of
 from .errors import (
     AnytimeError,
     DamagedData,
+    PackMissing,
     RepositoryAccessDenied,
     RepositoryExists,
     RepositoryFormatError,
@@ -57,6 +58,8 @@ from .format import (
     HOLE_ID,
     INODE_VALUE,
     KNOWN_FEATURES,
+    OPEN_PACK_PREFIX,
+    PACK_INFO,
     PENDING_PREFIX,
     U32,
     U64,
@@ -65,6 +68,7 @@ from .format import (
     DirHasher,
     block_size_problem,
     decode_ref,
+    open_pack_key,
     pending_key,
     split_pending_key,
     vol_key,
@@ -725,6 +729,7 @@ class Repository:
         with hold_writer_lock(self.root, wait):
             try:
                 self.damage = damage.load(self.root)
+                self.cut_open_packs()
                 self.roll_back_unfinished()
                 self.reclaim_leftover_packs()
                 import shutil
@@ -797,6 +802,33 @@ class Repository:
                     key = cur.key()
                 removed += n
         return removed
+
+    def cut_open_packs(self) -> list[bytes]:
+        """Cut each pack a writer session left open (its writer died) back to the size
+        the index lists, and unmark it; returns their ids (store/session.py). Only safe
+        under the writer lock."""
+        meta, packs = self.dbs[DB_META], self.dbs[DB_PACKS]
+        with self.read_txn() as txn:
+            cur = txn.cursor(db=meta)
+            marked = []
+            if cur.set_range(OPEN_PACK_PREFIX):
+                for key in cur.iternext(values=False):
+                    if not key.startswith(OPEN_PACK_PREFIX):
+                        break
+                    pack_id = bytes(key[len(OPEN_PACK_PREFIX):])
+                    info = txn.get(pack_id, db=packs)
+                    marked.append((pack_id, PACK_INFO.unpack(info)[0] if info else None))
+        for pack_id, size in marked:
+            try:
+                if size is not None and self.pack_store.size(pack_id) > size:
+                    self.pack_store.truncate(pack_id, size)
+            except PackMissing:
+                pass  # check reports a listed pack that is missing
+        if marked:
+            with self.write_txn() as txn:
+                for pack_id, _ in marked:
+                    txn.delete(open_pack_key(pack_id), db=meta)
+        return [p for p, _ in marked]
 
     def reclaim_leftover_packs(self) -> list[bytes]:
         """Delete the packs no commit references (a writer died before committing);

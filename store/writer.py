@@ -75,6 +75,7 @@ from .format import (
     entry_prefix,
     inode_key,
     label_key,
+    open_pack_key,
     pending_key,
     split_path,
     vol_key,
@@ -146,13 +147,45 @@ def _put_dirs(txn, db, items) -> None:
                 f"volume into a new repository ('anytime init') meanwhile")
 
 
+def _list_packs(txn, dbs, packs: list, instant: int, open_pack: bytes) -> None:
+    """List ``packs`` ((pack id, size, records) each) in ``packs`` with ``instant``;
+    mark ``open_pack`` (a session's, flushed) open, and the others not."""
+    meta = dbs[DB_META]
+    for pack_id, size, nrec in packs:
+        txn.put(pack_id, PACK_INFO.pack(size, nrec, instant), db=dbs[DB_PACKS])
+        if pack_id == open_pack:
+            txn.put(open_pack_key(pack_id), b"", db=meta)
+        else:
+            txn.delete(open_pack_key(pack_id), db=meta)
+
+
+def seal_open_pack(repo, packw: PackWriter) -> None:
+    """Seal ``packw``'s open pack and list every pack it wrote since its last commit
+    as it is now (keeping the instant a commit listed it with; 0 for one no commit
+    listed), the open marker removed: the end of a writer session."""
+    packs = packw.sync()
+    dbs = repo.dbs
+    with repo.write_txn("sealing the open pack") as txn:
+        for pack_id, size, nrec in packs:
+            old = txn.get(pack_id, db=dbs[DB_PACKS])
+            t = PACK_INFO.unpack(old)[2] if old is not None else 0
+            txn.put(pack_id, PACK_INFO.pack(size, nrec, t), db=dbs[DB_PACKS])
+            txn.delete(open_pack_key(pack_id), db=dbs[DB_META])
+    packw.committed()
+
+
 class CommitBuilder:
     """Everything one commit of one volume will hold. Use once."""
 
-    def __init__(self, repo, vol: Volume):
+    def __init__(self, repo, vol: Volume, session=None):
         self.repo = repo
         self.vol = vol
-        self.packw = PackWriter(repo.pack_store, repo.pack_target)
+        #: the :class:`~anytime.store.session.WriterSession` whose pack writer this
+        #: commit shares (None: a pack writer of its own, its last pack sealed at commit)
+        self.session = session
+        self.packw = session.packw if session else PackWriter(repo.pack_store,
+                                                              repo.pack_target)
+        self._staged = False  # records of this commit staged in the index
         self._lock = threading.Lock()
         self._new_blocks: dict[bytes, tuple] = {}
         tmp = os.path.join(repo.root, "tmp")
@@ -438,9 +471,11 @@ class CommitBuilder:
             for i in range(0, len(todo), BLOCKS_PER_TXN):
                 with self.repo.write_txn() as txn:
                     if i == 0:  # packs first: a pack named in `packs` is never reclaimed
-                        for pack_id, (size, n) in closed.items():
-                            if pack_id not in self._flushed_packs:
-                                txn.put(pack_id, PACK_INFO.pack(size, n, 0), db=dbs[DB_PACKS])
+                        # (a session's open pack again each time: its listed size grows)
+                        opened = self.packw.open_pack
+                        _list_packs(txn, dbs, [(p, size, n) for p, (size, n) in closed.items()
+                                               if p not in self._flushed_packs or p == opened],
+                                    0, opened)
                     _put_sorted(txn, dbs[DB_BLOCKS], ((bid, BLOCK_LOC.pack(*loc))
                                                       for bid, loc in todo[i:i + BLOCKS_PER_TXN]),
                                 trim=self.repo.map_trimmer)
@@ -485,7 +520,11 @@ class CommitBuilder:
         transaction's records, then the commit record: store/history.py) before the
         packs are synced and the last transaction commits."""
         self._end_sampling()
-        packs = self.packw.sync()  # chunks durable: the blocks indexed early name them
+        # a session's open pack stays open (flushed, not sealed) unless it is old
+        keep = self.session.keep_open() if self.session else False
+        # chunks durable (the blocks indexed early name them); the pack stays open for
+        # the history records
+        packs = self.packw.sync(self.session is not None)
         repo, dbs = self.repo, self.repo.dbs
         by_code = {code: dbs[name] for code, name in HIST_DBS.items()}
         vid = self.vol.id
@@ -517,7 +556,8 @@ class CommitBuilder:
                 if not staged:
                     txn.put(pending_key(vid), suffix, db=dbs[DB_META])
                 _put_records(txn, batch, by_code, trim=repo.map_trimmer)
-            staged, batch = True, more
+            staged = self._staged = True
+            batch = more
             more = list(itertools.islice(records, per_txn))
         if batch:
             history.append_batch(self.packw, vid, t, nonce, part, batch)
@@ -530,10 +570,9 @@ class CommitBuilder:
         self.vol.next_file_id = max(self.vol.next_file_id, stored.next_file_id)
         history.append_commit(self.packw, vid, t, nonce, record, self.vol.as_dict(), part, label,
                               self._zdict[0] if self._zdict else None)
-        packs = self.packw.sync()  # 1. pack bytes durable, history records included
+        packs = self.packw.sync(keep)  # 1. pack bytes durable, history records included
         with repo.write_txn() as txn:  # 2. the one commit point
-            for pack_id, size, nrec in packs:
-                txn.put(pack_id, PACK_INFO.pack(size, nrec, t), db=dbs[DB_PACKS])
+            _list_packs(txn, dbs, packs, t, self.packw.open_pack)
             _put_sorted(txn, dbs[DB_BLOCKS], sorted(
                 (bid, BLOCK_LOC.pack(*loc)) for bid, loc in self._new_blocks.items()
                 if loc is not None), trim=repo.map_trimmer)
@@ -546,6 +585,8 @@ class CommitBuilder:
                 txn.delete(pending_key(vid), db=dbs[DB_META])
             put_volume(repo, txn, self.vol)
         self.done = True
+        if self.session:
+            self.session.committed()
         self._close_spills()
         return t
 
@@ -565,8 +606,14 @@ class CommitBuilder:
         return kept
 
     def abort(self) -> None:
+        """Give the commit up: its packs are deleted (a session's stay, since they may
+        hold other commits: what this one appended is bytes no index record names), and
+        its staged records, if any, removed."""
         if not self.done:
-            self.packw.abort(keep=self._flushed_packs)
+            if self.session is None:
+                self.packw.abort(keep=self._flushed_packs)
+            elif self._staged:  # the session's next commit would make them visible
+                self.repo.roll_back_unfinished()
         self._close_spills()
 
     def _close_spills(self) -> None:

@@ -128,6 +128,39 @@ def test_delete_is_idempotent_and_forgets_the_pack(store):
     assert store.read(pid(1), 0, 100) == b"new bytes"
 
 
+def test_a_flushed_open_pack_reads_back_and_takes_more(stores):
+    """An open pack (store/packstore.py "Open packs"): a flush makes its bytes so far
+    readable, by this store and the next process's, and appends go on after it."""
+    store, reopen = stores
+    assert store.can_flush
+    h = store.create(pid(1))
+    first = os.urandom(2000)
+    store.append(h, first)
+    store.flush(h)
+    store.sync([pid(1)])
+    assert store.read(pid(1), 0, 5000) == first
+    assert reopen().read(pid(1), 0, 5000) == first
+    store.append(h, b"second")
+    store.flush(h)
+    assert store.read(pid(1), 0, 5000) == first + b"second"
+    store.seal(h)
+    assert store.size(pid(1)) == 2006
+
+
+def test_truncate_cuts_a_pack_back_for_the_next_process(stores):
+    store, reopen = stores
+    h = store.create(pid(1))
+    store.append(h, b"committed" + b"tail of a commit never made")
+    store.flush(h)
+    store.sync([pid(1)])
+    store.truncate(pid(1), 9)  # as the next writer does, once this one is gone
+    assert store.size(pid(1)) == 9 and store.read(pid(1), 0, 100) == b"committed"
+    later = reopen()
+    assert later.size(pid(1)) == 9 and later.read(pid(1), 0, 100) == b"committed"
+    with pytest.raises(PackMissing):
+        store.truncate(pid(2), 0)
+
+
 def test_sealed_and_synced_packs_are_there_for_the_next_process(stores):
     store, reopen = stores
     data = write(store, pid(1), os.urandom(3000))

@@ -1,0 +1,99 @@
+"""A writer that lives across commits: continuous capture's side of the store.
+
+Terms:
+  session      a :class:`WriterSession`: the writer lock, taken once, and one pack
+               writer shared by every commit made through it, of any volume.
+  open pack    the pack a session appends to across commits. Each commit *flushes* it
+               (``PackStore.flush``: its bytes so far durable) instead of sealing it,
+               and lists its prefix in ``packs`` with the size it has then, beside a
+               marker ``open_pack_key(id)`` in ``meta``. The pack is sealed once it
+               passes the repository's pack target (as any pack), once it is older
+               than ``max_age`` seconds at a commit, and when the session ends; the
+               commit that lists it sealed removes the marker.
+  recovery     a writer that dies leaves its open pack marked, with bytes past its
+               listed size that belong to no commit. The next writer cuts each marked
+               pack back to its listed size (``PackStore.truncate``) and removes the
+               marker before anything else (``Repository.writer_lock``), so the pack
+               is then as if sealed at its last commit.
+
+Per commit the session costs one ``fdatasync`` of the open pack, the directory
+``fsync`` of each pack it sealed, and one LMDB transaction (two fsyncs): packs no longer
+multiply with commits. A store that cannot flush (``can_flush`` False) gets a sealed pack
+per commit instead, as a snapshot does.
+
+Thread-safety: as :class:`~anytime.store.writer.CommitBuilder`: one builder at a time,
+from the thread that owns the session.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import ExitStack
+
+from .format import FEATURE_OPEN_PACKS
+from .packs import PackWriter
+from .volumes import Volume
+
+#: Seconds an open pack takes commits before the next commit seals it.
+PACK_MAX_AGE = 300.0
+
+
+class WriterSession:
+    """Hold ``repo``'s writer lock and share one pack writer across commits; use as a
+    context manager (the lock is taken on entry; on exit the open pack is sealed and
+    listed so, and the lock released)."""
+
+    def __init__(self, repo, max_age: float = PACK_MAX_AGE, wait: bool = False):
+        self.repo = repo
+        self.max_age = max_age
+        self.wait = wait
+        self.packw: PackWriter | None = None
+        self._stack = ExitStack()
+        self._opened = 0.0  # monotonic time the open pack took its first commit
+        self.commits = 0  # made through this session
+
+    def __enter__(self) -> WriterSession:
+        self._stack.enter_context(self.repo.writer_lock(wait=self.wait))
+        if self.repo.pack_store.can_flush:
+            self.repo.require_feature(FEATURE_OPEN_PACKS)
+        self.packw = PackWriter(self.repo.pack_store, self.repo.pack_target)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if self.packw is not None and self.packw.open_pack and exc[0] is None:
+                self.seal()
+        finally:
+            self._stack.close()
+
+    def builder(self, vol: Volume):
+        """A :class:`~anytime.store.writer.CommitBuilder` for one commit of ``vol``
+        through this session's pack writer."""
+        from .writer import CommitBuilder
+
+        return CommitBuilder(self.repo, vol, session=self)
+
+    def keep_open(self) -> bool:
+        """Whether the commit being made leaves its pack open (False: it seals it,
+        because the pack is old enough)."""
+        if not self.packw.open_pack:
+            return True
+        return time.monotonic() - self._opened < self.max_age
+
+    def committed(self) -> None:
+        """Called by a builder after its commit point."""
+        packw = self.packw
+        if packw.open_pack and not self._opened:
+            self._opened = time.monotonic()
+        elif not packw.open_pack:
+            self._opened = 0.0
+        packw.committed()
+        self.commits += 1
+
+    def seal(self) -> None:
+        """Seal the open pack and list it so (its marker removed), outside any commit.
+        Bytes appended after the last commit (a commit given up) are dropped first."""
+        from .writer import seal_open_pack
+
+        seal_open_pack(self.repo, self.packw)
+        self._opened = 0.0
