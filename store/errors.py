@@ -25,6 +25,8 @@ EXIT_CODES = (
          "captured (a file unreadable when its version was recorded)"),
     (17, "a mount failed or the mountpoint is unusable"),
     (18, "the repository's disk is full (nothing of the run was committed)"),
+    (19, "changes to a tree cannot be watched (no fanotify or inotify for it, or "
+         "inotify's watch limit reached)"),
     (130, "interrupted (Ctrl-C)"),
 )
 
@@ -120,3 +122,22 @@ class RepositoryFull(AnytimeError):
     OSError, so that capture never takes it for a source file it could not read."""
 
     exit_code = 18
+
+
+class WatchUnavailable(AnytimeError):
+    """The change-event source asked for cannot watch a tree (capture/events.py): no
+    fanotify (not root, old kernel) or no inotify; the message says which and what to
+    use instead."""
+
+    exit_code = 19
+
+
+class FilesystemNotMarkable(WatchUnavailable):
+    """fanotify cannot mark the filesystem holding a tree (overlayfs, a filesystem
+    without file handles or with several fsids, EXDEV/ENODEV/EOPNOTSUPP/EINVAL); the
+    automatic source then watches that tree with inotify instead."""
+
+
+class WatchLimitReached(WatchUnavailable):
+    """inotify ran out of watches (``fs.inotify.max_user_watches``) while adding the
+    directories of a tree: the message says how to raise the limit."""
