@@ -171,6 +171,10 @@ class Scanner:
                                  repo.chunker, batch=self.builder.reading,
                                  store_many=self.builder.store_chunks)
         self.report = ScanReport(volume=vol.name)
+        #: no commit when nothing changed (the watcher's scans; a snapshot always commits)
+        self.skip_empty = False
+        #: the commit's instant (None: when it commits; see CommitBuilder.commit)
+        self.instant: int | None = None
         self.pending: deque[_FileJob] = deque()
         self.inflight = 0
         self._batch: list[_FileJob] = []
@@ -223,7 +227,10 @@ class Scanner:
                         skipped=len(r.skipped), unreadable=len(r.unreadable),
                         unstable=len(r.unstable),
                         resized=len(r.resized), partial=r.partial)
-            r.instant = self.builder.commit(info, label=label)
+            if self.skip_empty and not (r.changed or r.deleted):
+                self.builder.abort()  # nothing to record: no commit
+                return r
+            r.instant = self.builder.commit(info, label=label, instant=self.instant)
             r.stored = dict(self.builder.stats)
             r.committed = True
             return r
