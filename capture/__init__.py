@@ -1,8 +1,9 @@
 """anytime.capture: sources of change turned into commits. Depends on anytime.store only.
 
-Modes (this release has ``scan``): scan walks a tree and records what differs from the
-stat cache (the previous versions in the index), leaving out what its excludes name and
-the mounts it does not cross (capture/excludes.py). Each call of :func:`snapshot` makes
+Modes: ``scan`` walks a tree and records what differs from the stat cache (the previous
+versions in the index), leaving out what its excludes name and the mounts it does not
+cross (capture/excludes.py). ``watch`` (:func:`protecting`, capture/watch.py) follows
+change events and commits what they name within about a second, continuously. Each call of :func:`snapshot` makes
 exactly one commit, or none if it fails (packs it wrote are reclaimed later). An
 interrupted one (KeyboardInterrupt) commits nothing either, but keeps the blocks it
 stored, indexed, and raises :class:`Interrupted` saying how many: the next snapshot
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import os
 import stat
+from contextlib import contextmanager
 
 from anytime.store import clock
 from anytime.store.errors import AnytimeError, PathNotFound, UsageError
@@ -21,7 +23,27 @@ from anytime.store.volumes import volume_for_source
 from .excludes import Excluder, read_pattern_file
 from .scan import Interrupted, Scanner, ScanReport
 
-__all__ = ["snapshot", "Interrupted", "ScanReport", "read_pattern_file"]
+__all__ = ["snapshot", "protecting", "Interrupted", "ScanReport", "read_pattern_file"]
+
+
+def source_dir(path: str, what: str = "snapshot") -> str:
+    """The absolute path of the directory tree ``path`` names, checked (lstat, as a scan
+    does) before any volume is created: a clear error for anything else."""
+    source = os.path.abspath(path)
+    try:  # lstat, as the scan does: checked here, before a volume is created
+        s = os.lstat(source)
+    except FileNotFoundError:
+        raise PathNotFound(f"{source} does not exist; {what} takes an existing directory "
+                           f"tree") from None
+    except OSError as e:
+        raise AnytimeError(f"cannot read {source}: {e.strerror}") from None
+    if stat.S_ISLNK(s.st_mode) and os.path.isdir(source):
+        raise UsageError(f"{source} is a symbolic link; {what} the directory it points "
+                         f"to ({os.path.realpath(source)})")
+    if not stat.S_ISDIR(s.st_mode):
+        raise UsageError(f"{source} is not a directory; {what} takes a directory tree "
+                         f"(to protect one file, {what} the directory that holds it)")
+    return source
 
 
 def snapshot(repo, path: str, name: str | None = None, label: str | None = None,
@@ -33,23 +55,43 @@ def snapshot(repo, path: str, name: str | None = None, label: str | None = None,
     ``one_file_system``: do not cross into other filesystems mounted inside the tree.
     anytime's own mounts inside the tree are never captured."""
     excluder = Excluder(excludes) if excludes else None  # bad patterns: before any change
-    source = os.path.abspath(path)
-    try:  # lstat, as the scan does: checked here, before a volume is created
-        s = os.lstat(source)
-    except FileNotFoundError:
-        raise PathNotFound(f"{source} does not exist; snapshot takes an existing directory "
-                           f"tree") from None
-    except OSError as e:
-        raise AnytimeError(f"cannot read {source}: {e.strerror}") from None
-    if stat.S_ISLNK(s.st_mode) and os.path.isdir(source):
-        raise UsageError(f"{source} is a symbolic link; snapshot the directory it points "
-                         f"to ({os.path.realpath(source)})")
-    if not stat.S_ISDIR(s.st_mode):
-        raise UsageError(f"{source} is not a directory; snapshot takes a directory tree "
-                         f"(to protect one file, snapshot the directory that holds it)")
+    source = source_dir(path)
     with repo.writer_lock():
         vol = volume_for_source(repo, source, name, clock.now_ns())
         scanner = Scanner(repo, vol, os.fsencode(source), progress=progress, workers=workers,
                           excluder=excluder, one_file_system=one_file_system)
         info = {"kind": "scan", "source": source, "started_ns": clock.now_ns()}
         return scanner.run(info, label=label)
+
+
+@contextmanager
+def protecting(repo, paths: list[str], name: str | None = None, excludes: list[str] = (),
+               one_file_system: bool = False, events: str = "auto", progress=None,
+               on_commit=None, **watch_kw):
+    """``with protecting(repo, paths) as watcher: watcher.run()``: continuous capture of
+    the trees at ``paths`` (each a volume, created on first use; ``name`` names the
+    volume of a single path) through one writer session, until ``watcher.stop()``.
+
+    ``events``: the change-event source (capture/events.py: "auto", "fanotify",
+    "inotify"); ``watch_kw``: :class:`~anytime.capture.watch.Watcher` settings
+    (``debounce``, ``sweep``). Checks everything (paths, patterns, the event source,
+    the writer lock) before any volume is created."""
+    from anytime.store.session import WriterSession
+
+    from .events import open_source
+    from .watch import Tree, Watcher
+
+    if name and len(paths) > 1:
+        raise UsageError("--name names the volume of one tree; protect several trees "
+                         "without it (each volume is named after its path)")
+    excluder = Excluder(excludes) if excludes else None
+    sources = list(dict.fromkeys(source_dir(p, "protect") for p in paths))
+    with open_source(events) as source, WriterSession(repo) as session:
+        trees = [Tree(volume_for_source(repo, s, name, clock.now_ns()), os.fsencode(s),
+                      excluder, one_file_system) for s in sources]
+        watcher = Watcher(repo, session, trees, source, progress=progress,
+                          on_commit=on_commit, **watch_kw)
+        try:
+            yield watcher
+        finally:
+            watcher.close()
