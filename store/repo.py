@@ -701,6 +701,17 @@ class Repository:
                               f"which the index does not hold")
         return dict_id, d
 
+    def space_used(self) -> int:
+        """Bytes the repository takes on its disk (allocated blocks of every file)."""
+        total = 0
+        for top, _dirs, files in os.walk(self.root):
+            for f in files:
+                try:
+                    total += os.lstat(os.path.join(top, f)).st_blocks * 512
+                except OSError:
+                    pass
+        return total
+
     def committed_packs(self, txn) -> set[bytes]:
         return {bytes(k) for k in txn.cursor(db=self.dbs[DB_PACKS]).iternext(values=False)}
 

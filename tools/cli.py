@@ -30,6 +30,9 @@ COMMANDS = {
     "snapshot": ("cmd_repo", "capture a directory tree as one commit"),
     "check": ("cmd_repo", "verify packs and index (read-only)"),
     "volumes": ("cmd_repo", "list protected volumes"),
+    "protect": ("cmd_protect", "capture changes to trees continuously, as they happen"),
+    "status": ("cmd_protect", "what the capture of each volume is doing, and how far "
+                              "behind it is"),
     "log": ("cmd_read", "commits of a volume, or the versions of a file"),
     "ls": ("cmd_read", "list a directory at an instant"),
     "cat": ("cmd_read", "print a file as it was at an instant"),

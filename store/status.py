@@ -1,0 +1,102 @@
+"""What a running capture says about itself: status files in the repository.
+
+Terms:
+  status file  ``run/<volume name>.json`` in the repository (private, as every file
+               there), written whole (a temporary file renamed over it) by the process
+               protecting that volume whenever its state changes: when it starts, when
+               a first change waits after a quiet spell, at each commit, when it stops.
+               Never on a timer: an idle capture writes nothing and wakes for nothing.
+               ``anytime status`` reads it, with the index for what is committed.
+  running      the status file's ``pid`` is alive and holds the repository's writer
+               lock (a status file left by a killed process says it was running; the
+               lock, released by the kernel when a process dies, says it is not).
+
+A status file is not part of the format (docs/format.md): nothing reads it to find
+data, and a lost one only blinds ``status`` until the next write.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+
+from . import modes
+
+RUN_DIR = "run"
+
+
+def _dir(repo) -> str:
+    return os.path.join(repo.root, RUN_DIR)
+
+
+def publish(repo, volume: str, state: dict) -> None:
+    """Write the status file of ``volume`` (best effort: a full disk or a read-only
+    repository leaves the old one, as a status is only a view of the capture)."""
+    d = _dir(repo)
+    name = volume.encode().hex()  # any volume name, as a file name
+    tmp = os.path.join(d, f".{name}.{os.getpid()}.tmp")
+    try:
+        modes.make_dir(d)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+                     modes.FILE_MODE)
+        with os.fdopen(fd, "w") as f:
+            json.dump(dict(state, volume=volume), f)
+        os.rename(tmp, os.path.join(d, name + ".json"))
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def published(repo) -> dict[str, dict]:
+    """Every status file's state, by volume name, with ``running`` set as above."""
+    out: dict[str, dict] = {}
+    try:
+        names = os.listdir(_dir(repo))
+    except FileNotFoundError:
+        return out
+    locked = writer_locked(repo.root)
+    for n in names:
+        if not n.endswith(".json") or n.startswith("."):
+            continue
+        try:
+            with open(os.path.join(_dir(repo), n)) as f:
+                state = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if not isinstance(state, dict) or "volume" not in state:
+            continue
+        state["running"] = bool(state.get("running")) and locked and _alive(state.get("pid"))
+        out[state["volume"]] = state
+    return out
+
+
+def writer_locked(root: str) -> bool:
+    """True if some process holds the writer lock of the repository at ``root``."""
+    try:
+        fd = os.open(os.path.join(root, "lock"), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return False
+
+
+def _alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
