@@ -55,6 +55,9 @@ class PathScan(Scanner):
         self._dirs_ok: set[bytes] = {b""}  # directories the index holds, as seen
         self._walked: set[bytes] = set()  # tree paths walked, and paths deleted
 
+    def more_info(self) -> dict:
+        return {"moves": self.moves}
+
     def _scan_root(self) -> None:
         s = self._stat_root()
         self.dev = s.st_dev

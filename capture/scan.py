@@ -226,7 +226,7 @@ class Scanner:
                         bytes_read=r.bytes_read, changed=r.changed, deleted=r.deleted,
                         skipped=len(r.skipped), unreadable=len(r.unreadable),
                         unstable=len(r.unstable),
-                        resized=len(r.resized), partial=r.partial)
+                        resized=len(r.resized), partial=r.partial, **self.more_info())
             if self.skip_empty and not (r.changed or r.deleted):
                 self.builder.abort()  # nothing to record: no commit
                 return r
@@ -252,6 +252,10 @@ class Scanner:
         finally:
             self.pool.shutdown(wait=True)
             self.reader.close()
+
+    def more_info(self) -> dict:
+        """What a kind of scan adds to its commit record."""
+        return {}
 
     def _scan_root(self) -> None:
         try:

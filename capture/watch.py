@@ -103,7 +103,7 @@ class Watcher:
 
     def __init__(self, repo, session, trees: list[Tree], events: EventSource,
                  debounce: float = DEBOUNCE, sweep: float = SWEEP, on_commit=None,
-                 progress=None):
+                 progress=None, on_ready=None):
         self.repo = repo
         self.session = session
         self.trees = sorted(trees, key=lambda t: len(t.source), reverse=True)
@@ -111,6 +111,7 @@ class Watcher:
         self.debounce = debounce
         self.sweep = sweep
         self.on_commit = on_commit
+        self.on_ready = on_ready  # called once the first scans are done
         self.progress = progress
         self.repo_root = os.fsencode(os.path.realpath(repo.root))
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -145,6 +146,8 @@ class Watcher:
             if self._stopping:
                 break
             self._scan_whole(t)
+        if self.on_ready and not self._stopping:
+            self.on_ready()
         next_sweep = clock.monotonic() + self.sweep if self.sweep else None
         fds = [self.events.fileno(), self._wake_r]
         try:

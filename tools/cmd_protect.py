@@ -133,11 +133,16 @@ def cmd_protect(args) -> int:
             print(f"{tree.vol.name}: committed {format_instant(report.instant)}: "
                   f"{report.changed} changed, {report.deleted} deleted", flush=True)
 
+    def ready() -> None:
+        print("anytime: watching; each change is committed within about a second",
+              file=sys.stderr, flush=True)
+
     with open_repo(args) as repo:
         progress = Progress()
         with protecting(repo, args.paths, name=args.name, excludes=excludes,
                         one_file_system=args.one_file_system, events=args.events,
-                        progress=progress, on_commit=committed, **kw) as watcher:
+                        progress=progress, on_commit=committed, on_ready=ready,
+                        **kw) as watcher:
             def stop(_signo, _frame) -> None:
                 watcher.stop()
 
