@@ -127,16 +127,27 @@ def _unescape(field: str) -> bytes:
                   os.fsencode(field))
 
 
-def mounts_of_type(fstype: str, mountinfo: str = "/proc/self/mountinfo") -> set[bytes]:
-    """Mount points (bytes) of filesystems of type ``fstype``; empty where unknown."""
-    found = set()
+def mounts(mountinfo: str = "/proc/self/mountinfo") -> list[tuple[bytes, str]]:
+    """(mount point, filesystem type) of every mount; empty where unknown."""
+    found = []
     try:
         with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
             for line in f:
                 left, _, right = line.partition(" - ")
                 fields = left.split(" ")
-                if len(fields) > 4 and right.split(" ", 1)[0] == fstype:
-                    found.add(_unescape(fields[4]))
+                if len(fields) > 4:
+                    found.append((_unescape(fields[4]), right.split(" ", 1)[0]))
     except OSError:
         pass
     return found
+
+
+def mounts_of_type(fstype: str, mountinfo: str = "/proc/self/mountinfo") -> set[bytes]:
+    """Mount points (bytes) of filesystems of type ``fstype``; empty where unknown."""
+    return {m for m, t in mounts(mountinfo) if t == fstype}
+
+
+def mounts_under(root: bytes) -> list[tuple[bytes, str]]:
+    """(mount point, filesystem type) of the mounts strictly inside directory ``root``."""
+    inside = root.rstrip(b"/") + b"/"
+    return sorted((m, t) for m, t in mounts() if m.startswith(inside))

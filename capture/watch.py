@@ -47,9 +47,10 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from anytime.store import clock, status
+from anytime.store.errors import WatchUnavailable
 
 from .events import CONTENT, ENTRY, META, OVERFLOW, TREE, EventSource
-from .excludes import Excluder
+from .excludes import ANYTIME_FSTYPE, Excluder, mounts_under
 from .pathscan import PathScan
 from .scan import Scanner
 
@@ -140,6 +141,7 @@ class Watcher:
     def run(self) -> None:
         for t in self.trees:
             self.events.add_tree(t.source)
+            self._watch_mounts(t)
         for t in self.trees:
             self._publish(t)
         for t in self.trees:
@@ -181,6 +183,22 @@ class Watcher:
         finally:
             for t in self.trees:
                 self._publish(t, running=False)
+
+    def _watch_mounts(self, tree: Tree) -> None:
+        """fanotify marks the tree's own filesystem only: mark each one mounted inside
+        it too (unless ``-x``; never anytime's own). inotify's walk covers them."""
+        kind_of = getattr(self.events, "kind_of", lambda _root: self.events.kind)
+        if tree.one_file_system or kind_of(tree.source) != "fanotify":
+            return
+        for point, fstype in mounts_under(tree.source):
+            if fstype == ANYTIME_FSTYPE:
+                continue
+            try:
+                self.events.add_tree(point)
+            except WatchUnavailable as e:  # found by the sweep only
+                if self.progress:
+                    self.progress.warn(f"changes under {os.fsdecode(point)} are not watched "
+                                       f"({e}); the sweep finds them")
 
     def _drain_wake(self) -> None:
         try:

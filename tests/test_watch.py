@@ -439,3 +439,19 @@ def test_the_systemd_unit_runs_this_command(anytime, src, repo_dir):
     exec_start = next(ln for ln in unit.splitlines() if ln.startswith("ExecStart="))
     assert f"--repo {repo_dir} protect --exclude '*.tmp' {src}" in exec_start
     assert "KillSignal=SIGTERM" in unit and "WantedBy=multi-user.target" in unit
+
+
+def test_a_filesystem_mounted_inside_the_tree_is_watched_too(protect, volume, src):
+    inner = src / "scratch"
+    inner.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(inner)], check=True)
+    try:
+        (inner / "before").write_text("before\n")
+        protect(src, "--sweep", "0")  # only events can find what follows
+        v = volume()
+        v.settle(lambda: disk_tree(src))
+        (inner / "after").write_text("written on the inner filesystem\n")
+        v.settle(lambda: disk_tree(src))
+        assert v.read(b"scratch/after") == b"written on the inner filesystem\n"
+    finally:
+        subprocess.run(["umount", "-l", str(inner)], check=False)
