@@ -21,8 +21,12 @@ Per commit the session costs one ``fdatasync`` of the open pack, the directory
 multiply with commits. A store that cannot flush (``can_flush`` False) gets a sealed pack
 per commit instead, as a snapshot does.
 
+While a session is open it also serves other processes' label changes (``anytime
+mark`` and ``unmark``), which need the lock it holds: store/control.py.
+
 Thread-safety: as :class:`~anytime.store.writer.CommitBuilder`: one builder at a time,
-from the thread that owns the session.
+from the thread that owns the session. The control server's thread writes labels
+meanwhile, each in a pack and a transaction of its own.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from __future__ import annotations
 import time
 from contextlib import ExitStack
 
+from .control import ControlServer
 from .format import FEATURE_OPEN_PACKS
 from .packs import PackWriter
 from .volumes import Volume
@@ -57,6 +62,10 @@ class WriterSession:
         if self.repo.pack_store.can_flush:
             self.repo.require_feature(FEATURE_OPEN_PACKS)
         self.packw = PackWriter(self.repo.pack_store, self.repo.pack_target)
+        # other processes' label changes, written under the lock this session holds
+        self.control = ControlServer(self.repo)
+        if self.control.start():
+            self._stack.callback(self.control.close)
         return self
 
     def __exit__(self, *exc) -> None:

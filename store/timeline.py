@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
+from .errors import RepositoryLocked
 from .format import (
     DB_BLOCKVERS,
     DB_COMMITS,
@@ -298,7 +299,15 @@ def set_label(repo, vol: int, name: str, instant: int, force: bool = False) -> i
     raises :class:`RepositoryLocked`), first to a pack as a history record (so a rebuilt
     index has it), then in one LMDB write transaction."""
     key = label_key(vol, name.encode())
-    with repo.writer_lock():
+    try:
+        lock = repo.writer_lock()
+        lock.__enter__()
+    except RepositoryLocked as locked:  # a writer session makes the write for us
+        from . import control
+
+        return control.request(repo, {"op": "set_label", "vol": vol, "name": name,
+                                      "instant": instant, "force": force}, locked)["old"]
+    try:
         with repo.read_txn() as txn:
             old = label_instant(repo, txn, vol, name)
         if old is None or force:
@@ -306,13 +315,23 @@ def set_label(repo, vol: int, name: str, instant: int, force: bool = False) -> i
             with repo.write_txn("writing a label") as txn:
                 _list_packs(repo, txn, packs)
                 txn.put(key, U64.pack(instant), db=repo.dbs[DB_LABELS])
+    finally:
+        lock.__exit__(None, None, None)
     return old
 
 
 def remove_label(repo, vol: int, name: str) -> bool:
     """Remove a label; False if the volume had none of that name. Under the writer lock,
     and first to a pack, as :func:`set_label`."""
-    with repo.writer_lock():
+    try:
+        lock = repo.writer_lock()
+        lock.__enter__()
+    except RepositoryLocked as locked:
+        from . import control
+
+        return control.request(repo, {"op": "remove_label", "vol": vol, "name": name},
+                               locked)["removed"]
+    try:
         with repo.read_txn() as txn:
             if label_instant(repo, txn, vol, name) is None:
                 return False
@@ -320,6 +339,8 @@ def remove_label(repo, vol: int, name: str) -> bool:
         with repo.write_txn("writing a label") as txn:
             _list_packs(repo, txn, packs)
             return txn.delete(label_key(vol, name.encode()), db=repo.dbs[DB_LABELS])
+    finally:
+        lock.__exit__(None, None, None)
 
 
 def _log_label(repo, vol: int, name: str, instant: int | None) -> list:

@@ -455,3 +455,22 @@ def test_a_filesystem_mounted_inside_the_tree_is_watched_too(protect, volume, sr
         assert v.read(b"scratch/after") == b"written on the inner filesystem\n"
     finally:
         subprocess.run(["umount", "-l", str(inner)], check=False)
+
+
+def test_labels_are_set_and_removed_while_protect_holds_the_lock(anytime, protect, volume,
+                                                                  src):
+    (src / "f").write_text("v1\n")
+    protect(src)
+    v = volume()
+    v.settle(lambda: disk_tree(src))
+    anytime("mark", src, "before-upgrade", check=0)  # served by the protect process
+    (src / "f").write_text("v2\n")
+    v.settle(lambda: disk_tree(src))
+    assert anytime("cat", src / "f", "--at", "before-upgrade", check=0).stdout == b"v1\n"
+    r = anytime("mark", src, "before-upgrade", check=None)  # taken: refused, as before
+    assert r.returncode != 0 and b"before-upgrade" in r.stderr
+    anytime("unmark", src, "before-upgrade", check=0)
+    r = anytime("cat", src / "f", "--at", "before-upgrade", check=None)
+    assert r.returncode != 0
+    with v.repo.read_txn() as txn:
+        assert timeline.labels(v.repo, txn, v.vol().id) == []

@@ -1,0 +1,174 @@
+"""Requests to the process that holds the writer lock, from other processes.
+
+A writer session (store/session.py) holds the writer lock for as long as continuous
+capture runs: days. Writes other processes make under that lock, labels above all
+(``anytime mark`` before an upgrade), would otherwise wait for it to stop. So the
+session serves them: it listens on a *control socket* and makes the write itself,
+under the lock it holds, exactly as the requesting process would have.
+
+Terms:
+  control socket  a Unix stream socket in the abstract namespace (no file: nothing
+                  stale is left by a killed process), named after the repository's
+                  real path (:func:`address`). One request per connection: a JSON
+                  object on one line, answered by one JSON line: ``{"ok": true, ...}``
+                  or ``{"ok": false, "error": MESSAGE, "exit_code": N}``.
+  peers           the server answers only processes of its own user or root
+                  (``SO_PEERCRED``); a client talks only to a server run by root or by
+                  the repository directory's owner, so a local user who took the name
+                  first can neither fake an answer nor learn a request.
+
+Requests (``op``): ``set_label`` (``vol``, ``name``, ``instant``, ``force``; answers
+``old``), ``remove_label`` (``vol``, ``name``; answers ``removed``). A request larger
+than ``MAX_REQUEST`` bytes, or not sent within ``TIMEOUT`` seconds, is dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import struct
+import threading
+
+from .errors import AnytimeError, RepositoryLocked
+
+MAX_REQUEST = 64 << 10
+TIMEOUT = 5.0
+#: Seconds a client waits for the answer (a label write: a pack and a transaction).
+ANSWER_TIMEOUT = 30.0
+_CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def address(root: str) -> bytes:
+    """The abstract socket address of the repository at ``root``."""
+    h = hashlib.sha256(os.fsencode(os.path.realpath(root))).hexdigest()[:32]
+    return b"\0anytime-writer-" + h.encode()
+
+
+def _peer_uid(sock: socket.socket) -> int:
+    return _CRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                        _CRED.size))[1]
+
+
+class ControlServer:
+    """Serves requests for ``repo`` from a thread of its own; the caller holds the
+    writer lock from :meth:`start` to :meth:`close`."""
+
+    def __init__(self, repo):
+        self.repo = repo
+        self.sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self.served = 0
+
+    def start(self) -> bool:
+        """Listen; False if the address is taken (another user's process: requests then
+        fail in their clients, as with no server)."""
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            s.bind(address(self.repo.root))
+        except OSError:
+            s.close()
+            return False
+        s.listen(16)
+        self.sock = s
+        self._thread = threading.Thread(target=self._serve, name="anytime-control",
+                                        daemon=True)
+        self._thread.start()
+        return True
+
+    def close(self) -> None:
+        if self.sock is not None:
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self.sock.close()
+            self.sock = None
+        if self._thread is not None:
+            self._thread.join(TIMEOUT)
+
+    def _serve(self) -> None:
+        me = os.getuid()
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return  # closed
+            with conn:
+                try:
+                    if _peer_uid(conn) not in (0, me):
+                        continue
+                    conn.settimeout(TIMEOUT)
+                    request = _read_line(conn)
+                    answer = self._answer(request) if request is not None else None
+                    if answer is not None:
+                        conn.sendall(json.dumps(answer).encode() + b"\n")
+                except OSError:
+                    continue
+
+    def _answer(self, raw: bytes) -> dict:
+        from . import timeline
+
+        try:
+            req = json.loads(raw)
+            op = req["op"]
+            if op == "set_label":
+                old = timeline.set_label(self.repo, int(req["vol"]), str(req["name"]),
+                                         int(req["instant"]), bool(req.get("force")))
+                answer = {"ok": True, "old": old}
+            elif op == "remove_label":
+                answer = {"ok": True, "removed": timeline.remove_label(
+                    self.repo, int(req["vol"]), str(req["name"]))}
+            else:
+                return {"ok": False, "error": f"unknown request {op!r}", "exit_code": 2}
+        except AnytimeError as e:
+            return {"ok": False, "error": str(e), "exit_code": e.exit_code}
+        except (ValueError, KeyError, TypeError) as e:
+            return {"ok": False, "error": f"malformed request ({e})", "exit_code": 2}
+        self.served += 1
+        return answer
+
+
+def _read_line(conn: socket.socket) -> bytes | None:
+    buf = b""
+    while b"\n" not in buf:
+        part = conn.recv(4096)
+        if not part:
+            return None
+        buf += part
+        if len(buf) > MAX_REQUEST:
+            return None
+    return buf.split(b"\n", 1)[0]
+
+
+def request(repo, req: dict, locked: RepositoryLocked) -> dict:
+    """Send ``req`` to the process holding ``repo``'s writer lock and return its
+    answer; raises ``locked`` (what taking the lock raised) when no such process
+    serves requests (a snapshot holds the lock), and the server's error as an
+    :class:`AnytimeError` with its exit code."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        s.settimeout(ANSWER_TIMEOUT)
+        try:
+            s.connect(address(repo.root))
+        except OSError:
+            raise locked from None
+        owner = os.stat(repo.root).st_uid
+        if _peer_uid(s) not in (0, owner):
+            raise locked
+        s.sendall(json.dumps(req).encode() + b"\n")
+        raw = _read_line(s)
+    except TimeoutError:
+        raise AnytimeError(f"the anytime process writing to {repo.root} did not answer "
+                           f"within {ANSWER_TIMEOUT:.0f} s; try again") from None
+    finally:
+        s.close()
+    if raw is None:
+        raise locked
+    answer = json.loads(raw)
+    if not answer.get("ok"):
+        err = AnytimeError(answer.get("error", "the request failed"))
+        err.exit_code = int(answer.get("exit_code", 1))
+        raise err
+    return answer
