@@ -55,8 +55,11 @@ class PathScan(Scanner):
         self._dirs_ok: set[bytes] = {b""}  # directories the index holds, as seen
         self._walked: set[bytes] = set()  # tree paths walked, and paths deleted
 
-    def more_info(self) -> dict:
-        return {"moves": self.moves}
+    def commit_info(self, info: dict) -> dict:
+        """Only what is not zero (with the kind): a watcher may commit ten times a
+        second for days, and its counts are of the paths it visited, not of the tree."""
+        info = dict(info, moves=self.moves)
+        return {k: v for k, v in info.items() if v or k == "kind"}
 
     def _scan_root(self) -> None:
         s = self._stat_root()

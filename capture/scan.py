@@ -226,7 +226,8 @@ class Scanner:
                         bytes_read=r.bytes_read, changed=r.changed, deleted=r.deleted,
                         skipped=len(r.skipped), unreadable=len(r.unreadable),
                         unstable=len(r.unstable),
-                        resized=len(r.resized), partial=r.partial, **self.more_info())
+                        resized=len(r.resized), partial=r.partial)
+            info = self.commit_info(info)
             if self.skip_empty and not (r.changed or r.deleted):
                 self.builder.abort()  # nothing to record: no commit
                 return r
@@ -253,9 +254,9 @@ class Scanner:
             self.pool.shutdown(wait=True)
             self.reader.close()
 
-    def more_info(self) -> dict:
-        """What a kind of scan adds to its commit record."""
-        return {}
+    def commit_info(self, info: dict) -> dict:
+        """The commit record's fields from the capture (a kind of scan may change them)."""
+        return info
 
     def _scan_root(self) -> None:
         try:

@@ -228,6 +228,26 @@ def commit_at_or_before(repo, txn, vol: int, instant: int) -> tuple[int, dict] |
     return split_commit_key(cur.key())[1], json.loads(bytes(val))
 
 
+def last_commit_of_kind(repo, txn, vol: int, kind: str, within: int = 100_000
+                        ) -> tuple[int, dict] | None:
+    """(instant, record) of the volume's newest commit of ``kind`` ("scan", "watch")
+    among its last ``within`` commits; None if there is none."""
+    cur = txn.cursor(db=repo.dbs[DB_COMMITS])
+    if _seek_at_or_before(cur, vol_key(vol), MAX_INSTANT) is None:
+        return None
+    prefix = vol_key(vol)
+    for _ in range(within):
+        key = cur.key()
+        if not key.startswith(prefix):
+            return None
+        rec = json.loads(bytes(cur.value()))
+        if rec.get("kind") == kind:
+            return split_commit_key(key)[1], rec
+        if not cur.prev():
+            return None
+    return None
+
+
 def first_commit(repo, txn, vol: int) -> int | None:
     for t, _ in commits(repo, txn, vol):
         return t

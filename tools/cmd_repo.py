@@ -226,13 +226,13 @@ def cmd_snapshot(args) -> int:
 
 
 def expected_entries(repo, path: str, name: str | None) -> int:
-    """How many entries (files, dirs, others) the volume's last commit counted: about
-    what this snapshot walks (0: a first snapshot, unknown). For the progress line."""
+    """How many entries (files, dirs, others) the volume's last whole-tree scan counted:
+    about what this snapshot walks (0: a first snapshot, unknown). For the progress
+    line."""
     import os
 
     from anytime.store import timeline
     from anytime.store.errors import UnknownVolume
-    from anytime.store.format import MAX_INSTANT
     from anytime.store.volumes import find_by_source, get_volume
 
     source = os.path.abspath(path)
@@ -243,7 +243,7 @@ def expected_entries(repo, path: str, name: str | None) -> int:
             return 0
         if vol is None or vol.source != source:
             return 0
-        last = timeline.commit_at_or_before(repo, txn, vol.id, MAX_INSTANT)
+        last = timeline.last_commit_of_kind(repo, txn, vol.id, "scan")
     if last is None:
         return 0
     rec = last[1]
