@@ -20,10 +20,13 @@ short LMDB read transactions (through :class:`~anytime.vfs.view.View`), never an
 load: resolving a path costs one seek per component, whatever the history length.
 
 Inode numbers: a file's ``st_ino`` is ``slot << 40 | file_id``, where ``slot`` numbers the
-distinct instants this mount has shown (one per instant, allocated on first use). So
-hardlinks within one instant share an inode number while the same file at two instants
-does not (``tar`` and ``find`` keep working across instant directories). Entries without
-a file id (directories, symlinks, special files) get a 39-bit hash of their path.
+distinct instants this mount has shown (one per instant, allocated on first use), and
+``latest/`` has a slot of its own (LATEST_SLOT) whatever commit it shows. So hardlinks
+within one instant share an inode number while the same file at two instants does not
+(``tar`` and ``find`` keep working across instant directories), and a path of
+``latest/`` keeps its inode number across commits while it holds the same file (a
+``find`` or ``tar`` that spans a commit sees no directory of it change identity). Entries
+without a file id (directories, symlinks, special files) get a 39-bit hash of their path.
 
 Thread-safety: a :class:`Namespace` may be used from many threads; the small caches are
 guarded by one lock.
@@ -71,6 +74,8 @@ RECENT_COMMITS = 20
 HOURLY_SPAN = 86400 * NS
 
 _SLOT_SHIFT = 40
+#: The inode slot of latest/ (instants get 2, 3, ... in the order first shown).
+LATEST_SLOT = 1
 _FID_MASK = (1 << _SLOT_SHIFT) - 1
 _HASH_BIT = 1 << (_SLOT_SHIFT - 1)
 _HASH_MASK = _HASH_BIT - 1
@@ -147,7 +152,7 @@ class Namespace:
         with self._lock:
             s = self._slots.get(instant)
             if s is None:
-                s = self._slots[instant] = len(self._slots) + 1
+                s = self._slots[instant] = len(self._slots) + LATEST_SLOT + 1
             return s
 
     def view(self, instant: int) -> View:
@@ -168,7 +173,7 @@ class Namespace:
             return Node("synthetic", b"")
         head, rest = parts[0], parts[1:]
         if head == LATEST:
-            return self._in_view(path, self._latest_instant(), rest, False)
+            return self._in_view(path, self._latest_instant(), rest, False, LATEST_SLOT)
         if head == LABELS:
             if not rest:
                 return Node("synthetic", LABELS)
@@ -181,14 +186,16 @@ class Namespace:
         t, relative = self._named_instant(head)
         return self._in_view(path, t, rest, not relative and self.final(t))
 
-    def _in_view(self, path: bytes, instant: int, rest: list[bytes], stable: bool) -> Node:
+    def _in_view(self, path: bytes, instant: int, rest: list[bytes], stable: bool,
+                 slot: int | None = None) -> Node:
         view = self.view(instant)
         inner = b"/".join(rest)
         e = view.lookup(inner)
         if e is None:
             raise _enoent(path)
         # final as of the volume record the view reads with (not a newer one)
-        return Node("entry", path, view, inner, e, self.slot(instant),
+        return Node("entry", path, view, inner, e,
+                    self.slot(instant) if slot is None else slot,
                     stable and instant <= view.vol.horizon)
 
     def _latest_instant(self) -> int:
@@ -308,7 +315,8 @@ class Namespace:
             # A volume without a commit yet (a first capture still running, or stopped)
             # shows empty labels/ and versions/; latest/ appears with the first commit.
             latest = self._latest_instant()
-            return ([(LATEST, self._view_root_attrs(latest))] if latest else []) + (
+            return ([(LATEST, self._view_root_attrs(latest, LATEST_SLOT))] if latest
+                    else []) + (
                     [(LABELS, self._synthetic_attrs(LABELS)),
                      (VERSIONS, self._synthetic_attrs(VERSIONS))]
                     + [(self._instant_name(t), self._view_root_attrs(t))
@@ -395,9 +403,10 @@ class Namespace:
                 "st_mtime": t, "st_ctime": t, "st_blocks": 0,
                 "st_blksize": self._vol.block_size}
 
-    def _view_root_attrs(self, instant: int) -> dict:
+    def _view_root_attrs(self, instant: int, slot: int | None = None) -> dict:
         """Directory-listing attributes of a directory that opens the volume at ``instant``."""
-        return {"st_mode": st.S_IFDIR | 0o555, "st_ino": self._path_ino(self.slot(instant), b"")}
+        slot = self.slot(instant) if slot is None else slot
+        return {"st_mode": st.S_IFDIR | 0o555, "st_ino": self._path_ino(slot, b"")}
 
     def _path_ino(self, slot: int, path: bytes) -> int:
         return (slot << _SLOT_SHIFT) | _HASH_BIT | (xxhash.xxh3_64_intdigest(path) & _HASH_MASK)
