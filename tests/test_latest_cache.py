@@ -133,3 +133,67 @@ def test_latest_paths_keep_their_inode_numbers(anytime, live):
     # an instant directory is another slot: the same file, another number there
     assert os.stat(mp / "now" / "data").st_ino != before["data"]
 
+
+def test_unchanged_file_stays_in_page_cache(anytime, live):
+    mp, src, a = live
+    f = mp / "latest" / "data"
+    pid = mount_pid(mp)
+    before = served(pid)
+    assert read_all(f) == a
+    assert served(pid) - before >= SIZE  # the first read reached the mount
+    ino = os.stat(f).st_ino
+    assert resident(f) == SIZE // PAGE  # the reopen kept them
+    before = served(pid)
+    assert read_all(f) == a
+    assert served(pid) - before < SIZE // 8  # the second read came from the cache
+
+    (src / "other").write_text("1\n")  # a commit that does not touch data
+    commit(anytime, src)
+    assert (mp / "latest" / "other").read_text() == "1\n"
+    assert os.stat(f).st_ino == ino  # same file in latest/: same inode number
+    assert resident(f) == SIZE // PAGE
+    before = served(pid)
+    assert read_all(f) == a
+    assert served(pid) - before < SIZE // 8
+
+
+def test_changed_file_is_read_again(anytime, live):
+    mp, src, a = live
+    f = mp / "latest" / "data"
+    assert read_all(f) == a
+    b = os.urandom(SIZE)
+    rewrite_keeping_mtime(src / "data", b)
+    commit(anytime, src)
+    assert resident(f) == 0  # the open that sees the new version dropped the old pages
+    assert read_all(f) == b
+    assert read_all(f) == b
+
+    longer = os.urandom(SIZE + 12345)
+    (src / "data").write_bytes(longer)
+    commit(anytime, src)
+    assert os.stat(f).st_size == len(longer)
+    assert read_all(f) == longer
+
+    shorter = b"short\n" * 1000
+    (src / "data").write_bytes(shorter)
+    commit(anytime, src)
+    assert os.stat(f).st_size == len(shorter)
+    assert read_all(f) == shorter
+    assert read_all(f) == shorter
+
+
+def test_a_handle_older_than_the_commit_cannot_leave_its_pages(anytime, live):
+    """A file opened before a commit keeps reading its version; what those reads put in
+    the page cache must not be kept by a later open that shows the new version."""
+    mp, src, a = live
+    f = mp / "latest" / "data"
+    assert read_all(f) == a
+    with open(f, "rb", buffering=0) as old:  # opened at a: keeps the cache
+        b = os.urandom(SIZE)
+        rewrite_keeping_mtime(src / "data", b)
+        commit(anytime, src)
+        assert resident(f) == 0  # this open shows b: the cache of a was dropped
+        assert old.read() == a  # read through the old handle: a's pages cached again
+    assert read_all(f) == b
+    assert read_all(f) == b
+

@@ -1,11 +1,25 @@
 """The FUSE adapter (mfusepy on libfuse 3; WinFsp's FUSE layer on Windows): it only
 translates :class:`~anytime.vfs.namespace.Namespace` calls into FUSE replies.
 
-Caching: data of a node whose content can never change (``Node.stable``: a final view
-reached through a fixed name) is opened with ``keep_cache``, so the kernel serves re-reads
-from the page cache. Attribute and entry timeouts are per mount in libfuse's high-level
-API: long for a fixed mount at a final instant, short (1 s) for the time-travel root,
-where ``latest/`` must move forward.
+Caching: the kernel keeps file data per inode, and libfuse's high-level API gives each
+mount path an inode of its own (its node id; the ``st_ino`` shown is only an attribute).
+So the adapter remembers, per mount path, the content key (``Namespace.content_key``) of
+the last open, and opens with ``keep_cache`` exactly when the new open shows the same
+content: a file of ``latest/`` (or of a relative name, or a label) that did not change
+across commits stays in the page cache, and one that changed is opened without it, which
+makes the kernel drop that inode's cached pages. A read served through a handle whose
+key is no longer the path's (a file opened before a commit, still read after one) may
+put its older bytes into that cache: it forgets the path's key, so the next open drops
+them. Without a key (a path not opened yet, or the table full and cleared) the open
+drops the cache too, which costs nothing when it is empty. (Two handles of different
+versions reading the same path at once share the kernel's pages: each may see the
+other's bytes, as without keep_cache.)
+
+Attribute and entry timeouts are per mount in libfuse's high-level API: long for a fixed
+mount at a final instant, short (LIVE_TIMEOUT) for the time-travel root, where
+``latest/`` must move forward. When the kernel refreshes a file's attributes and its size
+or mtime changed, it drops the file's cached pages itself (libfuse asks for
+FUSE_CAP_AUTO_INVAL_DATA), so a stale size never outlives the attribute timeout.
 
 A mount fixed at a final instant (``--at``) answers the first OPEN with ENOSYS, so the
 kernel stops sending OPEN/RELEASE altogether (FUSE_CAP_NO_OPEN_SUPPORT) and keeps file
@@ -73,6 +87,8 @@ LIVE_TIMEOUT = 1.0
 MAX_READ = 1 << 20
 #: Resolved paths kept by a final mount (entries; cleared when full).
 NODE_CACHE = 200_000
+#: Content keys of opened paths kept for keep_cache (entries; cleared when full).
+SHOWN_CACHE = 200_000
 FUSE_READDIR_PLUS = 1
 FUSE_CAP_POSIX_ACL = 1 << 19
 #: How long a caller's supplementary groups (read from /proc/PID/status) are kept (s).
@@ -120,7 +136,8 @@ class Adapter(mfusepy.Operations):
         self.ns = ns
         self.mountpoint = mountpoint
         self.on_ready = on_ready
-        self._handles: dict[int, Node] = {}
+        self._handles: dict[int, _Handle] = {}
+        self._shown: dict[str, tuple] = {}  # mount path -> content key of its last open
         self._dirs: dict[int, list | None] = {}
         self._next = itertools.count(1)
         self._lock = threading.Lock()
@@ -206,7 +223,8 @@ class Adapter(mfusepy.Operations):
         if fh is None:
             return None
         with self._lock:
-            return self._handles.get(fh.fh if hasattr(fh, "fh") else fh)
+            h = self._handles.get(fh.fh if hasattr(fh, "fh") else fh)
+        return None if h is None else h.node
 
     @_guard
     def getattr(self, path, fh=None):
@@ -290,18 +308,29 @@ class Adapter(mfusepy.Operations):
             # OPEN/RELEASE at all (FUSE_CAP_NO_OPEN_SUPPORT); reads then come by path.
             raise mfusepy.FuseOSError(errno.ENOSYS)
         fh = next(self._next)
+        key = self.ns.content_key(node)
         with self._lock:
-            self._handles[fh] = node
+            keep = self._shown.get(path) == key
+            if not keep:
+                if len(self._shown) >= SHOWN_CACHE:
+                    self._shown.clear()
+                self._shown[path] = key
+            self._handles[fh] = _Handle(node, path, key)
         fi.fh = fh
-        fi.keep_cache = 1 if node.stable else 0
+        fi.keep_cache = 1 if keep else 0
         return 0
 
     def read(self, path, size, offset, fi):
         with self._lock:
-            node = self._handles.get(fi.fh)
-        if node is None:
-            if not (self.no_open and self.kernel_acl):
-                raise mfusepy.FuseOSError(errno.EBADF)
+            h = self._handles.get(fi.fh)
+            if h is not None and self._shown.get(h.path) != h.key:
+                # these bytes may enter the page cache of a path now showing others
+                self._shown.pop(h.path, None)
+        if h is not None:
+            node = h.node
+        elif not (self.no_open and self.kernel_acl):
+            raise mfusepy.FuseOSError(errno.EBADF)
+        else:
             node = self._node(path)
         try:
             return self.ns.read(node, offset, size)
@@ -323,6 +352,16 @@ class Adapter(mfusepy.Operations):
     # --- read-only ---------------------------------------------------------------------
     chmod = chown = create = link = mkdir = mknod = removexattr = rename = rmdir = \
         setxattr = symlink = truncate = unlink = utimens = write = fallocate = _erofs
+
+
+class _Handle:
+    """An open file: its node, the mount path it was opened by, and the content key it
+    shows (``Namespace.content_key``)."""
+
+    __slots__ = ("node", "path", "key")
+
+    def __init__(self, node: Node, path: str, key: tuple):
+        self.node, self.path, self.key = node, path, key
 
 
 def _proc_groups(pid: int) -> frozenset[int]:

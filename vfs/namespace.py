@@ -28,6 +28,14 @@ within one instant share an inode number while the same file at two instants doe
 ``find`` or ``tar`` that spans a commit sees no directory of it change identity). Entries
 without a file id (directories, symlinks, special files) get a 39-bit hash of their path.
 
+Content key (:meth:`Namespace.content_key`): what identifies the bytes a file node
+shows, so a front end can tell whether data it served earlier for the same mount path is
+still right: the file id with the stat fields the capture itself compares to decide a
+file changed (size, mtime, ctime, source inode; capture/scan.py ``unchanged``), plus its
+flags. A file's blocks are only ever recorded together with a fresh entry of the path
+read (capture/scan.py), so equal keys mean equal content; a file with several links
+can have its blocks changed through another path, so its key also holds the instant read.
+
 Thread-safety: a :class:`Namespace` may be used from many threads; the small caches are
 guarded by one lock.
 """
@@ -93,10 +101,9 @@ class Node:
     ``kind`` is one of ``"entry"`` (a path of a volume view: ``view``, ``inner``,
     ``entry``), ``"synthetic"`` (a directory of the namespace itself), ``"vdir"`` (a
     directory of versions/ mirroring a volume directory) or ``"vfile"`` (a file of
-    versions/ shown as the directory of its versions). ``stable`` says the content at this
-    mount path can never change (the kernel may keep its cached data). ``hidden_parents``
-    says the node's ancestors in its view are not the directories on its mount path (the
-    nodes of versions/), so a kernel that checks the mount path does not check them: see
+    versions/ shown as the directory of its versions). ``hidden_parents`` says the node's
+    ancestors in its view are not the directories on its mount path (the nodes of
+    versions/), so a kernel that checks the mount path does not check them: see
     :meth:`Namespace.reachable`.
     """
 
@@ -106,7 +113,6 @@ class Node:
     inner: bytes = b""
     entry: Entry | None = None
     slot: int = 0
-    stable: bool = False
     hidden_parents: bool = False
 
 
@@ -168,35 +174,32 @@ class Namespace:
         parts = [p for p in path.split(b"/") if p]
         path = b"/".join(parts)
         if self.at is not None:
-            return self._in_view(path, self.at, parts, True)
+            return self._in_view(path, self.at, parts)
         if not parts:
             return Node("synthetic", b"")
         head, rest = parts[0], parts[1:]
         if head == LATEST:
-            return self._in_view(path, self._latest_instant(), rest, False, LATEST_SLOT)
+            return self._in_view(path, self._latest_instant(), rest, LATEST_SLOT)
         if head == LABELS:
             if not rest:
                 return Node("synthetic", LABELS)
             t = self._label(rest[0])
             if t is None:
                 raise _enoent(path)
-            return self._in_view(path, t, rest[1:], False)
+            return self._in_view(path, t, rest[1:])
         if head == VERSIONS:
             return self._versions(path, rest)
-        t, relative = self._named_instant(head)
-        return self._in_view(path, t, rest, not relative and self.final(t))
+        return self._in_view(path, self._named_instant(head)[0], rest)
 
-    def _in_view(self, path: bytes, instant: int, rest: list[bytes], stable: bool,
+    def _in_view(self, path: bytes, instant: int, rest: list[bytes],
                  slot: int | None = None) -> Node:
         view = self.view(instant)
         inner = b"/".join(rest)
         e = view.lookup(inner)
         if e is None:
             raise _enoent(path)
-        # final as of the volume record the view reads with (not a newer one)
         return Node("entry", path, view, inner, e,
-                    self.slot(instant) if slot is None else slot,
-                    stable and instant <= view.vol.horizon)
+                    self.slot(instant) if slot is None else slot)
 
     def _latest_instant(self) -> int:
         return self.vol.horizon  # the volume record is re-read at most every HORIZON_TTL
@@ -253,7 +256,7 @@ class Namespace:
             if e.kind == KIND_FILE:
                 tail = rest[i + 1:]
                 if not tail:
-                    return Node("vfile", path, self.view(t), inner_next, e, 0, False, True)
+                    return Node("vfile", path, self.view(t), inner_next, e, 0, True)
                 if len(tail) > 1:
                     raise _enoent(path)
                 return self._version_of(path, inner_next, tail[0])
@@ -263,17 +266,16 @@ class Namespace:
         if found is None:
             raise _enoent(path)
         t, e = found
-        return Node("vdir", path, self.view(t), inner, e, 0, False, True)
+        return Node("vdir", path, self.view(t), inner, e, 0, True)
 
     def _version_of(self, path: bytes, inner: bytes, name: bytes) -> Node:
         """A file of versions/ at a typed instant: named like the root's instants."""
-        t, relative = self._named_instant(name)
+        t = self._named_instant(name)[0]
         view = self.view(t)
         e = view.lookup(inner)
         if e is None or e.kind != KIND_FILE:
             raise _enoent(path)
-        return Node("entry", path, view, inner, e, self.slot(t),
-                    not relative and t <= view.vol.horizon, True)
+        return Node("entry", path, view, inner, e, self.slot(t), True)
 
     def file_versions(self, inner: bytes) -> list[tuple[int, Entry]]:
         """Distinct versions of a regular file (metadata-only changes skipped), oldest first."""
@@ -516,6 +518,13 @@ class Namespace:
         return self.at is None and path.lstrip(b"/").startswith(VERSIONS + b"/")
 
     # --- content -----------------------------------------------------------------------
+    def content_key(self, node: Node) -> tuple:
+        """What identifies the bytes file node ``node`` reads (module docstring): equal keys
+        for one mount path mean equal content, whatever instant each node was resolved at."""
+        e = node.entry
+        key = (e.file_id, e.size, e.mtime_ns, e.ctime_ns, e.src_ino, e.flags)
+        return key + (node.view.at,) if e.nlink > 1 else key
+
     def readlink(self, node: Node) -> bytes:
         if node.kind != "entry" or node.entry.kind != KIND_SYMLINK:
             raise OSError(errno.EINVAL, "not a symbolic link")
