@@ -197,3 +197,13 @@ def test_a_handle_older_than_the_commit_cannot_leave_its_pages(anytime, live):
     assert read_all(f) == b
     assert read_all(f) == b
 
+
+def test_cat_at_now_reads_the_newest_commit(anytime, src_dir):
+    anytime("init", check=0)
+    (src_dir / "f").write_text("one\n")
+    snap(anytime, src_dir)
+    assert anytime("cat", src_dir / "f", "--at", "now", check=0).stdout == b"one\n"
+    (src_dir / "f").write_text("two, longer\n")
+    snap(anytime, src_dir)  # no wait: each command reads the horizon when it starts
+    assert anytime("cat", src_dir / "f", "--at", "now", check=0).stdout == b"two, longer\n"
+    assert anytime("cat", src_dir / "f", check=0).stdout == b"two, longer\n"

@@ -81,7 +81,8 @@ log = logging.getLogger("anytime.mount")
 
 #: Kernel attribute/entry cache timeouts (seconds).
 FINAL_TIMEOUT = 86400.0
-LIVE_TIMEOUT = 1.0
+#: With namespace.HORIZON_TTL, how stale latest/ may be after a commit (0.1 + 0.2 s).
+LIVE_TIMEOUT = 0.2
 #: Largest read request: with the readahead raised to match, sequential reads arrive in
 #: 1 MiB requests (one block of the default size).
 MAX_READ = 1 << 20
