@@ -156,6 +156,10 @@ def test_unchanged_file_stays_in_page_cache(anytime, live):
     assert read_all(f) == a
     assert served(pid) - before < SIZE // 8
 
+    relative = mp / "now" / "data"  # a relative name: the same rule
+    assert read_all(relative) == a
+    assert resident(relative) == SIZE // PAGE
+
 
 def test_changed_file_is_read_again(anytime, live):
     mp, src, a = live
