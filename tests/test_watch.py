@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import anytime_command
+from test_mount import mounted
 
 from anytime.store import timeline
 from anytime.store.format import KIND_DIR, KIND_FILE, KIND_SYMLINK, MAX_INSTANT
@@ -527,3 +528,29 @@ def test_metadata_links_and_directories_are_captured(protect, volume, src, event
     assert view_meta(v.view()) == meta_tree(src)
     hard, f = v.view().lookup(b"hard"), v.view().lookup(b"f")
     assert hard.file_id == f.file_id, "a hardlink shares its file's content"
+
+
+def test_latest_of_a_mount_follows_protect(anytime, protect, volume, src, tmp_path):
+    """While protect runs, a change shows in latest/ of a mount (the watcher commits it,
+    the mount re-reads the horizon): waited for, not timed (the benchmark times it)."""
+    (src / "doc").write_text("first\n")
+    protect(src)
+    v = volume()
+    v.settle(lambda: disk_tree(src))
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    with mounted(anytime, "src", mp):
+        assert (mp / "latest" / "doc").read_text() == "first\n"
+        (src / "doc").write_text("second, longer than the first\n")
+        (src / "added").write_text("new\n")
+        end = time.monotonic() + SETTLE
+        while time.monotonic() < end:
+            try:
+                if ((mp / "latest" / "doc").read_text() == "second, longer than the first\n"
+                        and (mp / "latest" / "added").read_text() == "new\n"):
+                    break
+            except FileNotFoundError:
+                pass
+            time.sleep(0.05)
+        assert (mp / "latest" / "doc").read_text() == "second, longer than the first\n"
+        assert (mp / "latest" / "added").read_text() == "new\n"
