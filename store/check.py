@@ -194,6 +194,7 @@ class _Checker:
         #: volume id -> instant of its pending marker
         self.pending: dict[int, int] = {}
         self._commit_seen: set[tuple[int, int]] = set()
+        self._timed: dict[tuple[int, int], bool] = {}  # (volume, commit instant) -> timed
 
     # --- reporting ---------------------------------------------------------------------
     def problem(self, inv: str, msg: str) -> None:
@@ -501,10 +502,35 @@ class _Checker:
 
     def check_versions_committed(self, vol: Volume, t: int, what: str) -> None:
         """I15: a path or block version has the instant of a commit of its volume, or
-        its pending marker's (a staged commit's records)."""
-        if not self._is_commit(vol.id, t) and self.pending.get(vol.id) != t:
-            self.problem("I15", f"volume {vol.name!r}: {what} at {t}, which is no commit's "
-                                f"instant")
+        one after the commit before and at most that of a *timed* commit (the shim's:
+        one instant per operation), or is a staged record of an unfinished commit (at
+        most its pending marker's instant, past the horizon)."""
+        if self._is_commit(vol.id, t):
+            return
+        staged = self.pending.get(vol.id)
+        if staged is not None and vol.horizon < t <= staged:
+            return
+        if self._timed_commit_after(vol.id, t):
+            return
+        self.problem("I15", f"volume {vol.name!r}: {what} at {t}, which is no commit's "
+                            f"instant")
+
+    def _timed_commit_after(self, vid: int, t: int) -> bool:
+        """True if the first commit of volume ``vid`` after instant ``t`` is timed."""
+        cur = self.txn.cursor(db=self.dbs[DB_COMMITS])
+        if not cur.set_range(commit_key(vid, t)) or bytes(cur.key()[:4]) != vol_key(vid):
+            return False
+        at = split_commit_key(bytes(cur.key()))[1]
+        known = self._timed.get((vid, at))
+        if known is None:
+            try:
+                known = bool(json.loads(bytes(cur.value())).get("timed"))
+            except (ValueError, AttributeError):
+                known = False
+            if len(self._timed) > 1 << 16:
+                self._timed.clear()
+            self._timed[(vid, at)] = known
+        return known
 
     def read_pending(self) -> None:
         cur = self.txn.cursor(db=self.dbs[DB_META])

@@ -186,6 +186,10 @@ class CommitBuilder:
         self.packw = session.packw if session else PackWriter(repo.pack_store,
                                                               repo.pack_target)
         self._staged = False  # records of this commit staged in the index
+        #: whether every record has its own instant (None: no record yet; see put_entry)
+        self.timed: bool | None = None
+        self.last_at = 0  # the latest of those instants
+        self.first_at = 0  # and the earliest
         self._lock = threading.Lock()
         self._new_blocks: dict[bytes, tuple] = {}
         tmp = os.path.join(repo.root, "tmp")
@@ -494,18 +498,41 @@ class CommitBuilder:
         self.vol.next_file_id += 1
         return fid
 
-    def put_entry(self, path: bytes, entry: Entry) -> None:
+    def put_entry(self, path: bytes, entry: Entry, at: int | None = None) -> None:
+        """Record ``entry`` as the version of ``path``: at the commit's instant, or, for a
+        *timed* commit (every record given ``at``: the shim's, one instant per
+        operation), at instant ``at``."""
         parent, name = split_path(path)
         dir_hash = self.repo.dir_hash(parent)
-        self._entries.add(entry_prefix(self.vol.id, dir_hash, name), entry.encode())
+        self._entries.add(entry_prefix(self.vol.id, dir_hash, name) + self._at(at),
+                          entry.encode())
         if parent != self._last_parent:  # entries are filed under its hash: name it
             self._last_parent = parent  # (once per run of one directory's entries)
             self._dirs.add(dir_key(self.vol.id, dir_hash), parent)
 
-    def put_block_version(self, file_id: int, block_no: int, ref: bytes) -> None:
+    def put_block_version(self, file_id: int, block_no: int, ref: bytes,
+                          at: int | None = None) -> None:
         """Record block ``block_no`` of file ``file_id`` as block reference ``ref``
-        (``format.encode_ref``: a chunk id, slices of chunks, or ``HOLE_ID``)."""
-        self._blockvers.add(blockver_prefix(self.vol.id, file_id, block_no), ref)
+        (``format.encode_ref``: a chunk id, slices of chunks, or ``HOLE_ID``); ``at`` as
+        for :meth:`put_entry`."""
+        self._blockvers.add(blockver_prefix(self.vol.id, file_id, block_no) + self._at(at),
+                            ref)
+
+    def _at(self, at: int | None) -> bytes:
+        """The instant suffix of a record's key now: b"" (the commit's, appended at
+        commit) or ``at``'s; a commit is timed or not, throughout."""
+        timed = at is not None
+        if self.timed is None:
+            self.timed = timed
+        elif self.timed != timed:
+            raise ValueError("a commit's records all have instants of their own, or none")
+        if not timed:
+            return b""
+        if at <= self.vol.horizon:
+            raise ValueError(f"instant {at} is not after the volume's horizon")
+        self.last_at = max(self.last_at, at)
+        self.first_at = min(self.first_at or at, at)
+        return U64.pack(at)
 
     def map_inode(self, dev: int, ino: int, file_id: int, mtime_ns: int, size: int) -> None:
         """Remember which file id source inode (dev, ino) holds, and its recorded state."""
@@ -530,12 +557,16 @@ class CommitBuilder:
         vid = self.vol.id
         with repo.read_txn() as txn:  # the writer lock keeps it current until we commit
             stored = Volume.decode(txn.get(vol_key(vid), db=dbs[DB_VOLUMES]))
-        t = max(instant or clock.now_ns(), stored.horizon + 1)
+        if self.timed and self.first_at <= stored.horizon:
+            raise ValueError(f"a record at {self.first_at} is not after the volume's "
+                             f"horizon {stored.horizon}")
+        t = max(instant or clock.now_ns(), stored.horizon + 1, self.last_at)
         suffix = U64.pack(t)
+        rec_suffix = b"" if self.timed else suffix  # timed records have their own
         records = itertools.chain(
             ((HIST_DIRS, k, v) for k, v in self._dirs.items()),
-            ((HIST_ENTRIES, k + suffix, v) for k, v in self._entries.items()),
-            ((HIST_BLOCKVERS, k + suffix, v) for k, v in self._blockvers.items()),
+            ((HIST_ENTRIES, k + rec_suffix, v) for k, v in self._entries.items()),
+            ((HIST_BLOCKVERS, k + rec_suffix, v) for k, v in self._blockvers.items()),
             ((HIST_INODES, k, v) for k, v in self._inodes.items()))
         per_txn = repo.options.stage_records
         batch = list(itertools.islice(records, per_txn))
@@ -564,6 +595,8 @@ class CommitBuilder:
             part += 1
         # the packs of this commit: those sealed, and the one the commit record goes in
         record = dict(info, packs=len(self.packw.finished) + 1, **self.stats)
+        if self.timed:
+            record["timed"] = True  # its versions have their operations' instants (I15)
         if label:
             record["label"] = label
         self.vol.horizon = t

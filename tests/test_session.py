@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 from conftest import TEST_OPTIONS
 
 from anytime.capture.scan import Scanner
@@ -192,3 +193,42 @@ def test_a_rebuilt_index_has_every_commit_of_a_session(tmp_path):
     with Repository.open(str(repo_dir)) as repo:
         for i, t in enumerate(instants):
             assert _read(repo, "v", b"f", t) == b"%d" % i * 5000
+
+
+def test_a_timed_commit_gives_each_record_its_own_instant(tmp_path):
+    """The shim's commits (docs/format.md I15): one commit, records at the instants of
+    the operations they record; a view between two of them sees the first only."""
+    from anytime.store.format import KIND_FILE, Entry
+
+    src = tmp_path / "src"
+    src.mkdir()
+    Repository.init(str(tmp_path / "repo"))
+    with Repository.open(str(tmp_path / "repo")) as repo:
+        with WriterSession(repo) as session:
+            vol = volume_for_source(repo, str(src), "v", clock.now_ns())
+            Scanner(repo, vol, os.fsencode(src), session=session).run({"kind": "test"})
+            b = session.builder(vol)  # (the volume record the scan kept current)
+            base = vol.horizon
+            for i, name in enumerate([b"a", b"b", b"c"]):
+                e = Entry(KIND_FILE, mode=0o100644)
+                e.file_id = b.new_file_id()
+                e.size = 1
+                ref = b.store_chunk(name)
+                b.put_block_version(e.file_id, 0, ref, at=base + 10 + i * 10)
+                b.put_entry(name, e, at=base + 10 + i * 10)
+            t = b.commit({"kind": "test"})
+            assert t >= base + 30
+            with repo.read_txn() as txn:
+                vol = get_volume(repo, txn, "v")
+            for i, seen in enumerate([[b"a"], [b"a", b"b"], [b"a", b"b", b"c"]]):
+                view = View(repo, vol, base + 10 + i * 10 + 5)
+                assert [n for n, _ in view.listdir(b"")] == seen
+                assert _read(repo, "v", seen[-1], base + 10 + i * 10) == seen[-1]
+            assert View(repo, vol, base + 5).listdir(b"") == []
+        rep = check(repo)
+        assert rep.problems == [], rep.problems
+        with WriterSession(repo) as session:
+            b2 = session.builder(vol)
+            with pytest.raises(ValueError):  # not after the horizon
+                b2.put_entry(b"d", Entry(KIND_FILE), at=vol.horizon)
+            b2.abort()
