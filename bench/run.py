@@ -4,8 +4,10 @@
 Run it with the project's interpreter (it imports ``anytime`` to build the
 10^6-version repository):
 
-    .venv/bin/python bench/run.py [--only capture|startup|mount|restore|versions|shifted ...]
-                                  [--scratch DIR] [--restore-dir DIR] [--keep]
+    .venv/bin/python bench/run.py [--only PART ...] [--scratch DIR] [--restore-dir DIR]
+                                  [--keep]
+
+PART: capture, startup, mount, restore, versions, shifted, watch (continuous capture).
 
 Prints progress to stderr, a Markdown table to stdout, and writes
 ``bench/out/results.json``. See bench/README.md for what each figure means.
@@ -88,7 +90,18 @@ SIZE_GOAL = "<= smaller peer (issue 9)"
 HEADS = {"anytime": "anytime", "restic": "restic", "borg": "borg (lz4)",
          "borg-zstd": "borg -C zstd,3"}
 #: Parts a tool takes part in (borg-zstd: capture and shifted content, for sizes).
-ALL_PARTS = ("capture", "startup", "mount", "restore", "versions", "shifted")
+ALL_PARTS = ("capture", "startup", "mount", "restore", "versions", "shifted", "watch")
+# The continuous-capture part (bench/README.md, fig W): a load generator changes files of
+# a watched tree at each rate of WATCH_PHASES (changes per second, seconds), spread over
+# WATCH_DIRS x WATCH_FILES files; every WATCH_NEW_EVERY-th change makes a new file.
+WATCH_PHASES = ((1000, 20.0), (10_000, 10.0))
+WATCH_DIRS = 8
+WATCH_FILES = 40  # per directory
+WATCH_NEW_EVERY = 10
+WATCH_IDLE_S = 10.0
+WATCH_POLL_S = 0.01  # the probe's poll of the volume's horizon
+WATCH_MODES = ("fanotify", "inotify")
+WATCH_COMMITS = 60  # commits of one changed file, timed in-process
 
 
 def log(msg: str) -> None:
@@ -157,6 +170,101 @@ with open(out, "w") as f:
 code = os.waitstatus_to_exitcode(st)
 sys.exit(code if code >= 0 else 128 - code)
 """
+
+
+# The load generator of the continuous-capture part: plain Python, a process of its own.
+# argv: tree, output file, JSON parameters. Change number i (from 1) writes to the file
+# it picks a small unique content: "%010d " % i, its path, and padding to the file's
+# size (1-4 KB, fixed per file: watch_size), with one open/write/close, and records the
+# wall time right after close(). Every new_every-th change makes a new file; the others
+# overwrite one of the files already there (picked by a multiplicative hash of i) in
+# place, without O_TRUNC: on ext4, close() after truncating a file that held data starts
+# its writeback (auto_da_alloc), which alone caps truncating rewrites near 3,000/s here
+# (bench/README.md). Each phase paces changes to its rate, never more than 1 ms ahead of
+# the schedule; one that cannot keep up runs flat out.
+LOADGEN = r"""
+import array, json, os, sys, time
+root, out, params = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+paths = list(params["pool"])
+n_pool, new_every, n_dirs = len(paths), params["new_every"], params["dirs"]
+pad = b"".join(b"%07d abcdefghijklmnopqrstuvwxyz\n" % k for k in range(128))
+close_ns, which = array.array("q"), array.array("l")
+flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
+phases, i = [], 0
+for rate, secs in params["phases"]:
+    n = int(rate * secs)
+    t0, w0 = time.monotonic(), time.time_ns()
+    for k in range(n):
+        d = t0 + k / rate - time.monotonic()
+        if d > 0.001:
+            time.sleep(d)
+        i += 1
+        if i % new_every == 0:
+            f = len(paths)
+            paths.append("d%02d/new%07d" % (i % n_dirs, i))
+        else:
+            f = (i * 2654435761) % n_pool
+        rel = paths[f]
+        head = b"%010d %s " % (i, rel.encode())
+        data = head + pad[:1024 + (f * 7919) % 3072 - len(head)]
+        fd = os.open(os.path.join(root, rel), flags, 0o644)
+        os.write(fd, data)
+        os.close(fd)
+        close_ns.append(time.time_ns())
+        which.append(f)
+    phases.append({"rate": rate, "secs": secs, "n": n, "start_ns": w0,
+                   "end_ns": time.time_ns(), "busy_s": time.monotonic() - t0})
+with open(out + ".bin", "wb") as fo:
+    close_ns.tofile(fo)
+    which.tofile(fo)
+with open(out, "w") as fo:
+    json.dump({"phases": phases, "paths": paths, "n": i}, fo)
+"""
+
+# Commits of one changed file through one writer session, timed in-process (the cost of
+# one watcher commit, fig W): argv: repository (made here), tree, commits. Prints JSON:
+# the seconds of each whole PathScan.run (stat, read, store, commit) and of each
+# CommitBuilder.commit alone (the commit point: pack flush, LMDB transaction).
+COMMIT_LOOP = r"""
+import json, os, sys, time
+from anytime.capture.pathscan import PathScan
+from anytime.capture.scan import Scanner
+from anytime.store import clock, writer
+from anytime.store.repo import Repository
+from anytime.store.session import WriterSession
+from anytime.store.volumes import volume_for_source
+repo_dir, src, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+f = os.path.join(src, "f")
+with open(f, "wb") as fo:
+    fo.write(b"version 0\n" * 200)
+Repository.init(repo_dir)
+commits, scans = [], []
+orig = writer.CommitBuilder.commit
+def timed(self, *a, **kw):
+    t = time.perf_counter()
+    try:
+        return orig(self, *a, **kw)
+    finally:
+        commits.append(time.perf_counter() - t)
+writer.CommitBuilder.commit = timed
+with Repository.open(repo_dir) as repo, WriterSession(repo) as session:
+    vol = volume_for_source(repo, src, "v", clock.now_ns())
+    Scanner(repo, vol, os.fsencode(src), session=session).run({"kind": "bench"})
+    commits.clear()
+    for i in range(1, n + 1):
+        with open(f, "wb") as fo:
+            fo.write(b"version %d\n" % i * 200)
+        t = time.perf_counter()
+        PathScan(repo, vol, os.fsencode(src), {b"f": False}, session=session).run(
+            {"kind": "bench"})
+        scans.append(time.perf_counter() - t)
+print(json.dumps({"commit_s": commits, "scan_s": scans}))
+"""
+
+
+def watch_size(f: int) -> int:
+    """The size of file number ``f`` of the watched tree (LOADGEN): 1-4 KB."""
+    return 1024 + (f * 7919) % 3072
 
 
 def run(cmd, env=None, cwd=None, timeout: float = 900, stdout_path=None,
@@ -762,6 +870,14 @@ def fmt(v, unit: str) -> str:
         return f"{v / 1e6:.2f} MB" if abs(v) < 10e6 else f"{v / 1e6:.1f} MB"
     if unit == "MB/s":
         return f"{v:.0f} MB/s"
+    if unit == "ms":
+        return f"{v:.2f} ms"
+    if unit == "%":
+        return f"{v:.1f} %"
+    if unit == "/s":
+        return f"{v:,.0f}/s"
+    if unit == "n":
+        return f"{v:,.0f}" if abs(v) >= 10 else f"{v:.2g}"
     return f"{v}"
 
 
@@ -862,7 +978,7 @@ class Bench:
         self.corpus.mkdir(parents=True, exist_ok=True)
         if "shifted" in parts:
             self.build_shifted()
-        if set(parts) - {"shifted"}:
+        if set(parts) - {"shifted", "watch"}:
             self.build_main_corpora()
 
     def build_main_corpora(self) -> None:
@@ -1582,6 +1698,434 @@ class Bench:
                 "expect": b"file %d version %d\n" % (pick_i, pick_c),
                 "repo_bytes": size}
 
+    # --- W: continuous capture ----------------------------------------------------
+    def watch_dir(self) -> Path:
+        """Where the watched tree lives: on a disk filesystem, as users have it
+        (``SCRATCH/watch``, or ``/var/tmp/anytime-bench-watch`` when the scratch is on a
+        memory filesystem)."""
+        d = self.scratch / "watch"
+        if filesystem_of(d)["type"] in MEMORY_FS:
+            d = Path("/var/tmp/anytime-bench-watch")
+        return d
+
+    def section_watch(self) -> None:
+        """Fig W: ``anytime protect`` under a steady load of file changes: the RPO (close
+        of each change to the instant it became readable), the watcher's CPU use, what
+        continuous commits cost in packs and index, and one commit's cost."""
+        log("== watch (W: RPO of continuous capture under load, CPU, repository growth)")
+        at = self.tools["anytime"]
+        if not at.has("protect"):
+            raise BenchError("anytime has no 'protect' command yet")
+        base = self.watch_dir()
+        tree, work = base / "tree", self.repos / "watch"
+        work.mkdir(parents=True, exist_ok=True)
+        self.extra["watch"] = info = {
+            "tree": str(tree), "tree_fs": filesystem_of(base),
+            "repo_fs": filesystem_of(work), "phases": WATCH_PHASES,
+            "files": WATCH_DIRS * WATCH_FILES, "new_every": WATCH_NEW_EVERY}
+        log(f"watch: tree {tree} ({info['tree_fs']['type']}), repositories under {work} "
+            f"({info['repo_fs']['type']})")
+        res: dict = {}
+        try:
+            for mode in WATCH_MODES:
+                try:
+                    res[mode] = self.watch_run(mode, tree, work / f"anytime-{mode}")
+                except BenchError as e:
+                    res[mode] = {"error": str(e)}
+                    self.note(f"watch {mode}: {e}")
+                if mode == WATCH_MODES[0] and "error" not in res[mode]:
+                    self.peer_backup(tree, work, first=True)  # the burst of the next run
+            peers = self.peer_backup(tree, work, first=False)
+        finally:
+            rmtree(tree)
+            if base != self.scratch / "watch":
+                rmtree(base)
+        try:
+            cost = self.commit_cost(work)
+        except BenchError as e:
+            cost = {}
+            self.note(f"watch commit cost: {e}")
+        if not self.args.keep:
+            rmtree(work)
+        info.update(runs=res, commit_cost=cost, peers=peers)
+        self.watch_rows(res, cost, peers)
+
+    def watch_run(self, mode: str, tree: Path, repo: Path) -> dict:
+        """One ``anytime protect --events MODE`` of a fresh tree into a fresh repository,
+        under the load of WATCH_PHASES, then idle; what the probe and the generator saw."""
+        import array
+
+        from anytime.store import clock, status
+        from anytime.store.repo import Repository
+        from anytime.store.volumes import get_volume
+
+        at = self.tools["anytime"]
+        rmtree(tree)
+        rmtree(repo)
+        pool = [f"d{d:02d}/f{f:03d}" for d in range(WATCH_DIRS) for f in range(WATCH_FILES)]
+        for f, rel in enumerate(pool):
+            (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+            head = b"%010d %s " % (0, rel.encode())
+            (tree / rel).write_bytes(head + b"." * (watch_size(f) - len(head)))
+        at.init(repo)
+        errf = tempfile.NamedTemporaryFile(prefix="bench-protect-", suffix=".log")  # noqa: SIM115
+        p = subprocess.Popen([at.exe, "-r", str(repo), "protect", str(tree), "--name", "watch",
+                              "--events", mode], stdout=subprocess.DEVNULL, stderr=errf,
+                             stdin=subprocess.DEVNULL, start_new_session=True)
+        clk = os.sysconf("SC_CLK_TCK")
+
+        def cpu() -> float:  # seconds: utime + stime, children excluded
+            f = Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(f[11]) + int(f[12])) / clk
+
+        def errtext() -> str:
+            return Path(errf.name).read_text(errors="replace")
+
+        r = None
+        out: dict = {"mode": mode}
+        try:
+            deadline = perf_counter() + 60
+            while "anytime: watching" not in errtext():
+                if p.poll() is not None:
+                    raise BenchError(f"protect --events {mode} exited with {p.returncode}: "
+                                     f"{errtext().strip()[-300:]}")
+                if perf_counter() > deadline:
+                    raise BenchError(f"protect --events {mode} not ready after 60 s")
+                sleep(0.05)
+            if f"with {mode} events" not in errtext():
+                raise BenchError(f"protect did not use {mode}: {errtext().strip()[-200:]}")
+            r = Repository.open(str(repo))
+
+            def horizon() -> int:
+                with r.read_txn() as txn:
+                    return get_volume(r, txn, "watch").horizon
+
+            # the probe: each horizon with the wall time it was first seen; the watcher's
+            # CPU time and the repository's packs and index, sampled as it goes
+            seen: list[tuple[int, int]] = [(horizon(), clock.now_ns())]
+            samples: list[tuple] = []
+            stop = threading.Event()
+
+            def probe() -> None:
+                k = 0
+                while not stop.is_set():
+                    h = horizon()
+                    if h != seen[-1][0]:
+                        seen.append((h, clock.now_ns()))
+                    if k % 10 == 0:
+                        samples.append((clock.now_ns(), cpu(), *self.repo_files(repo)))
+                    k += 1
+                    stop.wait(WATCH_POLL_S)
+
+            th = threading.Thread(target=probe, daemon=True)
+            th.start()
+            changes = repo.parent / f"changes-{mode}.json"
+            scale = self.args.watch_scale  # shorter phases, to try the part out
+            phases = [(rate, secs * scale) for rate, secs in WATCH_PHASES]
+            params = {"pool": pool, "new_every": WATCH_NEW_EVERY, "dirs": WATCH_DIRS,
+                      "phases": phases}
+            log(f"watch {mode}: load " + ", ".join(f"{rate:,}/s for {secs:g} s"
+                                                   for rate, secs in phases))
+            must(run([sys.executable, "-I", "-S", "-c", LOADGEN, str(tree), str(changes),
+                      json.dumps(params)], timeout=300), "the load generator")
+            gen_end = perf_counter()
+            # settled: nothing queued or pending, and the horizon still for 0.5 s
+            last, still = None, 0.0
+            while True:
+                st = status.published(r).get("watch", {})
+                h = seen[-1][0]
+                quiet = not st.get("queued") and not st.get("pending_since_ns")
+                if quiet and h == last and perf_counter() - gen_end > 1.0:
+                    if perf_counter() - still >= 0.5:
+                        break
+                else:
+                    last, still = h, perf_counter()
+                if p.poll() is not None:
+                    raise BenchError(f"protect exited with {p.returncode} under load: "
+                                     f"{errtext().strip()[-300:]}")
+                if perf_counter() - gen_end > 120:
+                    self.note(f"watch {mode}: still committing 120 s after the load ended")
+                    break
+                sleep(0.05)
+            out["settle_s"] = perf_counter() - gen_end
+            stop.set()
+            th.join()
+            log(f"watch {mode}: settled {out['settle_s']:.1f} s after the load ended; "
+                f"idle for {WATCH_IDLE_S:g} s")
+            sleep(1.0)
+            c0, t0 = cpu(), perf_counter()
+            sleep(WATCH_IDLE_S)
+            out["idle_cpu_pct"] = 100 * (cpu() - c0) / (perf_counter() - t0)
+            out["idle_commits"] = 0 if horizon() == seen[-1][0] else 1
+            p.send_signal(signal.SIGTERM)
+            rc = p.wait(60)
+            if rc != 0:
+                self.note(f"watch {mode}: protect exited with {rc} on SIGTERM")
+            load = json.loads(changes.read_text())
+            n = load["n"]
+            raw = changes.with_suffix(".json.bin").read_bytes()
+            close_ns, which = array.array("q"), array.array("l")
+            close_ns.frombytes(raw[:8 * n])
+            which.frombytes(raw[8 * n:])
+            out.update(self.watch_analysis(r, load, close_ns, which, seen, samples))
+        except subprocess.TimeoutExpired as e:
+            raise BenchError(f"protect --events {mode} did not stop: {e}") from None
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            if r is not None:
+                r.close()
+            out["log_tail"] = errtext().strip()[-500:]
+            errf.close()
+        return out
+
+    @staticmethod
+    def repo_files(repo: Path) -> tuple[int, int, int, int]:
+        """(pack files, their bytes, index data.mdb size, its disk usage)."""
+        n = size = 0
+        for dirpath, _dirs, files in os.walk(repo / "packs"):
+            for f in files:
+                with contextlib.suppress(OSError):
+                    size += os.stat(os.path.join(dirpath, f)).st_size
+                    n += 1
+        try:
+            s = os.stat(repo / "index" / "data.mdb")
+            return n, size, s.st_size, s.st_blocks * 512
+        except OSError:
+            return n, size, 0, 0
+
+    def watch_analysis(self, r, load, close_ns, which, seen, samples) -> dict:
+        """Per change: when the first commit holding its content (or a later content of
+        the same file) became readable, from the probe's horizons; per phase: the RPO
+        percentiles, the rate reached, CPU, commits, packs and index growth."""
+        import bisect
+
+        from anytime.store import timeline
+        from anytime.store.format import KIND_FILE
+        from anytime.store.volumes import get_volume
+        from anytime.vfs.view import View
+
+        t0 = perf_counter()
+        with r.read_txn() as txn:
+            vol = get_volume(r, txn, "watch")
+            commits = [t for t, _ in timeline.commits(r, txn, vol.id)]
+        # every version of every file changed: (instant, sequence number it holds)
+        versions: dict[int, tuple[list[int], list[int]]] = {}
+        for f in sorted(set(which)):
+            path = load["paths"][f].encode()
+            ts, best = [], []
+            with r.read_txn() as txn:
+                vs = list(timeline.entry_versions(r, txn, vol.id, path))
+            top = -1
+            for t, e in vs:
+                seq = -1
+                if e.kind == KIND_FILE and not e.deleted and e.size >= 10:
+                    with contextlib.suppress(Exception):
+                        seq = int(View(r, vol, t).read(e, 0, 10))
+                top = max(top, seq)
+                ts.append(t)
+                best.append(top)
+            versions[f] = (ts, best)
+        horizons = [h for h, _ in seen]
+        out: dict = {"commits": len(commits), "changes": len(close_ns),
+                     "analysis_s": 0.0, "phases": []}
+        lost = 0
+        first = 0
+        for ph in load["phases"]:
+            lags = []
+            for i in range(first, first + ph["n"]):
+                ts, best = versions[which[i]]
+                k = bisect.bisect_left(best, i + 1)
+                if k == len(best):
+                    lost += 1
+                    continue
+                j = bisect.bisect_left(horizons, ts[k])
+                if j == len(horizons):
+                    lost += 1
+                    continue
+                lags.append((seen[j][1] - close_ns[i]) / 1e9)
+            first += ph["n"]
+            lags.sort()
+            a, b = ph["start_ns"], ph["end_ns"]
+            secs = (b - a) / 1e9
+
+            def near(t):  # the probe sample nearest to wall time t
+                return min(samples, key=lambda s: abs(s[0] - t)) if samples else None
+
+            s0, s1 = near(a), near(b)
+            q = {"rate": ph["rate"], "n": ph["n"], "achieved_per_s": ph["n"] / secs,
+                 "secs": secs, "missing": ph["n"] - len(lags),
+                 "commits": sum(1 for t in commits if a <= t <= b)}
+            if lags:
+                q.update(p50=lags[len(lags) // 2], p99=lags[min(len(lags) - 1,
+                         int(len(lags) * 0.99))], max=lags[-1])
+            if s0 and s1 and s1[0] > s0[0]:
+                dt = (s1[0] - s0[0]) / 1e9
+                q.update(cpu_pct=100 * (s1[1] - s0[1]) / dt, sample_s=dt,
+                         packs=s1[2] - s0[2], pack_bytes=s1[3] - s0[3],
+                         index_bytes=s1[4] - s0[4], index_du=s1[5] - s0[5])
+            out["phases"].append(q)
+        out["lost"] = lost
+        # what the index holds at the end: entries and pages of each LMDB database (the
+        # bench reads the store's internals here; capture and vfs may not)
+        with r.read_txn() as txn:
+            out["index_dbs"] = {
+                name.decode() if isinstance(name, bytes) else str(name): {
+                    k: v for k, v in txn.stat(db).items() if k != "psize"}
+                for name, db in r.dbs.items()}
+        out["index_info"] = {k: v for k, v in r.env.info().items() if k != "map_addr"}
+        out["pack_target"] = r.pack_target
+        out["analysis_s"] = perf_counter() - t0
+        return out
+
+    def peer_backup(self, tree: Path, work: Path, first: bool) -> dict:
+        """restic and borg of the watched tree: a first backup (``first``, not timed),
+        or the timed backup after the next run's burst of changes."""
+        out: dict = {}
+        for name in ("restic", "borg"):
+            tool = self.tools[name]
+            if not tool.available():
+                continue
+            repo = work / name
+            try:
+                if first:
+                    rmtree(repo)
+                    tool.init(repo)
+                    tool.capture(repo, tree, first=True)
+                elif repo.exists():
+                    out[name] = tool.capture(repo, tree, first=False).secs
+                    log(f"watch: {name} backup after the burst {out[name]:.2f} s")
+            except BenchError as e:
+                self.note(f"watch {name}: {e}")
+        return out
+
+    def commit_cost(self, work: Path) -> dict:
+        """WATCH_COMMITS commits of one changed file through one writer session, timed
+        in-process; then the same under ``strace -c`` for the fsync calls per commit."""
+        src, repo = work / "commit-src", work / "commit-repo"
+        out: dict = {}
+        for traced in (False, True):
+            rmtree(src)
+            rmtree(repo)
+            src.mkdir(parents=True)
+            cmd = [sys.executable, "-c", COMMIT_LOOP, str(repo), str(src), str(WATCH_COMMITS)]
+            if traced:
+                if not shutil.which("strace"):
+                    self.note("strace not installed: fsyncs per commit not counted")
+                    break
+                trace = work / "strace.txt"
+                cmd = ["strace", "-f", "-c", "-o", str(trace), "-e",
+                       "trace=fsync,fdatasync,sync_file_range,msync,syncfs"] + cmd
+            res = must(run(cmd, timeout=300), "the commit loop")
+            got = json.loads(res.out.strip().splitlines()[-1])
+            if traced:
+                calls = {}
+                for line in trace.read_text().splitlines():
+                    f = line.split()
+                    if len(f) >= 5 and f[-1] in ("fsync", "fdatasync", "sync_file_range",
+                                                 "msync", "syncfs"):
+                        calls[f[-1]] = int(f[3])
+                # the repository's init and first scan are in the count too: per commit
+                # is (traced calls - those of a zero-commit run) / commits
+                out["strace_calls"] = calls
+            else:
+                cs, ss = sorted(got["commit_s"]), sorted(got["scan_s"])
+                out.update(commit_ms=1000 * cs[len(cs) // 2], scan_ms=1000 * ss[len(ss) // 2],
+                           commits=len(cs), repo_fs=filesystem_of(work))
+        if "strace_calls" in out:
+            # a run with no commits after the first scan: what init and that scan cost
+            rmtree(src)
+            rmtree(repo)
+            src.mkdir(parents=True)
+            trace0 = work / "strace0.txt"
+            must(run(["strace", "-f", "-c", "-o", str(trace0), "-e",
+                      "trace=fsync,fdatasync,sync_file_range,msync,syncfs", sys.executable,
+                      "-c", COMMIT_LOOP, str(repo), str(src), "0"], timeout=300),
+                 "the commit loop (no commits)")
+            base = {}
+            for line in trace0.read_text().splitlines():
+                f = line.split()
+                if len(f) >= 5 and f[-1] in out["strace_calls"]:
+                    base[f[-1]] = int(f[3])
+            out["strace_base"] = base
+            out["fsyncs_per_commit"] = {k: (v - base.get(k, 0)) / WATCH_COMMITS
+                                        for k, v in out["strace_calls"].items()}
+        rmtree(src)
+        rmtree(repo)
+        log(f"watch: one commit {out.get('commit_ms', 0):.2f} ms (PathScan.run "
+            f"{out.get('scan_ms', 0):.2f} ms), syncs per commit "
+            f"{out.get('fsyncs_per_commit')}")
+        return out
+
+    def watch_rows(self, res: dict, cost: dict, peers: dict) -> None:
+        for mode in WATCH_MODES:
+            phases = res.get(mode, {}).get("phases") or [{} for _ in WATCH_PHASES]
+            for (rate, _secs), ph in zip(WATCH_PHASES, phases, strict=True):
+                load = f"{rate:,} changes/s, {mode}"
+                for stat_, goal in (("p50", None), ("p99", 1.0), ("max", None)):
+                    g = goal if rate == WATCH_PHASES[0][0] else None
+                    self.add(Row("W", f"RPO {stat_} (close to readable), {load}", "watch", "s",
+                                 {"anytime": ph.get(stat_)}, "<= 1 s" if g else "(context)",
+                                 "abs_le" if g else "info", g or 0.0,
+                                 key=f"watch_rpo_{stat_}_{rate}_{mode}"))
+                missing = ph.get("missing")
+                self.add(Row("W", f"changes the load generator made per second, {load}",
+                             "watch", "/s", {"anytime": ph.get("achieved_per_s")},
+                             f"{rate:,}/s", "info", note="" if not missing else
+                             f"{missing} changes never readable"))
+                self.add(Row("W", f"CPU of the watcher, % of one core, {load}", "watch", "%",
+                             {"anytime": ph.get("cpu_pct")}, "(context)", "info"))
+            self.add(Row("W", f"CPU of the watcher at idle ({WATCH_IDLE_S:g} s), {mode}",
+                         "watch", "%", {"anytime": res.get(mode, {}).get("idle_cpu_pct")},
+                         "(context)", "info",
+                         note="fanotify marks the whole filesystem: other processes' "
+                              "changes there are read and dropped" if mode == "fanotify"
+                         else ""))
+        ph = (res.get(WATCH_MODES[0], {}).get("phases") or [{}])[0]
+        hour = 3600 / ph["secs"] if ph.get("secs") else None
+
+        def per_hour(k):
+            return ph[k] * hour if hour and ph.get(k) is not None else None
+
+        load = f"{WATCH_PHASES[0][0]:,} changes/s, {WATCH_MODES[0]}, extrapolated"
+        self.add(Row("W", f"commits per hour, {load}", "watch", "n",
+                     {"anytime": per_hour("commits")}, "(context)", "info"))
+        # a phase of seconds rarely sees a pack sealed: a session seals its open pack
+        # once it passes the pack target or PACK_MAX_AGE, so per hour that is
+        from anytime.store.session import PACK_MAX_AGE
+
+        target = res.get(WATCH_MODES[0], {}).get("pack_target")
+        packs_h = None
+        if per_hour("pack_bytes") is not None and target:
+            packs_h = max(per_hour("pack_bytes") / target, 3600 / PACK_MAX_AGE)
+        self.add(Row("W", f"pack files per hour, {load} from the pack bytes and the "
+                     f"sealing rule", "watch", "n", {"anytime": packs_h}, "(context)", "info",
+                     note=f"a session seals its open pack at {(target or 0) / MiB:.0f} MiB or "
+                          f"{PACK_MAX_AGE:.0f} s; {ph.get('packs')} pack files created in the "
+                          f"{ph.get('secs', 0):.0f} s phase"))
+        self.add(Row("W", f"pack bytes per hour, {load}", "watch", "MB",
+                     {"anytime": per_hour("pack_bytes")}, "(context)", "info"))
+        self.add(Row("W", f"index (data.mdb) growth per hour, {load}", "watch", "MB",
+                     {"anytime": per_hour("index_bytes")}, "(context)", "info",
+                     note="LMDB's file: pages in use and free pages it reuses later "
+                          "(details.watch: each database's entries and pages)"))
+        self.add(Row("W", "one commit of one changed file (CommitBuilder.commit), median",
+                     "watch", "ms", {"anytime": cost.get("commit_ms")}, "(context)", "info",
+                     note=f"the whole PathScan.run: {cost['scan_ms']:.2f} ms"
+                     if cost.get("scan_ms") else ""))
+        fs = cost.get("fsyncs_per_commit") or {}
+        self.add(Row("W", "fsync + fdatasync calls per commit (strace -c)", "watch", "n",
+                     {"anytime": (fs.get("fsync", 0) + fs.get("fdatasync", 0)) if fs
+                      else None}, "(context)", "info",
+                     note=", ".join(f"{k} {v:.2f}" for k, v in fs.items())))
+        self.add(Row("W", "peers' best RPO: one backup of the tree after the bursts, run "
+                     "back to back", "watch", "s",
+                     {"restic": peers.get("restic"), "borg": peers.get("borg")},
+                     "(context)", "info",
+                     note="restic and borg have no continuous mode: their RPO is their "
+                          "schedule, at best one backup's time"))
+
     # --- output -------------------------------------------------------------------
     def table(self) -> str:
         heads = " | ".join(HEADS[t] for t in TOOLS)
@@ -1669,6 +2213,7 @@ def main(argv=None) -> int:
                          "vary by 10-30%% from run to run)")
     ap.add_argument("--versions-commits", type=int, default=1000, help=argparse.SUPPRESS)
     ap.add_argument("--versions-files", type=int, default=1000, help=argparse.SUPPRESS)
+    ap.add_argument("--watch-scale", type=float, default=1.0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     parts = args.only or list(ALL_PARTS)
 
@@ -1695,7 +2240,7 @@ def main(argv=None) -> int:
     try:
         b.build_corpora(parts)
         order = list(ALL_PARTS)
-        once = ("versions", "startup", "shifted")  # one run each
+        once = ("versions", "startup", "shifted", "watch")  # one run each
         runs: list[list[Row]] = []
         try:
             for i in range(max(1, args.runs)):
@@ -1716,7 +2261,7 @@ def main(argv=None) -> int:
             b.rows = median_rows(runs)
             if len(runs) > 1:
                 b.note(f"each figure is the median of {len(runs)} runs (the 10^6-version, "
-                       f"start-up and shifted-content figures: one run)")
+                       f"start-up, shifted-content and continuous-capture figures: one run)")
     except KeyboardInterrupt:
         b.note("interrupted")
     finally:
