@@ -1749,6 +1749,19 @@ class Bench:
             rmtree(work)
         info.update(runs=res, commit_cost=cost, peers=peers)
         self.watch_rows(res, cost, peers)
+        self.note(f"watch (W): the watched tree on {info['tree_fs']['type']} "
+                  f"({info['tree_fs']['source']}), the repositories on "
+                  f"{info['repo_fs']['type']} ({info['repo_fs']['source']}); "
+                  f"with fanotify the watcher reads and drops the events of every other "
+                  f"process writing to the tree's filesystem, idle included; the per-hour "
+                  f"rows are extrapolated from the {WATCH_PHASES[0][1] * self.args.watch_scale:g}"
+                  f" s phase; restic and borg have no continuous mode: their RPO is their "
+                  f"schedule, one backup's time at best")
+        for mode, r in res.items():
+            for ph in r.get("phases", []):
+                if ph.get("missing"):
+                    self.note(f"watch {mode}: {ph['missing']} of {ph['n']} changes at "
+                              f"{ph['rate']:,}/s never became readable")
 
     def watch_run(self, mode: str, tree: Path, repo: Path) -> dict:
         """One ``anytime protect --events MODE`` of a fresh tree into a fresh repository,
@@ -1957,6 +1970,11 @@ class Bench:
             q = {"rate": ph["rate"], "n": ph["n"], "achieved_per_s": ph["n"] / secs,
                  "secs": secs, "missing": ph["n"] - len(lags),
                  "commits": sum(1 for t in commits if a <= t <= b)}
+            # how long each commit of the phase took: its reads began (its instant) to
+            # readable (the probe saw its horizon)
+            took = sorted((w - h) / 1e9 for h, w in seen if a <= h <= b)
+            if took:
+                q.update(commit_s_p50=took[len(took) // 2], commit_s_max=took[-1])
             if lags:
                 q.update(p50=lags[len(lags) // 2], p99=lags[min(len(lags) - 1,
                          int(len(lags) * 0.99))], max=lags[-1])
@@ -2063,12 +2081,16 @@ class Bench:
             phases = res.get(mode, {}).get("phases") or [{} for _ in WATCH_PHASES]
             for (rate, _secs), ph in zip(WATCH_PHASES, phases, strict=True):
                 load = f"{rate:,} changes/s, {mode}"
+                took = (f"{ph['commits']} commits; each took (reads began to readable) "
+                        f"{ph['commit_s_p50']:.3f} s median, {ph['commit_s_max']:.3f} s at "
+                        f"most" if ph.get("commit_s_p50") is not None else "")
                 for stat_, goal in (("p50", None), ("p99", 1.0), ("max", None)):
                     g = goal if rate == WATCH_PHASES[0][0] else None
                     self.add(Row("W", f"RPO {stat_} (close to readable), {load}", "watch", "s",
                                  {"anytime": ph.get(stat_)}, "<= 1 s" if g else "(context)",
                                  "abs_le" if g else "info", g or 0.0,
-                                 key=f"watch_rpo_{stat_}_{rate}_{mode}"))
+                                 key=f"watch_rpo_{stat_}_{rate}_{mode}",
+                                 note=took if stat_ == "p99" else ""))
                 missing = ph.get("missing")
                 self.add(Row("W", f"changes the load generator made per second, {load}",
                              "watch", "/s", {"anytime": ph.get("achieved_per_s")},
