@@ -239,6 +239,8 @@ class LocalDirPackStore(PackStore):
 
     def sync(self, pack_ids: Iterable[bytes]) -> None:
         dirs = {os.path.dirname(self.path(p)) for p in pack_ids}
+        if not dirs:
+            return  # no new name to make durable
         try:
             for d in sorted(dirs) + [self.top]:  # the subdirectories' entries in packs/
                 fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

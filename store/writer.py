@@ -549,9 +549,6 @@ class CommitBuilder:
         self._end_sampling()
         # a session's open pack stays open (flushed, not sealed) unless it is old
         keep = self.session.keep_open() if self.session else False
-        # chunks durable (the blocks indexed early name them); the pack stays open for
-        # the history records
-        packs = self.packw.sync(self.session is not None)
         repo, dbs = self.repo, self.repo.dbs
         by_code = {code: dbs[name] for code, name in HIST_DBS.items()}
         vid = self.vol.id
@@ -573,8 +570,9 @@ class CommitBuilder:
         more = list(itertools.islice(records, per_txn))
         if more or len(self._new_blocks) > BLOCKS_PER_TXN:
             # every new block indexed before a staged record names it, and at most
-            # BLOCKS_PER_TXN of them in one transaction
-            self._flush_blocks(wait=True, synced=packs)
+            # BLOCKS_PER_TXN of them in one transaction: their packs durable first (a
+            # session's open pack flushed, left open for the history records)
+            self._flush_blocks(wait=True, synced=self.packw.sync(self.session is not None))
         if more:
             repo.require_feature(FEATURE_STAGED)
         staged = False
