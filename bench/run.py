@@ -2249,7 +2249,7 @@ def main(argv=None) -> int:
 
     pkg_root = Path(anytime.store.__file__).resolve().parent.parent
     subprocess.run([sys.executable, "-m", "compileall", "-q", *(str(pkg_root / d) for d in
-                    ("store", "capture", "vfs", "tools"))], check=False,
+                    ("store", "fusekit", "capture", "vfs", "tools"))], check=False,
                    stdout=subprocess.DEVNULL)
     b = Bench(args)
     missing = [t for t in TOOLS if not b.avail(t)]
