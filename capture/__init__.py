@@ -23,7 +23,7 @@ from anytime.store.volumes import volume_for_source
 from .excludes import Excluder, read_pattern_file
 from .scan import Interrupted, Scanner, ScanReport
 
-__all__ = ["snapshot", "protecting", "Interrupted", "ScanReport", "read_pattern_file"]
+__all__ = ["snapshot", "protecting", "protect_shim", "Interrupted", "ScanReport", "read_pattern_file"]
 
 
 def source_dir(path: str, what: str = "snapshot") -> str:
@@ -95,3 +95,37 @@ def protecting(repo, paths: list[str], name: str | None = None, excludes: list[s
             yield watcher
         finally:
             watcher.close()
+
+
+def protect_shim(repo, path: str, name: str | None = None, sync: bool = False, progress=None,
+         on_ready=None, warn=None):
+    """Every-write capture of the tree at ``path`` (capture/shim.py): its volume (created
+    on first use) is scanned whole, then a passthrough filesystem is mounted over
+    ``path`` and every operation through it recorded with its instant, until it is
+    unmounted. ``warn(message)`` is told of files already open under ``path`` (their
+    writes bypass the shim). Returns the recorder (its counts)."""
+    from anytime.fusekit.mounting import SignalUnmount
+    from anytime.store.session import WriterSession
+
+    from . import shim as shim_  # (the module: this function is protect_shim)
+
+    source = source_dir(path, "protect")
+    shim_.clear_dead_mount(os.fsencode(source))
+    # signals blocked before any thread starts (the session's own included): a signal
+    # then unmounts the shim, which ends it cleanly
+    with SignalUnmount(source) as stop, WriterSession(repo) as session:
+        vol = volume_for_source(repo, source, name, clock.now_ns())
+        scan = Scanner(repo, vol, os.fsencode(source), progress=progress, session=session)
+        scan.skip_empty = vol.horizon != 0
+        scan.run({"kind": "scan", "source": source, "started_ns": clock.now_ns(),
+                  "by": "shim"})
+        if progress:
+            progress.clear()
+        if warn:
+            for pid, p in shim_.open_elsewhere(os.fsencode(source))[:20]:
+                warn(f"{os.fsdecode(p)} is open in process {pid}: its writes through that "
+                     f"descriptor bypass the shim (reopen it)")
+        if stop.signum is not None:  # stopped during the scan: nothing to mount
+            return shim_.Recorder(repo, session, vol, os.fsencode(source))
+        return shim_.serve(repo, session, vol, os.fsencode(source), sync=sync,
+                           on_ready=on_ready)

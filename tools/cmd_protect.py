@@ -43,8 +43,13 @@ def register(sub, common) -> None:
                     "change is committed within about a second. Runs in the foreground "
                     "until SIGTERM or Ctrl-C, which commit what is pending first.")
     p.add_argument("paths", nargs="+", metavar="PATH")
-    p.add_argument("--mode", choices=["watch"], default="watch",
-                   help="how changes are captured: watch (change events; the default)")
+    p.add_argument("--mode", choices=["watch", "shim"], default="watch",
+                   help="how changes are captured: watch (change events, about a second "
+                        "behind; the default), or shim (a passthrough filesystem mounted "
+                        "over PATH: every write recorded with its instant, RPO 0)")
+    p.add_argument("--sync", action="store_true",
+                   help="(shim) an application's fsync also waits until its writes are "
+                        "durable in the repository")
     p.add_argument("--events", choices=["auto", "fanotify", "inotify"], default="auto",
                    help="change-event source: fanotify for the whole filesystem (needs "
                         "root), inotify (one watch per directory); auto: fanotify where "
@@ -137,6 +142,8 @@ def cmd_protect(args) -> int:
         print("anytime: watching; each change is committed within about a second",
               file=sys.stderr, flush=True)
 
+    if args.mode == "shim":
+        return _protect_shim(args, ready)
     with open_repo(args) as repo:
         progress = Progress()
         with protecting(repo, args.paths, name=args.name, excludes=excludes,
@@ -159,6 +166,33 @@ def cmd_protect(args) -> int:
         total = sum(t.commits for t in watcher.trees)
         print(f"anytime: stopped; {total} commits made, every change up to now committed",
               file=sys.stderr)
+    return 0
+
+
+def _protect_shim(args, ready) -> int:
+    from anytime.capture import protect_shim
+    from anytime.store.errors import UsageError
+
+    from .progress import Progress
+
+    if len(args.paths) != 1 or args.exclude or args.exclude_file or args.one_file_system:
+        raise UsageError("--mode shim protects one tree, whole (no --exclude or -x)")
+
+    def warn(msg: str) -> None:
+        print(f"anytime: warning: {msg}", file=sys.stderr, flush=True)
+
+    def mounted() -> None:
+        print(f"anytime: shim mounted over {args.paths[0]}; every write through it is "
+              f"recorded with its instant", file=sys.stderr, flush=True)
+        ready()
+
+    with open_repo(args) as repo:
+        print(f"anytime: protecting {args.paths[0]} with a shim (every write recorded); "
+              f"stop with Ctrl-C or SIGTERM", file=sys.stderr, flush=True)
+        rec = protect_shim(repo, args.paths[0], name=args.name, sync=args.sync,
+                           progress=Progress(), on_ready=mounted, warn=warn)
+    print(f"anytime: stopped; {rec.ops} operations recorded in {rec.commits} commits, "
+          f"the tree left as the applications last wrote it", file=sys.stderr)
     return 0
 
 

@@ -1,0 +1,763 @@
+"""Every-write capture: a FUSE passthrough over the protected tree itself.
+
+Terms:
+  shim         a FUSE filesystem mounted over PATH, whose every operation is applied to
+               the real tree underneath (reached through a directory descriptor opened
+               before mounting: ``*at`` calls relative to it) and recorded with the
+               instant it completed. Applications keep using PATH.
+  operation    a call that changes data or metadata: write, truncate, create, mkdir,
+               mknod, symlink, link, unlink, rmdir, rename, chmod, chown, utimens,
+               setxattr, removexattr. Each gets its own instant (``stamp``: the wall
+               clock, made strictly increasing) once it has been applied, taken under
+               the lock of the file or tree it changes, so two operations on one file
+               are recorded in the order they happened.
+  record       what an operation becomes in the index: path versions (a file's entry
+               from ``fstat``/``lstat`` right after the operation) and block versions,
+               all at the operation's instant (a *timed* commit, docs/format.md I15).
+  write        recorded as the blocks it touches: the written bytes become one chunk,
+               and each touched block's new reference is the old block's slices with the
+               written range replaced by a slice of that chunk (``format.encode_ref``).
+               A block whose reference would pass ``MAX_SLICES`` slices is read back
+               from the real file (under the file's lock, so exactly as it is after
+               this operation) and stored whole instead.
+  group commit the recorder thread commits what is queued every ``GROUP_S`` seconds
+               (or ``GROUP_OPS`` operations) through the writer session: one fdatasync
+               of the open pack and one index transaction for many operations. The
+               view at an instant T is then the tree after exactly the operations whose
+               instant is at most T, across every file of the volume.
+  --sync       ``fsync``/``fdatasync`` of an application also waits until its file's
+               operations so far are committed (durable in the repository).
+
+The index holds the tree as it was when the shim started (a whole-tree scan first), and
+each file's block references are kept in memory once an operation touched it (the
+recorder may not have committed them yet); ``_File`` is that state.
+
+Limits of this first version (docs/shim.md): a directory renamed is recorded by walking
+it under the tree lock; ``fallocate`` is refused (EOPNOTSUPP); a write the repository
+cannot take (full disk) stops the shim's recording with an error, it does not record a
+gap yet.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import queue
+import stat as st_
+import threading
+import time
+
+from anytime.store import clock, timeline
+from anytime.store.format import (
+    HOLE_ID,
+    KIND_DELETED,
+    KIND_DIR,
+    KIND_FILE,
+    KIND_SYMLINK,
+    MAX_INSTANT,
+    Entry,
+    block_id,
+    decode_ref,
+    encode_ref,
+    join_path,
+    kind_of,
+)
+from anytime.store.localfs import read_xattrs
+
+#: Seconds between group commits while operations come.
+GROUP_S = 0.05
+#: Operations queued before a group commit is made at once.
+GROUP_OPS = 4096
+#: Largest write request the kernel sends.
+MAX_WRITE = 1 << 20
+#: Slices a block reference may have before the block is stored whole again.
+MAX_SLICES = 32
+
+
+def _rel(path: str) -> bytes:
+    """``/a/b`` (a FUSE path) -> ``b"a/b"``; ``/`` -> ``b""``."""
+    return os.fsencode(path.lstrip("/"))
+
+
+def _at(rel: bytes) -> bytes:
+    return rel or b"."
+
+
+class _File:
+    """The content state of one file id: its size and the slices of the blocks an
+    operation touched (others are read from the index when needed)."""
+
+    __slots__ = ("fid", "size", "blocks", "lock")
+
+    def __init__(self, fid: int, size: int):
+        self.fid = fid
+        self.size = size
+        self.blocks: dict[int, list[tuple[bytes, int, int]]] = {}
+        self.lock = threading.Lock()
+
+
+class Recorder:
+    """Takes the records of operations (in instant order) and group-commits them
+    through ``session`` into ``vol``; runs in a thread of its own."""
+
+    def __init__(self, repo, session, vol, source: bytes, sync: bool = False):
+        self.repo = repo
+        self.session = session
+        self.vol = vol
+        self.source = source
+        self.sync = sync
+        self.q: queue.Queue = queue.Queue()
+        self._stamp_lock = threading.Lock()
+        self._last = vol.horizon
+        self.committed_to = vol.horizon  # every operation at or before it is committed
+        self._cond = threading.Condition()
+        self.error: BaseException | None = None
+        self.commits = 0
+        self.ops = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="anytime-recorder",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stamp_and_put(self, records: list) -> int:
+        """An instant strictly after every earlier one, with ``records`` queued at it
+        (in the order of instants: stamping and queueing are one step)."""
+        if self.error is not None:
+            raise OSError(errno.EIO, f"the shim cannot record: {self.error}")
+        with self._stamp_lock:
+            t = max(clock.now_ns(), self._last + 1)
+            self._last = t
+            self.q.put((t, records))
+        return t
+
+    def wait_committed(self, t: int) -> None:
+        """Block until every operation at or before instant ``t`` is committed."""
+        with self._cond:
+            while self.committed_to < t and self.error is None:
+                self._cond.wait(1.0)
+        if self.error is not None:
+            raise OSError(errno.EIO, f"the shim cannot record: {self.error}")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            stopping = self._stop.is_set()
+            batch = []
+            try:
+                batch.append(self.q.get(timeout=GROUP_S))
+            except queue.Empty:
+                if stopping:
+                    return
+                continue
+            end = time.monotonic() + GROUP_S
+            while len(batch) < GROUP_OPS:
+                left = end - time.monotonic()
+                if left <= 0 and not self.sync:
+                    break
+                try:
+                    batch.append(self.q.get(timeout=max(left, 0.0)) if left > 0
+                                 else self.q.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._commit(batch)
+            except BaseException as e:  # the shim answers EIO from now on
+                self.error = e
+                with self._cond:
+                    self._cond.notify_all()
+                return
+
+    def _commit(self, batch: list) -> None:
+        b = self.session.builder(self.vol)
+        last = 0
+        try:
+            for t, records in batch:
+                last = t
+                for rec in records:
+                    kind = rec[0]
+                    if kind == "entry":
+                        b.put_entry(rec[1], rec[2], at=t)
+                    elif kind == "block":
+                        b.put_block_version(rec[1], rec[2], rec[3], at=t)
+                    elif kind == "chunk":
+                        b.store_chunk(rec[1])
+                    elif kind == "inode":
+                        b.map_inode(*rec[1:])
+            b.commit({"kind": "shim", "source": os.fsdecode(self.source), "ops": len(batch)},
+                     instant=last)
+        except BaseException:
+            b.abort()
+            raise
+        self.commits += 1
+        self.ops += len(batch)
+        with self._cond:
+            self.committed_to = last
+            self._cond.notify_all()
+
+
+def _fuse():
+    from anytime.fusekit.mounting import load_mfusepy
+
+    return load_mfusepy()
+
+
+class ShimOps:
+    """The passthrough operations (an mfusepy ``Operations``, built by
+    :func:`operations` so that mfusepy is imported only when a shim runs)."""
+
+    def __init__(self, repo, recorder: Recorder, root_fd: int):
+        self.repo = repo
+        self.rec = recorder
+        self.vid = recorder.vol.id
+        self.bs = recorder.vol.block_size
+        self.root = root_fd
+        self.key = repo.block_key
+        self.files: dict[int, _File] = {}  # file id -> state
+        self.fids: dict[bytes, int] = {}  # path -> file id, for paths met since start
+        self.tree_lock = threading.RLock()  # names: create, unlink, rename, ...
+        self._state_lock = threading.Lock()
+        self.fh_fid: dict[int, int] = {}
+
+    # --- state ---------------------------------------------------------------------------
+    def _fid(self, rel: bytes) -> int | None:
+        fid = self.fids.get(rel)
+        if fid is None:
+            with self.repo.read_txn() as txn:
+                e = timeline.entry_at(self.repo, txn, self.vid, rel, MAX_INSTANT)
+            if e is not None and e.kind == KIND_FILE:
+                fid = e.file_id
+                self.fids[rel] = fid
+                with self._state_lock:
+                    self.files.setdefault(fid, _File(fid, e.size))
+        return fid
+
+    def _file(self, fid: int) -> _File:
+        return self.files[fid]
+
+    def _slices(self, f: _File, b: int) -> list[tuple[bytes, int, int]]:
+        """The slices of block ``b`` of ``f`` as it is now (lock held)."""
+        got = f.blocks.get(b)
+        if got is not None:
+            return got
+        n = min(self.bs, f.size - b * self.bs)
+        if n <= 0:
+            return []
+        with self.repo.read_txn() as txn:
+            ref = timeline.block_at(self.repo, txn, self.vid, f.fid, b, MAX_INSTANT)
+        out = [(cid, off, n if ln is None else ln) for cid, off, ln in decode_ref(ref)]
+        f.blocks[b] = out
+        return out
+
+    @staticmethod
+    def _cut(slices, lo: int, hi: int) -> list:
+        """The part [lo, hi) of a block made of ``slices``."""
+        out, pos = [], 0
+        for cid, off, n in slices:
+            a, z = max(lo, pos), min(hi, pos + n)
+            if a < z:
+                out.append((cid, off + a - pos, z - a))
+            pos += n
+        if pos < hi:  # past what the block held: zeros
+            out.append((HOLE_ID, 0, hi - max(lo, pos)))
+        return out
+
+    def _entry(self, rel: bytes, fd: int | None = None, fid: int | None = None) -> Entry:
+        s = os.fstat(fd) if fd is not None else os.lstat(_at(rel), dir_fd=self.root)
+        e = Entry.from_stat(s)
+        if e.kind == KIND_SYMLINK:
+            e.target = os.readlink(_at(rel), dir_fd=self.root)
+        else:
+            try:
+                e.xattrs = read_xattrs(fd if fd is not None else self._abs(rel))
+            except OSError:
+                pass
+        if e.kind == KIND_FILE:
+            e.file_id = fid if fid is not None else self._fid_for_new(rel)
+        return e
+
+    def _abs(self, rel: bytes) -> bytes:
+        return b"/proc/self/fd/%d/%s" % (self.root, rel) if rel else b"/proc/self/fd/%d" % self.root
+
+    def _fid_for_new(self, rel: bytes) -> int:
+        fid = self._fid(rel)
+        if fid is None:
+            fid = self.rec.vol.next_file_id
+            self.rec.vol.next_file_id += 1
+            self.fids[rel] = fid
+            with self._state_lock:
+                self.files[fid] = _File(fid, 0)
+        return fid
+
+    def _record_path(self, rel: bytes, extra: list | None = None) -> None:
+        """Record ``rel`` as it is on disk now (deleted if gone)."""
+        try:
+            e = self._entry(rel)
+        except FileNotFoundError:
+            e = Entry(KIND_DELETED)
+            self.fids.pop(rel, None)
+        self.rec.stamp_and_put((extra or []) + [("entry", rel, e)])
+
+    # --- the operations --------------------------------------------------------------------
+    def getattr(self, path, fh=None):
+        s = os.fstat(fh) if fh is not None else os.lstat(_at(_rel(path)), dir_fd=self.root)
+        return {k: getattr(s, k) for k in (
+            "st_mode", "st_ino", "st_dev", "st_nlink", "st_uid", "st_gid", "st_size",
+            "st_atime", "st_mtime", "st_ctime", "st_blocks", "st_rdev")} | {
+            "st_atime_ns": s.st_atime_ns, "st_mtime_ns": s.st_mtime_ns,
+            "st_ctime_ns": s.st_ctime_ns}
+
+    def readdir(self, path, fh):
+        """Names with their inode numbers and types (with ``use_ino`` an entry of inode
+        0 would be skipped by readdir(3))."""
+        fd = os.open(_at(_rel(path)), os.O_RDONLY | os.O_DIRECTORY, dir_fd=self.root)
+        try:
+            with os.scandir(fd) as it:
+                out = []
+                for de in it:
+                    try:
+                        mode = de.stat(follow_symlinks=False).st_mode
+                    except OSError:
+                        continue
+                    out.append((de.name, {"st_ino": de.inode(), "st_mode": mode}, 0))
+        finally:
+            os.close(fd)
+        return [".", ".."] + out
+
+    def readlink(self, path):
+        return os.fsdecode(os.readlink(_at(_rel(path)), dir_fd=self.root))
+
+    def statfs(self, path):
+        s = os.statvfs(self._abs(b""))
+        return {k: getattr(s, k) for k in ("f_bsize", "f_frsize", "f_blocks", "f_bfree",
+                                           "f_bavail", "f_files", "f_ffree", "f_favail",
+                                           "f_namemax")}
+
+    def access(self, path, amode):
+        if not os.access(_at(_rel(path)), amode, dir_fd=self.root, follow_symlinks=False):
+            raise OSError(errno.EACCES, "")
+        return 0
+
+    def open(self, path, flags):
+        rel = _rel(path)
+        fd = os.open(_at(rel), flags & ~os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     dir_fd=self.root)
+        if flags & os.O_TRUNC:
+            with self.tree_lock:
+                fid = self._fid_for_new(rel)
+                self._truncated(rel, fid, fd, 0)
+        return fd
+
+    def create(self, path, mode, fi=None):
+        rel = _rel(path)
+        with self.tree_lock:
+            fd = os.open(_at(rel), os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, mode, dir_fd=self.root)
+            self._own(fd=fd)
+            existing = self.fids.get(rel)
+            if existing is not None:
+                self._truncated(rel, existing, fd, 0)
+            else:
+                self.fids.pop(rel, None)
+                fid = self.rec.vol.next_file_id
+                self.rec.vol.next_file_id += 1
+                self.fids[rel] = fid
+                with self._state_lock:
+                    self.files[fid] = _File(fid, 0)
+                self.rec.stamp_and_put([("entry", rel, self._entry(rel, fd, fid))])
+        return fd
+
+    def _own(self, fd: int | None = None, rel: bytes | None = None) -> None:
+        """Give what the caller created to the caller (the shim runs as root)."""
+        uid, gid, _pid = _fuse().fuse_get_context()
+        if os.geteuid() != 0:
+            return
+        if fd is not None:
+            os.fchown(fd, uid, gid)
+        else:
+            os.chown(_at(rel), uid, gid, dir_fd=self.root, follow_symlinks=False)
+
+    def read(self, path, size, offset, fh):
+        return os.pread(fh, size, offset)
+
+    def write(self, path, data, offset, fh):
+        rel = _rel(path)
+        fid = self._fid_for_new(rel)
+        f = self._file(fid)
+        with f.lock:
+            n = os.pwrite(fh, data, offset)
+            data = bytes(data[:n])
+            records = self._write_records(f, fh, offset, data)
+            s = os.fstat(fh)
+            new_size = s.st_size
+            grown = new_size != f.size
+            f.size = new_size
+            if grown:
+                records.append(("entry", rel, self._entry(rel, fh, fid)))
+            self.rec.stamp_and_put(records)
+        return n
+
+    def _write_records(self, f: _File, fh: int, offset: int, data: bytes) -> list:
+        bs = self.bs
+        cid = block_id(self.key, data)
+        records = [("chunk", data)] if cid != HOLE_ID else []
+        end = offset + len(data)
+        size_after = max(f.size, end)
+        for b in range(offset // bs, (end - 1) // bs + 1 if data else offset // bs):
+            lo, hi = b * bs, min((b + 1) * bs, size_after)
+            old = self._slices(f, b)
+            wlo, whi = max(offset, lo) - lo, min(end, hi) - lo
+            new = self._cut(old, 0, wlo) + [(cid, max(offset, lo) - offset, whi - wlo)] \
+                + self._cut(old, whi, hi - lo)
+            new = [sl for sl in new if sl[2] > 0]
+            new = _merge(new)
+            if len(new) > MAX_SLICES:  # read back exactly as the file is now
+                whole = os.pread(fh, hi - lo, lo)
+                wid = block_id(self.key, whole)
+                if wid != HOLE_ID:
+                    records.append(("chunk", whole))
+                new = [(wid, 0, len(whole))]
+            f.blocks[b] = new
+            ref = new[0][0] if len(new) == 1 and new[0][1] == 0 else encode_ref(new)
+            records.append(("block", f.fid, b, ref))
+        return records
+
+    def truncate(self, path, length, fh=None):
+        rel = _rel(path)
+        with self.tree_lock:
+            fid = self._fid_for_new(rel)
+            if fh is not None:
+                os.ftruncate(fh, length)
+                self._truncated(rel, fid, fh, length)
+            else:
+                fd = os.open(_at(rel), os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             dir_fd=self.root)
+                try:
+                    os.ftruncate(fd, length)
+                    self._truncated(rel, fid, fd, length)
+                finally:
+                    os.close(fd)
+        return 0
+
+    def _truncated(self, rel: bytes, fid: int, fd: int, length: int) -> None:
+        """Record file ``fid`` cut (or grown) to ``length``: the blocks past it become
+        holes, the last one is cut, so a later growth reads zeros there."""
+        f = self._file(fid)
+        with f.lock:
+            bs = self.bs
+            records = []
+            old_blocks = (f.size + bs - 1) // bs
+            keep = (length + bs - 1) // bs
+            if length < f.size:
+                if length % bs:
+                    b = length // bs
+                    cut = self._cut(self._slices(f, b), 0, length % bs)
+                    f.blocks[b] = cut
+                    records.append(("block", fid, b, encode_ref(_merge(cut))))
+                for b in range(keep, old_blocks):
+                    f.blocks[b] = []
+                    records.append(("block", fid, b, HOLE_ID))
+            f.size = length
+            records.append(("entry", rel, self._entry(rel, fd, fid)))
+            self.rec.stamp_and_put(records)
+
+    def fsync(self, path, datasync, fh):
+        if datasync:
+            os.fdatasync(fh)
+        else:
+            os.fsync(fh)
+        if self.rec.sync:
+            self.rec.wait_committed(self.rec.stamp_and_put([]))
+        return 0
+
+    def flush(self, path, fh):
+        return 0
+
+    def release(self, path, fh):
+        os.close(fh)
+        return 0
+
+    def unlink(self, path):
+        rel = _rel(path)
+        with self.tree_lock:
+            os.unlink(_at(rel), dir_fd=self.root)
+            self.fids.pop(rel, None)
+            self.rec.stamp_and_put([("entry", rel, Entry(KIND_DELETED))])
+        return 0
+
+    def mkdir(self, path, mode):
+        rel = _rel(path)
+        with self.tree_lock:
+            os.mkdir(_at(rel), mode, dir_fd=self.root)
+            self._own(rel=rel)
+            self._record_path(rel)
+        return 0
+
+    def rmdir(self, path):
+        rel = _rel(path)
+        with self.tree_lock:
+            os.rmdir(_at(rel), dir_fd=self.root)
+            self.rec.stamp_and_put([("entry", rel, Entry(KIND_DELETED))])
+        return 0
+
+    def mknod(self, path, mode, dev):
+        rel = _rel(path)
+        with self.tree_lock:
+            os.mknod(_at(rel), mode, dev, dir_fd=self.root)
+            self._own(rel=rel)
+            if st_.S_ISREG(mode):
+                self.fids.pop(rel, None)
+            self._record_path(rel)
+        return 0
+
+    def symlink(self, target, source):
+        # mfusepy: symlink(target: the new link's path, source: what it points to)
+        rel = _rel(target)
+        with self.tree_lock:
+            os.symlink(os.fsencode(source), _at(rel), dir_fd=self.root)
+            self._own(rel=rel)
+            self._record_path(rel)
+        return 0
+
+    def link(self, target, source):
+        new, old = _rel(target), _rel(source)
+        with self.tree_lock:
+            os.link(_at(old), _at(new), src_dir_fd=self.root, dst_dir_fd=self.root,
+                    follow_symlinks=False)
+            fid = self._fid(old)
+            if fid is not None:
+                self.fids[new] = fid
+            records = [("entry", new, self._entry(new, fid=fid))]
+            if fid is not None:  # the old name's link count changed too
+                records.append(("entry", old, self._entry(old, fid=fid)))
+            self.rec.stamp_and_put(records)
+        return 0
+
+    def rename(self, old, new):
+        o, n = _rel(old), _rel(new)
+        with self.tree_lock:
+            s = os.lstat(_at(o), dir_fd=self.root)
+            os.rename(_at(o), _at(n), src_dir_fd=self.root, dst_dir_fd=self.root)
+            records = [("entry", o, Entry(KIND_DELETED))]
+            if st_.S_ISDIR(s.st_mode):
+                records += self._moved_tree(o, n)
+            else:
+                fid = self.fids.pop(o, None)
+                if fid is None and st_.S_ISREG(s.st_mode):
+                    fid = self._fid(o)
+                    self.fids.pop(o, None)
+                if fid is not None:
+                    self.fids[n] = fid
+                records.append(("entry", n, self._entry(n, fid=fid)))
+            self.rec.stamp_and_put(records)
+        return 0
+
+    def _moved_tree(self, old: bytes, new: bytes) -> list:
+        """Records of directory ``old`` renamed to ``new``: every entry under ``new``,
+        each file with the file id it had under ``old``."""
+        records = []
+        stack = [(old, new)]
+        while stack:
+            o, n = stack.pop()
+            records.append(("entry", n, self._entry(n, fid=0)))
+            fd = os.open(_at(n), os.O_RDONLY | os.O_DIRECTORY, dir_fd=self.root)
+            try:
+                names = [os.fsencode(n) for n in os.listdir(fd)]
+            finally:
+                os.close(fd)
+            for name in names:
+                co, cn = join_path(o, name), join_path(n, name)
+                s = os.lstat(_at(cn), dir_fd=self.root)
+                k = kind_of(s.st_mode)
+                if k == KIND_DIR:
+                    stack.append((co, cn))
+                    continue
+                fid = None
+                if k == KIND_FILE:
+                    fid = self.fids.pop(co, None) or self._fid(co)
+                    self.fids.pop(co, None)
+                    self.fids[cn] = fid
+                records.append(("entry", cn, self._entry(cn, fid=fid)))
+        for p in [p for p in self.fids if p.startswith(old + b"/")]:
+            del self.fids[p]
+        records[0] = ("entry", new, self._entry(new))
+        return records
+
+    def chmod(self, path, mode):
+        rel = _rel(path)
+        os.chmod(_at(rel), mode, dir_fd=self.root, follow_symlinks=False) if rel else \
+            os.chmod(self._abs(b""), mode)
+        with self.tree_lock:
+            self._record_path(rel)
+        return 0
+
+    def chown(self, path, uid, gid):
+        rel = _rel(path)
+        os.chown(_at(rel), uid, gid, dir_fd=self.root, follow_symlinks=False)
+        with self.tree_lock:
+            self._record_path(rel)
+        return 0
+
+    def utimens(self, path, times=None):
+        rel = _rel(path)
+        os.utime(_at(rel), ns=times, dir_fd=self.root, follow_symlinks=False)
+        with self.tree_lock:
+            self._record_path(rel)
+        return 0
+
+    def getxattr(self, path, name, position=0):
+        try:
+            return os.getxattr(self._abs(_rel(path)), name, follow_symlinks=False)
+        except OSError as e:
+            raise OSError(e.errno, "") from None
+
+    def listxattr(self, path):
+        return os.listxattr(self._abs(_rel(path)), follow_symlinks=False)
+
+    def setxattr(self, path, name, value, options, position=0):
+        rel = _rel(path)
+        os.setxattr(self._abs(rel), name, value, options, follow_symlinks=False)
+        with self.tree_lock:
+            self._record_path(rel)
+        return 0
+
+    def removexattr(self, path, name):
+        rel = _rel(path)
+        os.removexattr(self._abs(rel), name, follow_symlinks=False)
+        with self.tree_lock:
+            self._record_path(rel)
+        return 0
+
+    def fallocate(self, path, mode, offset, length, fh):
+        raise OSError(errno.EOPNOTSUPP, "")
+
+
+def _merge(slices: list) -> list:
+    """Adjacent slices of one chunk that follow each other, as one."""
+    out = []
+    for cid, off, n in slices:
+        if out and out[-1][0] == cid and out[-1][1] + out[-1][2] == off:
+            out[-1] = (cid, out[-1][1], out[-1][2] + n)
+        else:
+            out.append((cid, off, n))
+    return out
+
+
+def operations(ops: ShimOps):
+    """An mfusepy Operations object that calls ``ops``, OSErrors as errno replies."""
+    mfusepy = _fuse()
+
+    class _Ops(mfusepy.Operations):
+        def init_with_config(self, conn, config):
+            if conn is not None:  # writes of up to 1 MiB in one request
+                conn.max_write = MAX_WRITE
+            if config is not None:
+                config.use_ino = 1
+                # nothing cached: several paths may name one inode (hardlinks),
+                # whose attributes change through any of them
+                config.entry_timeout = config.attr_timeout = 0.0
+                config.negative_timeout = 0.0
+
+    def wrap(fn):
+        def call(self, *args, **kw):
+            try:
+                return fn(*args, **kw)
+            except OSError as e:
+                raise mfusepy.FuseOSError(e.errno or errno.EIO) from None
+        return call
+
+    for name in ("getattr", "readdir", "readlink", "statfs", "access", "open", "create",
+                 "read", "write", "truncate", "fsync", "flush", "release", "unlink",
+                 "mkdir", "rmdir", "mknod", "symlink", "link", "rename", "chmod", "chown",
+                 "utimens", "getxattr", "listxattr", "setxattr", "removexattr",
+                 "fallocate"):
+        setattr(_Ops, name, wrap(getattr(ops, name)))
+    return _Ops()
+
+
+def open_elsewhere(source: bytes) -> list[tuple[int, bytes]]:
+    """(pid, path) of files under ``source`` that processes hold open now: their writes
+    would bypass a shim mounted over it."""
+    inside = source.rstrip(b"/") + b"/"
+    found = []
+    try:
+        pids = [p for p in os.listdir(b"/proc") if p.isdigit()]
+    except OSError:
+        return found
+    me = str(os.getpid()).encode()
+    for pid in pids:
+        if pid == me:
+            continue
+        try:
+            fds = os.listdir(b"/proc/" + pid + b"/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(b"/proc/" + pid + b"/fd/" + fd)
+            except OSError:
+                continue
+            if target.startswith(inside):
+                found.append((int(pid), target))
+    return found
+
+
+def clear_dead_mount(path: bytes) -> None:
+    """Detach a shim left mounted at ``path`` by a process that died (its mount answers
+    ENOTCONN), so the tree underneath is reachable again."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ENOTCONN:
+            from anytime.fusekit.mounting import detach
+
+            detach(os.fsdecode(path))
+
+
+def serve(repo, session, vol, source: bytes, sync: bool = False, on_ready=None,
+          debug: bool = False) -> Recorder:
+    """Mount the shim over ``source`` and serve it until it is unmounted (``fusermount3
+    -u``, or a signal: the caller holds a ``fusekit.mounting.SignalUnmount`` for
+    ``source`` from before any thread starts, so that every thread has the signals
+    blocked); returns its recorder, stopped, every operation committed."""
+    mfusepy = _fuse()
+    root_fd = os.open(source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    rec = Recorder(repo, session, vol, source, sync)
+    ops = ShimOps(repo, rec, root_fd)
+    rec.start()
+    opts = {"foreground": True, "fsname": f"anytime-shim:{vol.name}", "subtype": "anytime-shim",
+            "default_permissions": True, "use_ino": True, "max_threads": 16}
+    if os.geteuid() == 0:
+        opts["allow_other"] = True
+    if debug:
+        opts["debug"] = True
+    mountpoint = os.fsdecode(source)
+    try:
+        if on_ready:
+            threading.Thread(target=_when_mounted, args=(mountpoint, root_fd, on_ready),
+                             daemon=True).start()
+        mfusepy.FUSE(operations(ops), mountpoint, **opts)
+    finally:
+        rec.stop()
+        os.close(root_fd)
+    if rec.error is not None:
+        raise rec.error
+    return rec
+
+
+def _when_mounted(mountpoint: str, root_fd: int, on_ready) -> None:
+    """Call ``on_ready`` once the shim answers at ``mountpoint``."""
+    under = os.fstat(root_fd)
+    for _ in range(500):
+        try:
+            s = os.stat(mountpoint)
+            if s.st_dev != under.st_dev:
+                on_ready()
+                return
+        except OSError:
+            pass
+        time.sleep(0.01)
