@@ -23,6 +23,8 @@ from conftest import anytime_command
 from test_mount import mounted
 from treeutil import at_epoch
 
+from anytime.store import clock
+
 pytestmark = [
     pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse"),
     pytest.mark.skipif(os.geteuid() != 0, reason="the shim mounts over a tree as root"),
@@ -185,3 +187,72 @@ def test_kill_9_leaves_the_repository_consistent_and_the_tree_intact(anytime, sh
     (src / "g").write_text("after\n")
     assert s.stop() == 0
     assert anytime("cat", src / "g", check=0).stdout == b"after\n"
+
+
+def _run(*cmd) -> str:
+    return subprocess.run(list(map(str, cmd)), check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def test_an_ext4_image_under_the_shim_mounts_as_it_was(anytime, shim, src, tmp_path):
+    """A disk image in a shimmed tree, on a loop device with ext4 on it: captured block
+    by block as ext4 writes, and the image at a past instant is that filesystem then."""
+    img = src / "disk.img"
+    with open(img, "wb") as f:
+        f.truncate(64 << 20)
+    _run("mkfs.ext4", "-q", "-F", img)
+    s = shim(src)
+    live = tmp_path / "live"
+    live.mkdir()
+    loop = _run("losetup", "-f", "--show", img)
+    try:
+        _run("mount", loop, live)
+        first = {f"first{i}": os.urandom(20_000 + i) for i in range(40)}
+        for name, data in first.items():
+            (live / name).write_bytes(data)
+        _run("umount", live)
+        t = clock.now_ns()  # the filesystem clean, holding the first files
+        _run("mount", loop, live)
+        for i in range(40):
+            (live / f"second{i}").write_bytes(os.urandom(30_000))
+        os.unlink(live / "first0")
+        _run("umount", live)
+    finally:
+        subprocess.run(["umount", str(live)], capture_output=True)
+        subprocess.run(["losetup", "-d", loop], capture_output=True)
+    assert s.stop() == 0
+    mp, then = tmp_path / "mnt", tmp_path / "then"
+    mp.mkdir()
+    then.mkdir()
+    with mounted(anytime, "src", mp, "--at", at_epoch(t)):
+        ro = _run("losetup", "-r", "-f", "--show", mp / "disk.img")
+        try:
+            fsck = subprocess.run(["e2fsck", "-fn", ro], capture_output=True, text=True)
+            assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+            _run("mount", "-o", "ro", ro, then)
+            try:
+                names = set(os.listdir(then)) - {"lost+found"}
+                assert names == set(first)
+                for name, data in first.items():
+                    assert (then / name).read_bytes() == data
+            finally:
+                _run("umount", then)
+        finally:
+            subprocess.run(["losetup", "-d", ro], capture_output=True)
+
+
+def test_shared_writable_mmap_through_the_shim_is_captured(anytime, shim, src):
+    import mmap
+
+    (src / "mapped").write_bytes(b"\0" * 65536)
+    s = shim(src)
+    with open(src / "mapped", "r+b") as f:
+        m = mmap.mmap(f.fileno(), 65536)
+        m[100:112] = b"through mmap"
+        m[60000:60005] = b"again"
+        m.flush()  # msync: the kernel writes the pages back through the shim
+        m.close()
+    assert s.stop() == 0
+    data = anytime("cat", src / "mapped", check=0).stdout
+    assert data[100:112] == b"through mmap" and data[60000:60005] == b"again"
+    assert data == (src / "mapped").read_bytes()

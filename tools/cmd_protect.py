@@ -143,7 +143,7 @@ def cmd_protect(args) -> int:
               file=sys.stderr, flush=True)
 
     if args.mode == "shim":
-        return _protect_shim(args, ready)
+        return _protect_shim(args)
     with open_repo(args) as repo:
         progress = Progress()
         with protecting(repo, args.paths, name=args.name, excludes=excludes,
@@ -169,7 +169,7 @@ def cmd_protect(args) -> int:
     return 0
 
 
-def _protect_shim(args, ready) -> int:
+def _protect_shim(args) -> int:
     from anytime.capture import protect_shim
     from anytime.store.errors import UsageError
 
@@ -184,7 +184,6 @@ def _protect_shim(args, ready) -> int:
     def mounted() -> None:
         print(f"anytime: shim mounted over {args.paths[0]}; every write through it is "
               f"recorded with its instant", file=sys.stderr, flush=True)
-        ready()
 
     with open_repo(args) as repo:
         print(f"anytime: protecting {args.paths[0]} with a shim (every write recorded); "
