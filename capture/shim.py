@@ -117,9 +117,29 @@ class Recorder:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="anytime-recorder",
                                         daemon=True)
+        self.started_ns = clock.now_ns()
+        self._published = 0.0
+        self._recent: list[tuple[int, int]] = []  # (wall ns, operations) of commits
 
     def start(self) -> None:
+        self.publish()
         self._thread.start()
+
+    def publish(self, running: bool = True) -> None:
+        """The status file ``anytime status`` reads (store/status.py)."""
+        from anytime.store import status
+
+        self._published = time.monotonic()
+        now = clock.now_ns()
+        self._recent = [(t, n) for t, n in self._recent if t > now - 10_000_000_000]
+        status.publish(self.repo, self.vol.name, {
+            "mode": "shim", "events": "fuse", "pid": os.getpid(), "running": running,
+            "source": os.fsdecode(self.source), "started_ns": self.started_ns,
+            "updated_ns": now, "commits": self.commits, "changes": self.ops,
+            "last_commit_ns": self.committed_to,
+            "pending_since_ns": None, "queued": self.q.qsize(), "overflows": 0,
+            "recent": self._recent, "rate_window_s": 10.0,
+            "error": str(self.error) if self.error else None})
 
     def stamp_and_put(self, records: list) -> int:
         """An instant strictly after every earlier one, with ``records`` queued at it
@@ -143,6 +163,7 @@ class Recorder:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
+        self.publish(running=False)
 
     def _run(self) -> None:
         while True:
@@ -195,9 +216,12 @@ class Recorder:
             raise
         self.commits += 1
         self.ops += len(batch)
+        self._recent.append((clock.now_ns(), len(batch)))
         with self._cond:
             self.committed_to = last
             self._cond.notify_all()
+        if time.monotonic() - self._published >= 1.0 or self.q.empty():
+            self.publish()  # at most once a second while operations keep coming
 
 
 def _fuse():

@@ -256,3 +256,15 @@ def test_shared_writable_mmap_through_the_shim_is_captured(anytime, shim, src):
     data = anytime("cat", src / "mapped", check=0).stdout
     assert data[100:112] == b"through mmap" and data[60000:60005] == b"again"
     assert data == (src / "mapped").read_bytes()
+
+
+def test_status_shows_a_shim(anytime, shim, src):
+    s = shim(src)
+    (src / "x").write_text("x\n")
+    time.sleep(0.3)
+    (vol,) = json.loads(anytime("status", "--json", check=0).stdout)["volumes"]
+    assert vol["running"] and vol["mode"] == "shim" and vol["pid"] == s.p.pid
+    assert vol["behind_s"] == 0.0
+    assert s.stop() == 0
+    (vol,) = json.loads(anytime("status", "--json", check=0).stdout)["volumes"]
+    assert not vol["running"] and vol["mode"] == "shim"
