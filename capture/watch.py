@@ -85,10 +85,12 @@ class Tree:
     last_error: str = ""
     recent: deque = field(default_factory=deque)  # (wall ns, changes) of recent commits
 
-    def add(self, rel: bytes, tree: bool) -> None:
+    def add(self, rel: bytes, tree: bool, since: tuple[float, int] | None = None) -> None:
+        """Make ``rel`` dirty; ``since``: (monotonic, wall ns) the change may date from,
+        when earlier than now (it waited in the queue during a commit)."""
         if not self.dirty:
-            self.dirty_since = clock.monotonic()
-            self.dirty_since_ns = clock.now_ns()
+            self.dirty_since, self.dirty_since_ns = since or (clock.monotonic(),
+                                                             clock.now_ns())
         if tree:
             self.dirty[rel] = True
         else:
@@ -208,8 +210,9 @@ class Watcher:
             pass
 
     # --- changes -------------------------------------------------------------------------
-    def _take(self, changes) -> None:
-        """Make the paths ``changes`` name dirty in their trees."""
+    def _take(self, changes, since: tuple[float, int] | None = None) -> None:
+        """Make the paths ``changes`` name dirty in their trees (``since``: see
+        :meth:`Tree.add`)."""
         repo_root = self.repo_root
         repo_inside = repo_root + b"/"
         for c in changes:
@@ -224,14 +227,14 @@ class Watcher:
             rel = path[len(tree.source) + 1:] if path != tree.source else b""
             if flags & OVERFLOW:
                 self.overflows += 1
-                tree.add(rel, True)
+                tree.add(rel, True, since)
             elif flags & ENTRY:
-                tree.add(rel, bool(flags & TREE))
+                tree.add(rel, bool(flags & TREE), since)
                 if rel:  # its directory's mtime moved
                     i = rel.rfind(b"/")
-                    tree.add(rel[:i] if i > 0 else b"", False)
+                    tree.add(rel[:i] if i > 0 else b"", False, since)
             elif flags & (CONTENT | META | TREE):
-                tree.add(rel, bool(flags & TREE))
+                tree.add(rel, bool(flags & TREE), since)
             if was_clean and tree.dirty:
                 self._publish(tree)
 
@@ -245,6 +248,7 @@ class Watcher:
     def _commit(self, tree: Tree) -> None:
         paths, tree.dirty = tree.dirty, {}
         started = clock.now_ns()
+        began = (clock.monotonic(), started)
         scan = PathScan(self.repo, tree.vol, tree.source, paths, excluder=tree.excluder,
                         one_file_system=tree.one_file_system, session=self.session)
         scan.skip_empty = True
@@ -253,6 +257,9 @@ class Watcher:
                 "first_change_ns": tree.dirty_since_ns, "paths": len(paths)}
         report = scan.run(info)
         self._committed(tree, report, scan.moves)
+        # what came during the commit has waited already: its batch need not wait the
+        # whole debounce again
+        self._take(self.events.read(), since=began)
 
     def _scan_whole(self, tree: Tree) -> None:
         """Scan ``tree`` whole against the stat cache (start, sweep), as one commit."""
