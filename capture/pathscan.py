@@ -29,6 +29,7 @@ import os
 import stat as st_
 
 from anytime.store import timeline
+from anytime.store.errors import AnytimeError
 from anytime.store.format import (
     KIND_DELETED,
     KIND_DIR,
@@ -78,9 +79,16 @@ class PathScan(Scanner):
             self.progress.update(self.report)
 
     def _stat_root(self) -> os.stat_result:
-        s = os.lstat(self.source)
-        if not st_.S_ISDIR(s.st_mode):
-            raise NotADirectoryError(f"{os.fsdecode(self.source)} is no longer a directory")
+        try:
+            s = os.lstat(self.source)
+        except OSError as e:
+            s, why = None, e.strerror
+        else:
+            why = "it is no longer a directory"
+        if s is None or not st_.S_ISDIR(s.st_mode):
+            raise AnytimeError(f"the protected tree {os.fsdecode(self.source)} cannot be "
+                               f"read ({why}); its history is kept: put it back and "
+                               f"protect it again")
         return s
 
     def _covered(self, rel: bytes) -> bool:

@@ -554,3 +554,17 @@ def test_latest_of_a_mount_follows_protect(anytime, protect, volume, src, tmp_pa
             time.sleep(0.05)
         assert (mp / "latest" / "doc").read_text() == "second, longer than the first\n"
         assert (mp / "latest" / "added").read_text() == "new\n"
+
+
+def test_a_protected_tree_that_vanishes_stops_protect_with_a_clear_error(protect, volume,
+                                                                         src):
+    (src / "f").write_text("f\n")
+    pr = protect(src)
+    v = volume()
+    v.settle(lambda: disk_tree(src))
+    shutil.rmtree(src)
+    rc = pr.p.wait(SETTLE)
+    err = "".join(pr.lines)
+    assert rc == 1 and "cannot be read" in err and "Traceback" not in err, err
+    # nothing is recorded deleted for a root that went (an unmounted disk, say)
+    assert v.read(b"f") == b"f\n"
