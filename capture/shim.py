@@ -72,6 +72,9 @@ GROUP_OPS = 4096
 MAX_WRITE = 1 << 20
 #: Slices a block reference may have before the block is stored whole again.
 MAX_SLICES = 32
+#: The markers utimensat(2) takes in tv_nsec (tv_sec 0), as libfuse passes them on.
+_UTIME_NOW = (1 << 30) - 1
+_UTIME_OMIT = (1 << 30) - 2
 
 
 def _rel(path: str) -> bytes:
@@ -331,9 +334,8 @@ class ShimOps:
         s = os.fstat(fh) if fh is not None else os.lstat(_at(_rel(path)), dir_fd=self.root)
         return {k: getattr(s, k) for k in (
             "st_mode", "st_ino", "st_dev", "st_nlink", "st_uid", "st_gid", "st_size",
-            "st_atime", "st_mtime", "st_ctime", "st_blocks", "st_rdev")} | {
-            "st_atime_ns": s.st_atime_ns, "st_mtime_ns": s.st_mtime_ns,
-            "st_ctime_ns": s.st_ctime_ns}
+            "st_blocks", "st_rdev")} | {  # times in nanoseconds (use_ns), exact
+            "st_atime": s.st_atime_ns, "st_mtime": s.st_mtime_ns, "st_ctime": s.st_ctime_ns}
 
     def readdir(self, path, fh):
         """Names with their inode numbers and types (with ``use_ino`` an entry of inode
@@ -627,7 +629,15 @@ class ShimOps:
         return 0
 
     def utimens(self, path, times=None):
+        """``times``: (atime, mtime) in nanoseconds, each possibly libfuse's UTIME_NOW
+        or UTIME_OMIT (tv_sec 0, the marker in tv_nsec), or None (both now)."""
         rel = _rel(path)
+        if times is not None and (set(times) & {_UTIME_NOW, _UTIME_OMIT}):
+            s = os.lstat(_at(rel), dir_fd=self.root)
+            now = clock.file_time_ns()
+            times = tuple(now if t == _UTIME_NOW else old if t == _UTIME_OMIT else t
+                          for t, old in zip(times, (s.st_atime_ns, s.st_mtime_ns),
+                                            strict=True))
         os.utime(_at(rel), ns=times, dir_fd=self.root, follow_symlinks=False)
         with self.tree_lock:
             self._record_path(rel)
@@ -676,6 +686,8 @@ def operations(ops: ShimOps):
     mfusepy = _fuse()
 
     class _Ops(mfusepy.Operations):
+        use_ns = True  # times as integer nanoseconds (getattr, utimens): exact
+
         def init_with_config(self, conn, config):
             if conn is not None:  # writes of up to 1 MiB in one request
                 conn.max_write = MAX_WRITE

@@ -268,3 +268,22 @@ def test_status_shows_a_shim(anytime, shim, src):
     assert s.stop() == 0
     (vol,) = json.loads(anytime("status", "--json", check=0).stdout)["volumes"]
     assert not vol["running"] and vol["mode"] == "shim"
+
+
+def test_times_set_through_the_shim_are_exact(anytime, shim, src):
+    (src / "f").write_text("x\n")
+    s = shim(src)
+    atime, mtime = 1_000_000_000_123_456_789, 1_500_000_000_987_654_321
+    os.utime(src / "f", ns=(atime, mtime))  # utimensat with both times given
+    st = os.stat(src / "f")
+    assert (st.st_atime_ns, st.st_mtime_ns) == (atime, mtime), "nanoseconds, not a float"
+    before = os.stat(src / "f").st_ctime_ns  # the filesystem's clock, just now
+    subprocess.run(["touch", "-m", str(src / "f")], check=True)  # UTIME_OMIT, UTIME_NOW
+    st = os.stat(src / "f")
+    assert st.st_atime_ns == atime and st.st_mtime_ns >= before
+    subprocess.run(["touch", str(src / "g")], check=True)  # create, then both now
+    assert os.stat(src / "g").st_mtime_ns >= before
+    assert s.stop() == 0
+    assert os.stat(src / "f").st_mtime_ns == st.st_mtime_ns, "the real file has them"
+    r = anytime("ls", "--json", src / "f", check=0)
+    assert [row["mtime_ns"] for row in json.loads(r.stdout)] == [st.st_mtime_ns]
