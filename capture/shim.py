@@ -442,7 +442,7 @@ class ShimOps:
             new = [sl for sl in new if sl[2] > 0]
             new = _merge(new)
             if len(new) > MAX_SLICES:  # read back exactly as the file is now
-                whole = os.pread(fh, hi - lo, lo)
+                whole = _pread(fh, hi - lo, lo)
                 wid = block_id(self.key, whole)
                 if wid != HOLE_ID:
                     records.append(("chunk", whole))
@@ -668,6 +668,21 @@ class ShimOps:
 
     def fallocate(self, path, mode, offset, length, fh):
         raise OSError(errno.EOPNOTSUPP, "")
+
+
+def _pread(fd: int, n: int, offset: int) -> bytes:
+    """``os.pread``, also from a descriptor the application opened write-only (through a
+    read-only reopening of its file)."""
+    try:
+        return os.pread(fd, n, offset)
+    except OSError as e:
+        if e.errno != errno.EBADF:
+            raise
+    rd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.pread(rd, n, offset)
+    finally:
+        os.close(rd)
 
 
 def _merge(slices: list) -> list:

@@ -287,3 +287,24 @@ def test_times_set_through_the_shim_are_exact(anytime, shim, src):
     assert os.stat(src / "f").st_mtime_ns == st.st_mtime_ns, "the real file has them"
     r = anytime("ls", "--json", src / "f", check=0)
     assert [row["mtime_ns"] for row in json.loads(r.stdout)] == [st.st_mtime_ns]
+
+
+def test_many_small_writes_through_a_write_only_descriptor(anytime, shim, src):
+    """More small writes into one block than a block reference holds slices: the block
+    is read back from the file, also when the application opened it write-only."""
+    s = shim(src)
+    want = b""
+    for i in range(60):  # open(2) with O_WRONLY | O_APPEND each time, as >> does
+        line = b"line %d\n" % i
+        with open(src / "log", "ab") as f:
+            f.write(line)
+        want += line
+    fd = os.open(src / "log", os.O_WRONLY)  # one descriptor, write-only, in place
+    for i in range(60):
+        os.pwrite(fd, b"%02d" % i, 2 * i)
+    os.close(fd)
+    want = b"".join(b"%02d" % i for i in range(60)) + want[120:]
+    assert (src / "log").read_bytes() == want
+    assert s.stop() == 0
+    assert (src / "log").read_bytes() == want
+    assert anytime("cat", src / "log", check=0).stdout == want
