@@ -98,7 +98,7 @@ def protecting(repo, paths: list[str], name: str | None = None, excludes: list[s
 
 
 def protect_shim(repo, path: str, name: str | None = None, sync: bool = False, progress=None,
-         on_ready=None, warn=None):
+                 on_ready=None, warn=None, strict: bool = False):
     """Every-write capture of the tree at ``path`` (capture/shim.py): its volume (created
     on first use) is scanned whole, then a passthrough filesystem is mounted over
     ``path`` and every operation through it recorded with its instant, until it is
@@ -128,4 +128,4 @@ def protect_shim(repo, path: str, name: str | None = None, sync: bool = False, p
         if stop.signum is not None:  # stopped during the scan: nothing to mount
             return shim_.Recorder(repo, session, vol, os.fsencode(source))
         return shim_.serve(repo, session, vol, os.fsencode(source), sync=sync,
-                           on_ready=on_ready)
+                           on_ready=on_ready, strict=strict)

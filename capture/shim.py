@@ -46,8 +46,10 @@ import queue
 import stat as st_
 import threading
 import time
+from contextlib import contextmanager
 
-from anytime.store import clock, timeline
+from anytime.store import clock, space, timeline
+from anytime.store.errors import RepositoryFull
 from anytime.store.format import (
     HOLE_ID,
     KIND_DELETED,
@@ -103,8 +105,15 @@ class Recorder:
     """Takes the records of operations (in instant order) and group-commits them
     through ``session`` into ``vol``; runs in a thread of its own."""
 
-    def __init__(self, repo, session, vol, source: bytes, sync: bool = False):
+    def __init__(self, repo, session, vol, source: bytes, sync: bool = False,
+                 strict: bool = False):
         self.repo = repo
+        self.strict = strict
+        #: instant of the first operation not recorded since the repository filled up
+        #: (None: no gap); ``resync`` ends it once there is room again
+        self.gap_from: int | None = None
+        self.resync = None  # set by ShimOps: scan the tree whole, ending a gap
+        self.gaps = 0
         self.session = session
         self.vol = vol
         self.source = source
@@ -142,7 +151,7 @@ class Recorder:
             "last_commit_ns": self.committed_to,
             "pending_since_ns": None, "queued": self.q.qsize(), "overflows": 0,
             "recent": self._recent, "rate_window_s": 10.0,
-            "error": str(self.error) if self.error else None})
+            "error": str(self.error) if self.error else None, "gap_since_ns": self.gap_from})
 
     def stamp_and_put(self, records: list) -> int:
         """An instant strictly after every earlier one, with ``records`` queued at it
@@ -152,8 +161,16 @@ class Recorder:
         with self._stamp_lock:
             t = max(clock.now_ns(), self._last + 1)
             self._last = t
-            self.q.put((t, records))
+            if self.gap_from is None:
+                self.q.put((t, records))
         return t
+
+    def admit(self) -> None:
+        """Before an operation changes the tree: with ``strict``, refuse it (ENOSPC)
+        while the repository cannot take records."""
+        if self.strict and self.gap_from is not None:
+            raise OSError(errno.ENOSPC, "the repository is full: with --strict, writes "
+                                        "fail until it has room")
 
     def wait_committed(self, t: int) -> None:
         """Block until every operation at or before instant ``t`` is committed."""
@@ -189,12 +206,43 @@ class Recorder:
                 except queue.Empty:
                     break
             try:
-                self._commit(batch)
+                try:
+                    self._commit(batch)
+                except RepositoryFull:
+                    self._gap(batch[0][0])
             except BaseException as e:  # the shim answers EIO from now on
                 self.error = e
                 with self._cond:
                     self._cond.notify_all()
                 return
+
+    def _gap(self, first: int) -> None:
+        """The repository is full: operations from instant ``first`` on go unrecorded
+        (with ``strict``, they fail) until there is room; then the tree is scanned
+        whole, a commit that names the gap, and recording goes on."""
+        with self._stamp_lock:
+            self.gap_from = first
+            while not self.q.empty():
+                self.q.get_nowait()
+        self.gaps += 1
+        self.publish()
+        with self._cond:
+            self.committed_to = self._last  # nothing waits for what is not recorded
+            self._cond.notify_all()
+        while True:
+            stopping = self._stop.is_set()
+            if stopping or (space.free_bytes(self.repo.root) or 0) > 2 * space.FULL_MARGIN:
+                try:
+                    self.session.recover()  # the failed commit broke the pack writer
+                    self.resync(first)
+                except RepositoryFull:
+                    pass
+                else:
+                    self.publish()
+                    return
+            if stopping:  # (one last try made: the gap stays, as log and status say)
+                return
+            self._stop.wait(1.0)
 
     def _commit(self, batch: list) -> None:
         b = self.session.builder(self.vol)
@@ -233,6 +281,48 @@ def _fuse():
     return load_mfusepy()
 
 
+class _Gate:
+    """Operations that change the tree pass it together (``shared``); the end of a gap
+    passes it alone (``exclusive``), waiting for those under way."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._active = 0
+        self._closed = False
+
+    @contextmanager
+    def shared(self):
+        with self._cond:
+            while self._closed:
+                self._cond.wait()
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._active -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self):
+        with self._cond:
+            self._closed = True
+            while self._active:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._closed = False
+                self._cond.notify_all()
+
+
+#: The operations that change the tree (they pass the gate and the strict check).
+CHANGING = frozenset({"open", "create", "write", "truncate", "unlink", "mkdir", "rmdir",
+                      "mknod", "symlink", "link", "rename", "chmod", "chown", "utimens",
+                      "setxattr", "removexattr", "fallocate"})
+
+
 class ShimOps:
     """The passthrough operations (an mfusepy ``Operations``, built by
     :func:`operations` so that mfusepy is imported only when a shim runs)."""
@@ -247,6 +337,8 @@ class ShimOps:
         self.files: dict[int, _File] = {}  # file id -> state
         self.fids: dict[bytes, int] = {}  # path -> file id, for paths met since start
         self.tree_lock = threading.RLock()  # names: create, unlink, rename, ...
+        self.gate = _Gate()
+        recorder.resync = self.resync
         self._state_lock = threading.Lock()
         self.fh_fid: dict[int, int] = {}
 
@@ -328,6 +420,30 @@ class ShimOps:
             e = Entry(KIND_DELETED)
             self.fids.pop(rel, None)
         self.rec.stamp_and_put((extra or []) + [("entry", rel, e)])
+
+    def resync(self, first: int) -> None:
+        """End a gap: with every changing operation held, forget what was kept of the
+        files, scan the real tree whole into one commit that names the gap (its record's
+        ``gap_from_ns``), and record again from there."""
+        from .scan import Scanner
+
+        rec = self.rec
+        with self.gate.exclusive():
+            self.files.clear()
+            self.fids.clear()
+            # the real tree under the mount (the trailing slash: lstat follows the link)
+            scan = Scanner(self.repo, rec.vol, b"/proc/self/fd/%d/" % self.root,
+                           session=rec.session)
+            with rec._stamp_lock:
+                scan.instant = max(clock.now_ns(), rec._last + 1)
+            report = scan.run({"kind": "scan", "by": "shim", "source": os.fsdecode(rec.source),
+                               "started_ns": scan.instant, "gap_from_ns": first})
+            with rec._stamp_lock:
+                rec._last = max(rec._last, report.instant)
+                rec.gap_from = None
+            with rec._cond:
+                rec.committed_to = report.instant
+                rec._cond.notify_all()
 
     # --- the operations --------------------------------------------------------------------
     def getattr(self, path, fh=None):
@@ -721,12 +837,22 @@ def operations(ops: ShimOps):
                 raise mfusepy.FuseOSError(e.errno or errno.EIO) from None
         return call
 
+    def wrap_changing(fn):
+        def call(self, *args, **kw):
+            try:
+                with ops.gate.shared():
+                    ops.rec.admit()
+                    return fn(*args, **kw)
+            except OSError as e:
+                raise mfusepy.FuseOSError(e.errno or errno.EIO) from None
+        return call
+
     for name in ("getattr", "readdir", "readlink", "statfs", "access", "open", "create",
                  "read", "write", "truncate", "fsync", "flush", "release", "unlink",
                  "mkdir", "rmdir", "mknod", "symlink", "link", "rename", "chmod", "chown",
                  "utimens", "getxattr", "listxattr", "setxattr", "removexattr",
                  "fallocate"):
-        setattr(_Ops, name, wrap(getattr(ops, name)))
+        setattr(_Ops, name, (wrap_changing if name in CHANGING else wrap)(getattr(ops, name)))
     return _Ops()
 
 
@@ -770,14 +896,14 @@ def clear_dead_mount(path: bytes) -> None:
 
 
 def serve(repo, session, vol, source: bytes, sync: bool = False, on_ready=None,
-          debug: bool = False) -> Recorder:
+          debug: bool = False, strict: bool = False) -> Recorder:
     """Mount the shim over ``source`` and serve it until it is unmounted (``fusermount3
     -u``, or a signal: the caller holds a ``fusekit.mounting.SignalUnmount`` for
     ``source`` from before any thread starts, so that every thread has the signals
     blocked); returns its recorder, stopped, every operation committed."""
     mfusepy = _fuse()
     root_fd = os.open(source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    rec = Recorder(repo, session, vol, source, sync)
+    rec = Recorder(repo, session, vol, source, sync, strict)
     ops = ShimOps(repo, rec, root_fd)
     rec.start()
     opts = {"foreground": True, "fsname": f"anytime-shim:{vol.name}", "subtype": "anytime-shim",

@@ -99,6 +99,16 @@ class WriterSession:
         packw.committed()
         self.commits += 1
 
+    def recover(self) -> None:
+        """Go on after a commit failed in the pack writer (a full disk): the failed
+        writer is dropped for a new one, and what the next writer would clean is cleaned
+        now, under the lock this session holds: its open pack cut back to what the
+        index lists, packs no commit lists deleted. Call it with no builder in use."""
+        self.packw = PackWriter(self.repo.pack_store, self.repo.pack_target)
+        self._opened = 0.0
+        self.repo.cut_open_packs()
+        self.repo.reclaim_leftover_packs()
+
     def seal(self) -> None:
         """Seal the open pack and list it so (its marker removed), outside any commit.
         Bytes appended after the last commit (a commit given up) are dropped first."""

@@ -6,6 +6,7 @@ Also: files and metadata through the shim, SIGTERM, kill -9."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -308,3 +309,56 @@ def test_many_small_writes_through_a_write_only_descriptor(anytime, shim, src):
     assert s.stop() == 0
     assert (src / "log").read_bytes() == want
     assert anytime("cat", src / "log", check=0).stdout == want
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_a_full_repository_is_a_gap_shown_and_closed_never_a_silent_hole(
+        anytime, tmp_path, src, loop_fs, strict):
+    fs = loop_fs(48)
+    repo = fs / "repo"
+    anytime("-r", repo, "init", check=0)
+    ballast = fs / "ballast"  # leaves 8 MiB; room made later by deleting it
+    ballast.write_bytes(os.urandom(shutil.disk_usage(fs).free - (8 << 20)))
+    (src / "kept").write_text("before\n")
+    s = Shim(repo, src, *(["--strict"] if strict else []))
+    try:
+        failed = None
+        try:
+            with open(src / "big", "wb") as f:
+                # 16 MiB through the shim, more than the disk holds; with --strict, on
+                # until the writes fail (the recorder meets the full disk a moment later)
+                for i in range(200 if strict else 16):
+                    f.write(os.urandom(1 << 20))
+                    f.flush()
+                    time.sleep(0.05 if i >= 16 else 0.01)
+        except OSError as e:
+            failed = e.errno
+        if strict:
+            assert failed == errno.ENOSPC, "with --strict the application's writes fail"
+        else:
+            assert failed is None, "without --strict the application keeps running"
+        end = time.monotonic() + SETTLE  # the recorder meets the full disk
+        while time.monotonic() < end:
+            st = json.loads(anytime("-r", repo, "status", "--json", check=0).stdout)
+            if st["volumes"][0]["gap_since"]:
+                break
+            time.sleep(0.2)
+        assert st["volumes"][0]["gap_since"], st
+        ballast.unlink()
+        size = (src / "big").stat().st_size
+        end = time.monotonic() + SETTLE
+        while time.monotonic() < end:
+            st = json.loads(anytime("-r", repo, "status", "--json", check=0).stdout)
+            if not st["volumes"][0]["gap_since"]:
+                break
+            time.sleep(0.2)
+        assert not st["volumes"][0]["gap_since"], "the gap ends once there is room"
+        (src / "kept").write_text("after the gap\n")
+    finally:
+        assert s.stop() == 0
+    log = anytime("-r", repo, "log", src, check=0).stdout.decode()
+    assert "gap: writes from" in log, log
+    assert anytime("-r", repo, "cat", src / "kept", check=0).stdout == b"after the gap\n"
+    r = anytime("-r", repo, "ls", "-l", "--json", src, check=0)
+    assert {row["name"]: row["size"] for row in json.loads(r.stdout)}["big"] == size
+    assert json.loads(anytime("-r", repo, "check", "--json", check=0).stdout)["ok"]

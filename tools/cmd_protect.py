@@ -50,6 +50,9 @@ def register(sub, common) -> None:
     p.add_argument("--sync", action="store_true",
                    help="(shim) an application's fsync also waits until its writes are "
                         "durable in the repository")
+    p.add_argument("--strict", action="store_true",
+                   help="(shim) when the repository is full, make writes fail (ENOSPC) "
+                        "instead of going on unrecorded, a gap shown by log and status")
     p.add_argument("--events", choices=["auto", "fanotify", "inotify"], default="auto",
                    help="change-event source: fanotify for the whole filesystem (needs "
                         "root), inotify (one watch per directory); auto: fanotify where "
@@ -189,7 +192,8 @@ def _protect_shim(args) -> int:
         print(f"anytime: protecting {args.paths[0]} with a shim (every write recorded); "
               f"stop with Ctrl-C or SIGTERM", file=sys.stderr, flush=True)
         rec = protect_shim(repo, args.paths[0], name=args.name, sync=args.sync,
-                           progress=Progress(), on_ready=mounted, warn=warn)
+                           progress=Progress(), on_ready=mounted, warn=warn,
+                           strict=args.strict)
     print(f"anytime: stopped; {rec.ops} operations recorded in {rec.commits} commits, "
           f"the tree left as the applications last wrote it", file=sys.stderr)
     return 0
@@ -226,6 +230,9 @@ def volume_states(repo) -> tuple[list[dict], int]:
             "changes_per_s": round(sum(n for _, n in recent) / window, 2) if running else 0.0,
             "queued": st.get("queued", 0) if running else 0,
             "commits_by_this_run": st.get("commits", 0) if running else 0,
+            # a shim's writes not recorded since the repository filled up
+            "gap_since": format_instant(st["gap_since_ns"])
+            if running and st.get("gap_since_ns") else None,
         })
     return out, repo.space_used()
 
@@ -247,6 +254,8 @@ def cmd_status(args) -> int:
     rows = [("VOLUME", "MODE", "STATE", "NEWEST CHANGE", "BEHIND", "CHANGES/S", "QUEUED")]
     for s in states:
         state = f"running (pid {s['pid']}, {s['events']})" if s["running"] else "not running"
+        if s["gap_since"]:
+            state += f", NOT RECORDING since {s['gap_since']} (repository full)"
         behind = f"{s['behind_s']:.1f} s" if s["behind_s"] is not None else "-"
         rows.append((s["volume"], s["mode"], state, s["newest_change"] or "no commit yet",
                      behind, f"{s['changes_per_s']:g}" if s["running"] else "-",

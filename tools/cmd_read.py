@@ -195,6 +195,8 @@ def cmd_log(args) -> int:
                                  "new_bytes": rec.get("bytes_new", 0),
                                  "stored_bytes": rec.get("bytes_stored", 0),
                                  "partial": rec.get("partial", False),
+                                 "gap_from": format_instant(rec["gap_from_ns"])
+                                 if rec.get("gap_from_ns") else None,
                                  "labels": sorted(labels_at.get(t, []))})
             else:
                 prev = None
@@ -225,6 +227,9 @@ def log_lines(rows: list[dict]) -> list[str]:
     for r in rows:
         notes = (["(unstable)"] if r.get("unstable") else []) + \
             (["(partial)"] if r.get("partial") else []) + \
+            ([f"(gap: writes from {r['gap_from']} on were not recorded, the repository "
+              f"being full; this commit is the tree after them)"] if r.get("gap_from")
+             else []) + \
             ([f"[{', '.join(r['labels'])}]"] if r["labels"] else [])
         if "change" in r:
             size = "-" if r["size"] is None else str(r["size"])
