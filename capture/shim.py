@@ -399,6 +399,15 @@ class ShimOps:
             e.file_id = fid if fid is not None else self._fid_for_new(rel)
         return e
 
+    def _entries_of(self, rel: bytes, fd: int, fid: int) -> list:
+        """Entry records of file ``fid`` written through ``rel``: of every name of it met
+        since start when it has more than one link (they share size and times)."""
+        e = self._entry(rel, fd, fid)
+        out = [("entry", rel, e)]
+        if e.nlink > 1:
+            out += [("entry", p, e) for p, f in list(self.fids.items()) if f == fid and p != rel]
+        return out
+
     def _abs(self, rel: bytes) -> bytes:
         return b"/proc/self/fd/%d/%s" % (self.root, rel) if rel else b"/proc/self/fd/%d" % self.root
 
@@ -492,6 +501,8 @@ class ShimOps:
             with self.tree_lock:
                 fid = self._fid_for_new(rel)
                 self._truncated(rel, fid, fd, 0)
+        elif os.fstat(fd).st_nlink > 1:
+            self._fid(rel)  # a name of a hardlinked file: met, for _entries_of
         return fd
 
     def create(self, path, mode, fi=None):
@@ -539,7 +550,7 @@ class ShimOps:
             grown = new_size != f.size
             f.size = new_size
             if grown:
-                records.append(("entry", rel, self._entry(rel, fh, fid)))
+                records += self._entries_of(rel, fh, fid)
             self.rec.stamp_and_put(records)
         return n
 
@@ -604,7 +615,7 @@ class ShimOps:
                     f.blocks[b] = []
                     records.append(("block", fid, b, HOLE_ID))
             f.size = length
-            records.append(("entry", rel, self._entry(rel, fd, fid)))
+            records += self._entries_of(rel, fd, fid)
             self.rec.stamp_and_put(records)
 
     def fsync(self, path, datasync, fh):

@@ -362,3 +362,17 @@ def test_a_full_repository_is_a_gap_shown_and_closed_never_a_silent_hole(
     r = anytime("-r", repo, "ls", "-l", "--json", src, check=0)
     assert {row["name"]: row["size"] for row in json.loads(r.stdout)}["big"] == size
     assert json.loads(anytime("-r", repo, "check", "--json", check=0).stdout)["ok"]
+
+
+def test_a_hardlinked_file_grown_through_one_name_grows_under_both(anytime, shim, src):
+    (src / "one").write_text("short\n")
+    os.link(src / "one", src / "two")
+    s = shim(src)
+    (src / "two").read_bytes()  # the shim meets both names
+    (src / "one").read_bytes()
+    with open(src / "one", "ab") as f:
+        f.write(b"grown through one\n")
+    assert s.stop() == 0
+    want = b"short\ngrown through one\n"
+    assert anytime("cat", src / "one", check=0).stdout == want
+    assert anytime("cat", src / "two", check=0).stdout == want
