@@ -7,7 +7,8 @@ Run it with the project's interpreter (it imports ``anytime`` to build the
     .venv/bin/python bench/run.py [--only PART ...] [--scratch DIR] [--restore-dir DIR]
                                   [--keep]
 
-PART: capture, startup, mount, restore, versions, shifted, watch (continuous capture).
+PART: capture, startup, mount, restore, versions, shifted, watch (continuous capture),
+shim (writes through the every-write shim).
 
 Prints progress to stderr, a Markdown table to stdout, and writes
 ``bench/out/results.json``. See bench/README.md for what each figure means.
@@ -90,7 +91,8 @@ SIZE_GOAL = "<= smaller peer (issue 9)"
 HEADS = {"anytime": "anytime", "restic": "restic", "borg": "borg (lz4)",
          "borg-zstd": "borg -C zstd,3"}
 #: Parts a tool takes part in (borg-zstd: capture and shifted content, for sizes).
-ALL_PARTS = ("capture", "startup", "mount", "restore", "versions", "shifted", "watch")
+ALL_PARTS = ("capture", "startup", "mount", "restore", "versions", "shifted", "watch",
+             "shim")
 # The continuous-capture part (bench/README.md, fig W): a load generator changes files of
 # a watched tree at each rate of WATCH_PHASES (changes per second, seconds), spread over
 # WATCH_DIRS x WATCH_FILES files; every WATCH_NEW_EVERY-th change makes a new file.
@@ -102,6 +104,10 @@ WATCH_IDLE_S = 10.0
 WATCH_POLL_S = 0.01  # the probe's poll of the volume's horizon
 WATCH_MODES = ("fanotify", "inotify")
 WATCH_COMMITS = 60  # commits of one changed file, timed in-process
+# the every-write shim part (X): configurations, in the order they run, and the workload
+SHIM_CONFIGS = ("direct", "floor", "shim", "shim --sync")
+SHIM_PARAMS = {"seq_mib": 1024, "rand_file_mib": 256, "rand_n": 2000, "rand_max_s": 15.0,
+               "sqlite_s": 5.0}
 
 
 def log(msg: str) -> None:
@@ -259,6 +265,211 @@ with Repository.open(repo_dir) as repo, WriterSession(repo) as session:
             {"kind": "bench"})
         scans.append(time.perf_counter() - t)
 print(json.dumps({"commit_s": commits, "scan_s": scans}))
+"""
+
+
+# The workload of the every-write shim part (fig X): plain Python, a process of its own,
+# run in the tree (through the shim, the floor passthrough, or directly). argv: tree,
+# phase, JSON parameters; prints JSON. Phases:
+#   seq     SEQ.bin: params["mib"] writes of 1 MiB (incompressible: one random MiB, its
+#           first 8 bytes the write's number, so no two writes are the same chunk), then
+#           fsync; the seconds from open to after fsync.
+#   reread  SEQ.bin read twice in 1 MiB readinto calls; the first read checks every MiB
+#           against what seq wrote; the seconds of each read.
+#   prefill RAND.bin: params["mib"] MiB written as seq writes them, then fsync.
+#   rand    params["n"] writes of 4 KiB at seeded random 4 KiB-aligned offsets of
+#           RAND.bin, each followed by fsync, at most params["max_s"] seconds; the
+#           latency of each pwrite + fsync; a BLAKE2b digest of RAND.bin after.
+#   sqlite  app.db in WAL mode, synchronous=FULL: a transaction of one small insert
+#           (100 bytes) after another for params["secs"] seconds; integrity_check after.
+SHIMLOAD = r"""
+import hashlib, json, os, random, sqlite3, sys, time
+tree, phase, params = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+MiB = 1 << 20
+base = bytearray(random.Random(11).randbytes(MiB))
+out = {}
+
+def write_seq(path, mib):
+    t0 = time.perf_counter()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    for i in range(mib):
+        base[:8] = i.to_bytes(8, "little")
+        os.write(fd, base)
+    os.fsync(fd)
+    os.close(fd)
+    return time.perf_counter() - t0
+
+if phase in ("seq", "prefill"):
+    name = "SEQ.bin" if phase == "seq" else "RAND.bin"
+    out["secs"] = write_seq(os.path.join(tree, name), params["mib"])
+    out["bytes"] = params["mib"] * MiB
+elif phase == "reread":
+    buf = bytearray(MiB)
+    view = memoryview(buf)
+    bad, secs = 0, []
+    for k in range(2):
+        t0 = time.perf_counter()
+        with open(os.path.join(tree, "SEQ.bin"), "rb", buffering=0) as f:
+            i = 0
+            while True:
+                n = f.readinto(buf)
+                if not n:
+                    break
+                if k == 0:
+                    base[:8] = i.to_bytes(8, "little")
+                    bad += n != MiB or view[:n] != base[:n]
+                i += 1
+        secs.append(time.perf_counter() - t0)
+    out.update(secs=secs, bytes=i * MiB, bad_mib=bad, mib=i)
+elif phase == "rand":
+    path = os.path.join(tree, "RAND.bin")
+    blocks = os.stat(path).st_size // 4096
+    rng = random.Random(5)
+    fd = os.open(path, os.O_RDWR)
+    lat = []
+    end = time.perf_counter() + params["max_s"]
+    for i in range(params["n"]):
+        data = rng.randbytes(4096)
+        off = rng.randrange(blocks) * 4096
+        t0 = time.perf_counter()
+        os.pwrite(fd, data, off)
+        os.fsync(fd)
+        t1 = time.perf_counter()
+        lat.append(t1 - t0)
+        if t1 > end:
+            break
+    os.close(fd)
+    h = hashlib.blake2b(digest_size=16)  # as digest() in run.py
+    with open(path, "rb") as f:
+        while chunk := f.read(MiB):
+            h.update(chunk)
+    out.update(lat=lat, bytes=len(lat) * 4096, digest=h.hexdigest())
+elif phase == "sqlite":
+    db = os.path.join(tree, "app.db")
+    c = sqlite3.connect(db, isolation_level=None)
+    c.execute("PRAGMA journal_mode=WAL")
+    c.execute("PRAGMA synchronous=FULL")
+    c.execute("CREATE TABLE IF NOT EXISTS t (i INTEGER PRIMARY KEY, v BLOB)")
+    n, t0 = 0, time.perf_counter()
+    end = t0 + params["secs"]
+    while time.perf_counter() < end:
+        n += 1
+        c.execute("BEGIN")
+        c.execute("INSERT INTO t (v) VALUES (randomblob(100))")
+        c.execute("COMMIT")
+    secs = time.perf_counter() - t0
+    ok = c.execute("PRAGMA integrity_check").fetchone()[0]
+    rows = c.execute("SELECT count(*) FROM t").fetchone()[0]
+    c.close()
+    out.update(tx=n, secs=secs, integrity=ok, rows=rows)
+print(json.dumps(out))
+"""
+
+# The floor of the shim part: a do-nothing mfusepy passthrough (high-level API, the
+# shim's mount options and connection settings, mounted over the tree itself and
+# reaching it through a directory descriptor opened before, as the shim does), with no
+# recording. argv: tree, cached: 0 as the shim (nothing cached), or 1 with the kernel's
+# caches on: a file's page cache kept across opens (keep_cache) and entries and
+# attributes cached for 1 s. Prints "mounted" once it answers; ends when unmounted.
+PASSTHRU = r"""
+import errno, os, sys, threading, time
+os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
+import mfusepy
+tree, keep = sys.argv[1], sys.argv[2] == "1"
+timeout = 1.0 if keep else 0.0
+root = os.open(tree, os.O_RDONLY | os.O_DIRECTORY)
+
+def rel(p):
+    return p.lstrip("/") or "."
+
+class Ops(mfusepy.Operations):
+    use_ns = True  # times as integer nanoseconds
+    def init_with_config(self, conn, config):
+        if conn is not None:
+            conn.max_write = 1 << 20
+        if config is not None:
+            config.use_ino = 1
+            config.entry_timeout = config.attr_timeout = config.negative_timeout = timeout
+    def getattr(self, path, fh=None):
+        s = os.lstat(rel(path), dir_fd=root)
+        return {k: getattr(s, k) for k in ("st_mode", "st_ino", "st_nlink", "st_uid",
+                "st_gid", "st_size", "st_blocks")} | {
+                k: getattr(s, k + "_ns") for k in ("st_atime", "st_mtime", "st_ctime")}
+    def readdir(self, path, fh):
+        fd = os.open(rel(path), os.O_RDONLY | os.O_DIRECTORY, dir_fd=root)
+        try:
+            return [".", ".."] + os.listdir(fd)
+        finally:
+            os.close(fd)
+    def access(self, path, amode):
+        if not os.access(rel(path), amode, dir_fd=root):
+            raise mfusepy.FuseOSError(errno.EACCES)
+        return 0
+    def statfs(self, path):
+        s = os.statvfs(tree if False else "/proc/self/fd/%d" % root)
+        return {k: getattr(s, k) for k in ("f_bsize", "f_frsize", "f_blocks", "f_bfree",
+                "f_bavail", "f_files", "f_ffree", "f_favail", "f_namemax")}
+    def open(self, path, fi):
+        fi.fh = os.open(rel(path), fi.flags & ~os.O_CREAT, dir_fd=root)
+        fi.keep_cache = keep
+        return 0
+    def create(self, path, mode, fi):
+        fi.fh = os.open(rel(path), os.O_RDWR | os.O_CREAT | os.O_TRUNC, mode, dir_fd=root)
+        return 0
+    def read(self, path, size, offset, fi):
+        return os.pread(fi.fh, size, offset)
+    def write(self, path, data, offset, fi):
+        return os.pwrite(fi.fh, data, offset)
+    def truncate(self, path, length, fh=None):
+        fd = os.open(rel(path), os.O_WRONLY, dir_fd=root)
+        try:
+            os.ftruncate(fd, length)
+        finally:
+            os.close(fd)
+        return 0
+    def fsync(self, path, datasync, fi):
+        (os.fdatasync if datasync else os.fsync)(fi.fh)
+        return 0
+    def flush(self, path, fi):
+        return 0
+    def release(self, path, fi):
+        os.close(fi.fh)
+        return 0
+    def unlink(self, path):
+        os.unlink(rel(path), dir_fd=root)
+        return 0
+    def chmod(self, path, mode):
+        os.chmod(rel(path), mode, dir_fd=root)
+        return 0
+
+def wrap(fn):
+    def call(*a, **kw):
+        try:
+            return fn(*a, **kw)
+        except OSError as e:
+            if isinstance(e, mfusepy.FuseOSError):
+                raise
+            raise mfusepy.FuseOSError(e.errno or errno.EIO) from None
+    return call
+
+for name in ("getattr", "readdir", "access", "statfs", "open", "create", "read", "write",
+             "truncate", "fsync", "flush", "release", "unlink", "chmod"):
+    setattr(Ops, name, wrap(getattr(Ops, name)))
+
+under = os.fstat(root).st_dev
+def ready():
+    for _ in range(1000):
+        try:
+            if os.stat(tree).st_dev != under:
+                print("mounted", flush=True)
+                return
+        except OSError:
+            pass
+        time.sleep(0.01)
+threading.Thread(target=ready, daemon=True).start()
+mfusepy.FUSE(Ops(), tree, raw_fi=True, foreground=True, use_ino=True, max_threads=16,
+             default_permissions=True, allow_other=os.geteuid() == 0,
+             fsname="bench-passthrough")
 """
 
 
@@ -856,6 +1067,9 @@ class Row:
             if self.ref:
                 self.ratio = a / self.ref
                 self.met = self.ratio >= self.k
+        elif self.kind == "ref_ratio":  # no goal: a / ref, for context
+            if self.ref:
+                self.ratio = a / self.ref
         elif self.kind == "info":  # no goal: the ratio vs the smaller peer, for context
             if peers and min(peers) > 0:
                 self.ratio = a / min(peers)
@@ -978,7 +1192,7 @@ class Bench:
         self.corpus.mkdir(parents=True, exist_ok=True)
         if "shifted" in parts:
             self.build_shifted()
-        if set(parts) - {"shifted", "watch"}:
+        if set(parts) - {"shifted", "watch", "shim"}:
             self.build_main_corpora()
 
     def build_main_corpora(self) -> None:
@@ -2148,6 +2362,298 @@ class Bench:
                      note="restic and borg have no continuous mode: their RPO is their "
                           "schedule, at best one backup's time"))
 
+    # --- X: the every-write shim ----------------------------------------------------
+    def section_shim(self) -> None:
+        """Fig X: applications writing through ``anytime protect --mode shim`` (with and
+        without ``--sync``) next to the same operations straight on the disk, and
+        through a do-nothing mfusepy passthrough (the floor: what FUSE in Python allows
+        here, nothing recorded)."""
+        log("== shim (X: writes through the every-write shim, vs direct and a passthrough)")
+        at = self.tools["anytime"]
+        if not at.has("protect"):
+            raise BenchError("anytime has no 'protect' command yet")
+        base = self.scratch / "shim"  # on a disk filesystem, as users have it
+        if filesystem_of(base)["type"] in MEMORY_FS:
+            base = Path("/var/tmp/anytime-bench-shim")
+        tree, work = base / "tree", self.repos / "shim"
+        work.mkdir(parents=True, exist_ok=True)
+        self.extra["shim"] = info = {
+            "tree": str(tree), "tree_fs": filesystem_of(base), "repo_fs": filesystem_of(work),
+            "params": self.shim_params()}
+        log(f"shim: tree {tree} ({info['tree_fs']['type']}), repositories under {work} "
+            f"({info['repo_fs']['type']})")
+        res: dict = {}
+        try:
+            for cfg in SHIM_CONFIGS:
+                try:
+                    res[cfg] = self.shim_run(cfg, tree, work / f"anytime-{cfg}")
+                except BenchError as e:
+                    res[cfg] = {"error": str(e)}
+                    self.note(f"shim {cfg}: {e}")
+        finally:
+            force_unmount(tree)
+            rmtree(base)
+            if not self.args.keep:
+                rmtree(work)
+        info["runs"] = res
+        self.shim_rows(res)
+        self.note(f"shim (X): the tree on {info['tree_fs']['type']} "
+                  f"({info['tree_fs']['source']}, {tree}), the repositories on "
+                  f"{info['repo_fs']['type']} ({info['repo_fs']['source']}, {work}); "
+                  f"'direct' runs the same workload on the tree with nothing mounted; the "
+                  f"floor is a do-nothing mfusepy passthrough (PASSTHRU in run.py) with the "
+                  f"shim's mount options, nothing recorded")
+
+    def shim_params(self) -> dict:
+        """SHIM_PARAMS, scaled by --shim-scale (shorter, to try the part out)."""
+        k = self.args.shim_scale
+        par = dict(SHIM_PARAMS)
+        for name in ("seq_mib", "rand_file_mib", "rand_n"):
+            par[name] = max(1, int(par[name] * k))
+        par["rand_max_s"] *= k
+        par["sqlite_s"] *= k
+        return par
+
+    def shim_run(self, cfg: str, tree: Path, repo: Path) -> dict:
+        """The workload (SHIMLOAD) in a fresh tree, through configuration ``cfg``:
+        ``direct``, ``floor`` (PASSTHRU), ``shim`` or ``shim --sync`` (into a fresh
+        repository); per phase its figures, and for the shim the repository's growth
+        and the shim's CPU from the phase's start until all it recorded is committed."""
+        from anytime.store import clock
+        from anytime.store.repo import Repository
+        from anytime.store.volumes import get_volume
+
+        at = self.tools["anytime"]
+        force_unmount(tree)
+        rmtree(tree)
+        rmtree(repo)
+        tree.mkdir(parents=True)
+        shim = cfg.startswith("shim")
+        p = r = None
+        errf = tempfile.NamedTemporaryFile(prefix="bench-shim-", suffix=".log")  # noqa: SIM115
+        out: dict = {"cfg": cfg, "phases": {}}
+
+        def errtext() -> str:
+            return Path(errf.name).read_text(errors="replace")
+
+        def cpu() -> float:
+            if p is None:
+                return 0.0
+            f = Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+        def start(cmd, ready: str) -> subprocess.Popen:
+            before = len(errtext())  # (the log of an earlier mount says it too)
+            q = subprocess.Popen(cmd, stdout=errf, stderr=errf, stdin=subprocess.DEVNULL,
+                                 start_new_session=True)
+            deadline = perf_counter() + 60
+            while ready not in errtext()[before:]:
+                if q.poll() is not None:
+                    raise BenchError(f"{cfg} exited with {q.returncode} before it was "
+                                     f"mounted: {errtext().strip()[-300:]}")
+                if perf_counter() > deadline:
+                    raise BenchError(f"{cfg} not mounted after 60 s")
+                sleep(0.02)
+            return q
+
+        def horizon() -> int:
+            with r.read_txn() as txn:
+                return get_volume(r, txn, "shim").horizon
+
+        def settle() -> float:
+            """Seconds until all recorded so far is committed: a write to a marker file
+            through the shim is stamped after every operation before it."""
+            if not shim:
+                return 0.0
+            t0, mark = perf_counter(), clock.now_ns()
+            fd = os.open(tree / "MARK", os.O_WRONLY)
+            try:
+                os.pwrite(fd, b"m", 0)
+            finally:
+                os.close(fd)
+            while horizon() < mark:
+                if p.poll() is not None:
+                    raise BenchError(f"{cfg} exited with {p.returncode}: "
+                                     f"{errtext().strip()[-300:]}")
+                if perf_counter() - t0 > 120:
+                    raise BenchError(f"{cfg}: not committed 120 s after the phase")
+                sleep(0.01)
+            return perf_counter() - t0
+
+        def phase(name: str, params: dict, as_name: str = "") -> dict:
+            c0, t0 = cpu(), perf_counter()
+            du0 = du_bytes(repo) if shim else (0, 0)
+            got = must(run([sys.executable, "-I", "-S", "-c", SHIMLOAD, str(tree), name,
+                            json.dumps(params)], timeout=300), f"the {name} workload")
+            ph = json.loads(got.out)
+            ph["commit_lag_s"] = settle()
+            ph["wall_s"] = perf_counter() - t0
+            if p is not None:
+                ph["cpu_s"] = cpu() - c0
+                ph["cpu_pct"] = 100 * ph["cpu_s"] / ph["wall_s"]
+            if shim:
+                du1 = du_bytes(repo)
+                ph["repo_growth"], ph["repo_growth_apparent"] = du1[0] - du0[0], du1[1] - du0[1]
+            out["phases"][as_name or name] = ph
+            log(f"shim {cfg}: {as_name or name}: " + ", ".join(
+                f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in ph.items()
+                if k not in ("lat", "secs", "digest") or isinstance(v, float)))
+            return ph
+
+        try:
+            if shim:
+                at.init(repo)
+                (tree / "MARK").touch()
+                p = start([at.exe, "-r", str(repo), "protect", str(tree), "--mode", "shim",
+                           "--name", "shim", *cfg.split()[1:]], "shim mounted over")
+                r = Repository.open(str(repo))
+            elif cfg == "floor":
+                p = start([sys.executable, "-c", PASSTHRU, str(tree), "0"], "mounted")
+            par = self.shim_params()
+            phase("seq", {"mib": par["seq_mib"]})
+            phase("reread", {})
+            phase("prefill", {"mib": par["rand_file_mib"]})
+            phase("rand", {"n": par["rand_n"], "max_s": par["rand_max_s"]})
+            phase("sqlite", {"secs": par["sqlite_s"]})
+            if p is not None:
+                with contextlib.suppress(OSError):
+                    for line in Path(f"/proc/{p.pid}/status").read_text().splitlines():
+                        if line.startswith("VmHWM:"):
+                            out["peak_rss"] = int(line.split()[1]) * 1024
+            if shim:
+                p.send_signal(signal.SIGTERM)
+                rc = p.wait(120)
+                if rc != 0:
+                    self.note(f"shim {cfg}: protect exited with {rc} on SIGTERM: "
+                              f"{errtext().strip()[-300:]}")
+                out["check"] = self.shim_check(cfg, tree, repo, out["phases"]["rand"])
+            elif cfg == "floor":
+                must(run(["fusermount3", "-u", str(tree)]), "fusermount3 -u of the floor")
+                p.wait(60)
+                # again with the kernel's caches on: what the shim could have with them
+                p = start([sys.executable, "-c", PASSTHRU, str(tree), "1"], "mounted")
+                phase("reread", {}, as_name="reread_cached")
+                phase("sqlite", {"secs": par["sqlite_s"]}, as_name="sqlite_cached")
+                must(run(["fusermount3", "-u", str(tree)]), "fusermount3 -u of the floor")
+                p.wait(60)
+        except subprocess.TimeoutExpired as e:
+            raise BenchError(f"{cfg} did not stop: {e}") from None
+        finally:
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+            if p is not None:  # (a dead mount answers ENOTCONN: ismount says False)
+                force_unmount(tree)
+            if r is not None:
+                r.close()
+            out["log_tail"] = errtext().strip()[-500:]
+            errf.close()
+        return out
+
+    def shim_check(self, cfg: str, tree: Path, repo: Path, rand: dict) -> dict:
+        """What the shim recorded last is what the tree holds: ``anytime cat`` of the
+        randomly written file and of the database, against the files."""
+        at = self.tools["anytime"]
+        got: dict = {}
+        for name in ("RAND.bin", "app.db"):
+            dest = repo.parent / f"cat-{name}"
+            c = run([at.exe, "-r", str(repo), "cat", str(tree / name)], stdout_path=dest,
+                    keep_out=False, timeout=300)
+            same = c.ok and digest(dest) == digest(tree / name)
+            got[name] = same
+            if not same:
+                self.note(f"shim {cfg}: the recorded {name} differs from the file"
+                          + (f" (cat failed: {c.tail()})" if not c.ok else ""))
+            dest.unlink(missing_ok=True)
+        if rand.get("digest") and digest(tree / "RAND.bin") != rand["digest"]:
+            self.note(f"shim {cfg}: RAND.bin on disk differs from what the workload read "
+                      f"back through the shim")
+        return got
+
+    def shim_rows(self, res: dict) -> None:
+        def ph(cfg, name):
+            return res.get(cfg, {}).get("phases", {}).get(name, {})
+
+        def mbps(cfg, name, k=None):
+            d = ph(cfg, name)
+            if not d.get("secs"):
+                return None
+            secs = d["secs"][k] if k is not None else d["secs"]
+            return d["bytes"] / secs / 1e6
+
+        def lat(cfg, q):
+            xs = sorted(ph(cfg, "rand").get("lat") or [])
+            return xs[min(len(xs) - 1, int(q * len(xs)))] * 1e3 if xs else None
+
+        def tps(cfg):
+            d = ph(cfg, "sqlite")
+            return d["tx"] / d["secs"] if d.get("secs") else None
+
+        def per_byte(cfg, name):
+            d = ph(cfg, name)
+            return d["repo_growth"] / d["bytes"] if d.get("bytes") and "repo_growth" in d \
+                else None
+
+        par = self.shim_params()
+        fig = {"seq": (f"sequential write of {par['seq_mib'] / 1024:g} GiB in 1 MiB writes, "
+                       f"fsync included, MB/s", "MB/s", lambda c: mbps(c, "seq")),
+               "rand_p50": (f"4 KiB random write + fsync into a {par['rand_file_mib']} MiB "
+                            f"file, p50 latency", "ms", lambda c: lat(c, 0.5)),
+               "rand_p99": ("4 KiB random write + fsync, p99 latency", "ms",
+                            lambda c: lat(c, 0.99)),
+               "sqlite": ("SQLite WAL, synchronous=FULL: transactions of one small insert "
+                          "per second", "/s", tps),
+               "reread": ("second read of the file written (1 MiB readinto), MB/s", "MB/s",
+                          lambda c: mbps(c, "reread", 1))}
+        goals = {"seq": (">= 0.5x direct", "vs_ref", 0.5),
+                 "sqlite": (">= 0.5x direct", "vs_ref", 0.5),
+                 "reread": ("about page-cache speed: >= 0.5x direct", "vs_ref", 0.5)}
+        d = ph("floor", "sqlite_cached")
+        cached = {"reread": mbps("floor", "reread_cached", 1),
+                  "sqlite": d["tx"] / d["secs"] if d.get("secs") else None}
+        for key, (what, unit, get) in fig.items():
+            direct, floor = get("direct"), get("floor")
+            for cfg in ("shim", "shim --sync"):
+                goal, kind, k = goals.get(key, ("(context: direct as reference)", "ref_ratio",
+                                                0.0))
+                note = f"direct {fmt(direct, unit)}, floor (passthrough) {fmt(floor, unit)}"
+                if key.startswith("rand"):
+                    note += f"; {len(ph(cfg, 'rand').get('lat') or [])} writes"
+                self.add(Row("X", f"{what}, {cfg}", "shim", unit, {"anytime": get(cfg)}, goal,
+                             kind, k, ref=direct, note=note, key=f"shim_{key}_{cfg}",
+                             extra={"direct": direct, "floor": floor}))
+            self.add(Row("X", f"{what}, floor: a do-nothing mfusepy passthrough", "shim",
+                         unit, {"anytime": floor}, "(context: what FUSE in Python allows)",
+                         "ref_ratio", ref=direct, key=f"shim_{key}_floor",
+                         note=f"direct {fmt(direct, unit)}"))
+            if key in cached:
+                self.add(Row("X", f"{what}, floor with the kernel's caches (keep_cache, "
+                             f"1 s entry and attribute timeouts)", "shim", unit,
+                             {"anytime": cached[key]}, "(context: what caching would allow)",
+                             "ref_ratio", ref=direct, key=f"shim_{key}_floor_cached",
+                             note=f"direct {fmt(direct, unit)}"))
+        for cfg in ("shim", "shim --sync"):
+            for name, what in (("seq", "the sequential write"), ("rand", "the random writes")):
+                d = ph(cfg, name)
+                self.add(Row("X", f"bytes recorded per byte written, {what}, {cfg}", "shim",
+                             "n", {"anytime": per_byte(cfg, name)}, "(context)", "info",
+                             key=f"shim_growth_{name}_{cfg}",
+                             note=f"repository growth (du) {fmt(d.get('repo_growth'), 'MB')} "
+                                  f"for {fmt(d.get('bytes'), 'MB')} written; apparent "
+                                  f"{fmt(d.get('repo_growth_apparent'), 'MB')}"))
+            for name, what in (("seq", "sequential write"), ("rand", "random writes"),
+                               ("sqlite", "SQLite")):
+                d = ph(cfg, name)
+                self.add(Row("X", f"CPU of the shim, % of one core, {what}, {cfg}", "shim",
+                             "%", {"anytime": d.get("cpu_pct")}, "(context)", "info",
+                             key=f"shim_cpu_{name}_{cfg}",
+                             note=f"{d.get('cpu_s', 0):.1f} s of CPU over {d.get('wall_s', 0):.1f}"
+                                  f" s, until committed ({d.get('commit_lag_s', 0):.2f} s after "
+                                  f"the workload ended)" if d else ""))
+            self.add(Row("X", f"peak RSS of the shim, {cfg}", "shim", "MB",
+                         {"anytime": res.get(cfg, {}).get("peak_rss")}, "(context)", "info",
+                         key=f"shim_rss_{cfg}"))
+
     # --- output -------------------------------------------------------------------
     def table(self) -> str:
         heads = " | ".join(HEADS[t] for t in TOOLS)
@@ -2236,6 +2742,7 @@ def main(argv=None) -> int:
     ap.add_argument("--versions-commits", type=int, default=1000, help=argparse.SUPPRESS)
     ap.add_argument("--versions-files", type=int, default=1000, help=argparse.SUPPRESS)
     ap.add_argument("--watch-scale", type=float, default=1.0, help=argparse.SUPPRESS)
+    ap.add_argument("--shim-scale", type=float, default=1.0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     parts = args.only or list(ALL_PARTS)
 
@@ -2262,7 +2769,7 @@ def main(argv=None) -> int:
     try:
         b.build_corpora(parts)
         order = list(ALL_PARTS)
-        once = ("versions", "startup", "shifted", "watch")  # one run each
+        once = ("versions", "startup", "shifted", "watch", "shim")  # one run each
         runs: list[list[Row]] = []
         try:
             for i in range(max(1, args.runs)):
