@@ -1092,6 +1092,8 @@ def fmt(v, unit: str) -> str:
         return f"{v:,.0f}/s"
     if unit == "n":
         return f"{v:,.0f}" if abs(v) >= 10 else f"{v:.2g}"
+    if unit == "x":
+        return f"{v:.3f}"
     return f"{v}"
 
 
@@ -2636,7 +2638,7 @@ class Bench:
             for name, what in (("seq", "the sequential write"), ("rand", "the random writes")):
                 d = ph(cfg, name)
                 self.add(Row("X", f"bytes recorded per byte written, {what}, {cfg}", "shim",
-                             "n", {"anytime": per_byte(cfg, name)}, "(context)", "info",
+                             "x", {"anytime": per_byte(cfg, name)}, "(context)", "info",
                              key=f"shim_growth_{name}_{cfg}",
                              note=f"repository growth (du) {fmt(d.get('repo_growth'), 'MB')} "
                                   f"for {fmt(d.get('bytes'), 'MB')} written; apparent "
