@@ -70,6 +70,8 @@ from anytime.store.localfs import read_xattrs
 GROUP_S = 0.05
 #: Operations queued before a group commit is made at once.
 GROUP_OPS = 4096
+#: Bytes of written data queued for the recorder at most; writers wait past it.
+MAX_QUEUED_BYTES = 64 << 20
 #: Largest write request the kernel sends.
 MAX_WRITE = 1 << 20
 #: Slices a block reference may have before the block is stored whole again.
@@ -118,7 +120,10 @@ class Recorder:
         self.vol = vol
         self.source = source
         self.sync = sync
-        self.q: queue.Queue = queue.Queue()
+        self.q: queue.Queue = queue.Queue()  # (instant, records, chunk bytes)
+        #: chunk bytes queued and not yet committed; writers wait past MAX_QUEUED_BYTES
+        self.queued_bytes = 0
+        self._room = threading.Condition()
         self._stamp_lock = threading.Lock()
         self._last = vol.horizon
         self.committed_to = vol.horizon  # every operation at or before it is committed
@@ -158,12 +163,29 @@ class Recorder:
         (in the order of instants: stamping and queueing are one step)."""
         if self.error is not None:
             raise OSError(errno.EIO, f"the shim cannot record: {self.error}")
+        n = sum(len(r[1]) for r in records if r[0] == "chunk")
+        if n:  # the writer waits while the recorder is that far behind (bounded memory)
+            with self._room:
+                while (self.queued_bytes and self.queued_bytes + n > MAX_QUEUED_BYTES
+                       and self.gap_from is None and self.error is None
+                       and not self._stop.is_set()):
+                    self._room.wait(1.0)
         with self._stamp_lock:
             t = max(clock.now_ns(), self._last + 1)
             self._last = t
             if self.gap_from is None:
-                self.q.put((t, records))
+                with self._room:
+                    self.queued_bytes += n
+                self.q.put((t, records, n))
         return t
+
+    def _done_with(self, items) -> None:
+        """``items`` of the queue are committed or dropped: their bytes free room."""
+        n = sum(item[2] for item in items)
+        if n:
+            with self._room:
+                self.queued_bytes -= n
+                self._room.notify_all()
 
     def admit(self) -> None:
         """Before an operation changes the tree: with ``strict``, refuse it (ENOSPC)
@@ -210,6 +232,8 @@ class Recorder:
                     self._commit(batch)
                 except RepositoryFull:
                     self._gap(batch[0][0])
+                finally:
+                    self._done_with(batch)
             except BaseException as e:  # the shim answers EIO from now on
                 self.error = e
                 with self._cond:
@@ -222,8 +246,10 @@ class Recorder:
         whole, a commit that names the gap, and recording goes on."""
         with self._stamp_lock:
             self.gap_from = first
+            dropped = []
             while not self.q.empty():
-                self.q.get_nowait()
+                dropped.append(self.q.get_nowait())
+        self._done_with(dropped)
         self.gaps += 1
         self.publish()
         with self._cond:
@@ -248,7 +274,7 @@ class Recorder:
         b = self.session.builder(self.vol)
         last = 0
         try:
-            for t, records in batch:
+            for t, records, _n in batch:
                 last = t
                 for rec in records:
                     kind = rec[0]
