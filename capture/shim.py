@@ -68,6 +68,8 @@ from anytime.store.localfs import read_xattrs
 
 #: Seconds between group commits while operations come.
 GROUP_S = 0.05
+#: While a group gathers, how often it looks whether an fsync waits for it (--sync).
+URGENT_POLL_S = 0.002
 #: Operations queued before a group commit is made at once.
 GROUP_OPS = 4096
 #: Bytes of written data queued for the recorder at most; writers wait past it.
@@ -124,6 +126,7 @@ class Recorder:
         #: chunk bytes queued and not yet committed; writers wait past MAX_QUEUED_BYTES
         self.queued_bytes = 0
         self._room = threading.Condition()
+        self._urgent = threading.Event()  # an fsync waits for the next group commit
         self._stamp_lock = threading.Lock()
         self._last = vol.horizon
         self.committed_to = vol.horizon  # every operation at or before it is committed
@@ -196,6 +199,7 @@ class Recorder:
 
     def wait_committed(self, t: int) -> None:
         """Block until every operation at or before instant ``t`` is committed."""
+        self._urgent.set()  # the group commit goes now, not at the end of its window
         with self._cond:
             while self.committed_to < t and self.error is None:
                 self._cond.wait(1.0)
@@ -211,22 +215,27 @@ class Recorder:
         while True:
             stopping = self._stop.is_set()
             batch = []
-            try:
-                batch.append(self.q.get(timeout=GROUP_S))
+            try:  # idle: one wake-up a second, to see a stop
+                batch.append(self.q.get(timeout=1.0))
             except queue.Empty:
                 if stopping:
                     return
                 continue
             end = time.monotonic() + GROUP_S
             while len(batch) < GROUP_OPS:
+                try:
+                    batch.append(self.q.get_nowait())
+                    continue
+                except queue.Empty:
+                    pass
                 left = end - time.monotonic()
-                if left <= 0 and not self.sync:
+                if left <= 0 or self._urgent.is_set():  # an fsync waits (--sync)
                     break
                 try:
-                    batch.append(self.q.get(timeout=max(left, 0.0)) if left > 0
-                                 else self.q.get_nowait())
+                    batch.append(self.q.get(timeout=min(left, URGENT_POLL_S)))
                 except queue.Empty:
-                    break
+                    pass
+            self._urgent.clear()
             try:
                 try:
                     self._commit(batch)
