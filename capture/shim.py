@@ -201,10 +201,13 @@ class Recorder:
         """Block until every operation at or before instant ``t`` is committed."""
         self._urgent.set()  # the group commit goes now, not at the end of its window
         with self._cond:
-            while self.committed_to < t and self.error is None:
+            while self.committed_to < t and self.error is None and self.gap_from is None:
                 self._cond.wait(1.0)
         if self.error is not None:
             raise OSError(errno.EIO, f"the shim cannot record: {self.error}")
+        if self.gap_from is not None:  # not durable in the repository: say so
+            raise OSError(errno.ENOSPC, "the repository is full: this fsync's writes are "
+                                        "not recorded")
 
     def stop(self) -> None:
         self._stop.set()
@@ -530,33 +533,42 @@ class ShimOps:
 
     def open(self, path, flags):
         rel = _rel(path)
-        fd = os.open(_at(rel), flags & ~os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     dir_fd=self.root)
-        if flags & os.O_TRUNC:
+        flags = flags & ~os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        if flags & os.O_TRUNC:  # the truncation under the file's lock, as writes are
             with self.tree_lock:
                 fid = self._fid_for_new(rel)
-                self._truncated(rel, fid, fd, 0)
-        elif os.fstat(fd).st_nlink > 1:
-            self._fid(rel)  # a name of a hardlinked file: met, for _entries_of
+                return self._truncated(rel, fid, 0, lambda: os.open(_at(rel), flags,
+                                                                    dir_fd=self.root))
+        fd = os.open(_at(rel), flags, dir_fd=self.root)
+        try:
+            if os.fstat(fd).st_nlink > 1:
+                self._fid(rel)  # a name of a hardlinked file: met, for _entries_of
+        except BaseException:
+            os.close(fd)
+            raise
         return fd
 
     def create(self, path, mode, fi=None):
         rel = _rel(path)
+        flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
         with self.tree_lock:
-            fd = os.open(_at(rel), os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, mode, dir_fd=self.root)
-            self._own(fd=fd)
             existing = self.fids.get(rel)
-            if existing is not None:
-                self._truncated(rel, existing, fd, 0)
-            else:
-                self.fids.pop(rel, None)
+            if existing is not None:  # an existing file opened with O_CREAT: truncated
+                fd = self._truncated(rel, existing, 0, lambda: os.open(
+                    _at(rel), flags, mode, dir_fd=self.root))
+                return fd
+            fd = os.open(_at(rel), flags, mode, dir_fd=self.root)
+            try:
+                self._own(fd=fd)
                 fid = self.rec.vol.next_file_id
                 self.rec.vol.next_file_id += 1
                 self.fids[rel] = fid
                 with self._state_lock:
                     self.files[fid] = _File(fid, 0)
                 self.rec.stamp_and_put([("entry", rel, self._entry(rel, fd, fid))])
+            except BaseException:
+                os.close(fd)
+                raise
         return fd
 
     def _own(self, fd: int | None = None, rel: bytes | None = None) -> None:
@@ -603,14 +615,21 @@ class ShimOps:
                 + self._cut(old, whi, hi - lo)
             new = [sl for sl in new if sl[2] > 0]
             new = _merge(new)
-            if len(new) > MAX_SLICES:  # read back exactly as the file is now
+            read_back = len(new) > MAX_SLICES
+            if read_back:  # read back exactly as the file is now
                 whole = _pread(fh, hi - lo, lo)
                 wid = block_id(self.key, whole)
                 if wid != HOLE_ID:
                     records.append(("chunk", whole))
                 new = [(wid, 0, len(whole))]
             f.blocks[b] = new
-            ref = new[0][0] if len(new) == 1 and new[0][1] == 0 else encode_ref(new)
+            # a bare id only for a block that is exactly one whole chunk (or a hole)
+            one = new[0] if len(new) == 1 else None
+            if one and (read_back or one[0] == HOLE_ID
+                        or (one[0] == cid and one[1] == 0 and one[2] == len(data))):
+                ref = one[0]
+            else:
+                ref = encode_ref(new)
             records.append(("block", f.fid, b, ref))
         return records
 
@@ -619,23 +638,24 @@ class ShimOps:
         with self.tree_lock:
             fid = self._fid_for_new(rel)
             if fh is not None:
-                os.ftruncate(fh, length)
-                self._truncated(rel, fid, fh, length)
+                self._truncated(rel, fid, length, lambda: os.ftruncate(fh, length) or fh)
             else:
                 fd = os.open(_at(rel), os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
                              dir_fd=self.root)
                 try:
-                    os.ftruncate(fd, length)
-                    self._truncated(rel, fid, fd, length)
+                    self._truncated(rel, fid, length, lambda: os.ftruncate(fd, length) or fd)
                 finally:
                     os.close(fd)
         return 0
 
-    def _truncated(self, rel: bytes, fid: int, fd: int, length: int) -> None:
-        """Record file ``fid`` cut (or grown) to ``length``: the blocks past it become
-        holes, the last one is cut, so a later growth reads zeros there."""
+    def _truncated(self, rel: bytes, fid: int, length: int, cut) -> int:
+        """Cut (or grow) file ``fid`` to ``length`` by calling ``cut()`` (which returns a
+        descriptor of the file), under the file's lock as writes are, and record it:
+        the blocks past it become holes, the last one is cut, so a later growth reads
+        zeros there. Returns that descriptor."""
         f = self._file(fid)
         with f.lock:
+            fd = cut()
             bs = self.bs
             records = []
             old_blocks = (f.size + bs - 1) // bs
@@ -652,6 +672,7 @@ class ShimOps:
             f.size = length
             records += self._entries_of(rel, fd, fid)
             self.rec.stamp_and_put(records)
+        return fd
 
     def fsync(self, path, datasync, fh):
         if datasync:
@@ -725,11 +746,18 @@ class ShimOps:
             self.rec.stamp_and_put(records)
         return 0
 
-    def rename(self, old, new):
+    def rename(self, old, new, flags: int = 0):
+        """``flags``: renameat2's; RENAME_NOREPLACE is kept (never replacing what is
+        there), the others refused (EINVAL: callers fall back to a plain rename)."""
         o, n = _rel(old), _rel(new)
+        if flags & ~RENAME_NOREPLACE:
+            raise OSError(errno.EINVAL, "")
         with self.tree_lock:
             s = os.lstat(_at(o), dir_fd=self.root)
-            os.rename(_at(o), _at(n), src_dir_fd=self.root, dst_dir_fd=self.root)
+            if flags:
+                _renameat2(self.root, _at(o), self.root, _at(n), flags)
+            else:
+                os.rename(_at(o), _at(n), src_dir_fd=self.root, dst_dir_fd=self.root)
             records = [("entry", o, Entry(KIND_DELETED))]
             if st_.S_ISDIR(s.st_mode):
                 records += self._moved_tree(o, n)
@@ -752,14 +780,21 @@ class ShimOps:
         while stack:
             o, n = stack.pop()
             records.append(("entry", n, self._entry(n, fid=0)))
-            fd = os.open(_at(n), os.O_RDONLY | os.O_DIRECTORY, dir_fd=self.root)
             try:
-                names = [os.fsencode(n) for n in os.listdir(fd)]
-            finally:
-                os.close(fd)
+                fd = os.open(_at(n), os.O_RDONLY | os.O_DIRECTORY, dir_fd=self.root)
+                try:
+                    names = [os.fsencode(x) for x in os.listdir(fd)]
+                finally:
+                    os.close(fd)
+            except OSError:
+                names = []  # unreadable: its children stay as they were recorded
             for name in names:
                 co, cn = join_path(o, name), join_path(n, name)
-                s = os.lstat(_at(cn), dir_fd=self.root)
+                records.append(("entry", co, Entry(KIND_DELETED)))  # gone from there
+                try:
+                    s = os.lstat(_at(cn), dir_fd=self.root)
+                except OSError:
+                    continue
                 k = kind_of(s.st_mode)
                 if k == KIND_DIR:
                     stack.append((co, cn))
@@ -769,9 +804,12 @@ class ShimOps:
                     fid = self.fids.pop(co, None) or self._fid(co)
                     self.fids.pop(co, None)
                     self.fids[cn] = fid
-                records.append(("entry", cn, self._entry(cn, fid=fid)))
-        for p in [p for p in self.fids if p.startswith(old + b"/")]:
-            del self.fids[p]
+                try:
+                    records.append(("entry", cn, self._entry(cn, fid=fid)))
+                except OSError:
+                    continue
+        for p in [p for p in list(self.fids) if p.startswith(old + b"/")]:
+            self.fids.pop(p, None)
         records[0] = ("entry", new, self._entry(new))
         return records
 
@@ -847,6 +885,23 @@ def _pread(fd: int, n: int, offset: int) -> bytes:
         os.close(rd)
 
 
+RENAME_NOREPLACE = 1
+_libc = None
+
+
+def _renameat2(olddir: int, old: bytes, newdir: int, new: bytes, flags: int) -> None:
+    global _libc
+    if _libc is None:
+        import ctypes
+
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.renameat2(olddir, old, newdir, new, flags) != 0:
+        import ctypes
+
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
 def _merge(slices: list) -> list:
     """Adjacent slices of one chunk that follow each other, as one."""
     out = []
@@ -864,6 +919,7 @@ def operations(ops: ShimOps):
 
     class _Ops(mfusepy.Operations):
         use_ns = True  # times as integer nanoseconds (getattr, utimens): exact
+
 
         def init_with_config(self, conn, config):
             if conn is not None:  # writes of up to 1 MiB in one request
@@ -900,6 +956,18 @@ def operations(ops: ShimOps):
                  "fallocate"):
         setattr(_Ops, name, (wrap_changing if name in CHANGING else wrap)(getattr(ops, name)))
     return _Ops()
+
+
+def _shim_fuse(mfusepy):
+    """mfusepy.FUSE passing renameat2's flags on (mfusepy drops them: a rename with
+    RENAME_NOREPLACE would replace what is there)."""
+
+    class ShimFUSE(mfusepy.FUSE):
+        def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
+            return self.operations.rename(old.decode(self.encoding, self.errors),
+                                          new.decode(self.encoding, self.errors), flags)
+
+    return ShimFUSE
 
 
 def open_elsewhere(source: bytes) -> list[tuple[int, bytes]]:
@@ -963,7 +1031,7 @@ def serve(repo, session, vol, source: bytes, sync: bool = False, on_ready=None,
         if on_ready:
             threading.Thread(target=_when_mounted, args=(mountpoint, root_fd, on_ready),
                              daemon=True).start()
-        mfusepy.FUSE(operations(ops), mountpoint, **opts)
+        _shim_fuse(mfusepy)(operations(ops), mountpoint, **opts)
     finally:
         rec.stop()
         os.close(root_fd)

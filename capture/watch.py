@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import os
 import select
+import threading
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -119,14 +120,21 @@ class Watcher:
         self.repo_root = os.fsencode(os.path.realpath(repo.root))
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._stopping = False
+        self._scanning = False  # in a whole-tree scan (start, sweep)
         self.started_ns = clock.now_ns()
         self.events_seen = 0
         self.overflows = 0
 
     # --- control -------------------------------------------------------------------------
     def stop(self) -> None:
-        """End :meth:`run` after committing what is dirty; safe from a signal handler."""
+        """End :meth:`run` after committing what is dirty; safe from a signal handler.
+        During a whole-tree scan (the first snapshot of a big tree may take long) a stop
+        from the signal handler interrupts the scan as Ctrl-C does a snapshot: nothing
+        of it is committed, the chunks stored so far are kept, and :meth:`run` raises
+        :class:`~anytime.capture.scan.Interrupted`."""
         self._stopping = True
+        if self._scanning and threading.current_thread() is threading.main_thread():
+            raise KeyboardInterrupt
         try:
             os.write(self._wake_w, b"x")
         except OSError:
@@ -270,7 +278,13 @@ class Watcher:
         scan.skip_empty = tree.vol.horizon != 0  # a new volume gets its first commit
         info = {"kind": "scan", "source": os.fsdecode(tree.source),
                 "started_ns": clock.now_ns(), "by": MODE}
-        report = scan.run(info)
+        self._scanning = True
+        try:
+            if self._stopping:
+                raise KeyboardInterrupt  # stopped just before
+            report = scan.run(info)
+        finally:
+            self._scanning = False
         if self.progress:
             self.progress.clear()
         self._committed(tree, report, 0)

@@ -55,8 +55,9 @@ class ControlServer:
     """Serves requests for ``repo`` from a thread of its own; the caller holds the
     writer lock from :meth:`start` to :meth:`close`."""
 
-    def __init__(self, repo):
+    def __init__(self, repo, lock=None):
         self.repo = repo
+        self.lock = lock or threading.Lock()  # the session's: see WriterSession.lock
         self.sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self.served = 0
@@ -86,7 +87,7 @@ class ControlServer:
             self.sock.close()
             self.sock = None
         if self._thread is not None:
-            self._thread.join(TIMEOUT)
+            self._thread.join()  # a label write under way ends before the lock goes
 
     def _serve(self) -> None:
         me = os.getuid()
@@ -104,30 +105,33 @@ class ControlServer:
                     answer = self._answer(request) if request is not None else None
                     if answer is not None:
                         conn.sendall(json.dumps(answer).encode() + b"\n")
-                except OSError:
+                except Exception:  # noqa: BLE001 - one request failing never ends the server
                     continue
 
     def _answer(self, raw: bytes) -> dict:
-        from . import timeline
-
         try:
-            req = json.loads(raw)
-            op = req["op"]
-            if op == "set_label":
-                old = timeline.set_label(self.repo, int(req["vol"]), str(req["name"]),
-                                         int(req["instant"]), bool(req.get("force")))
-                answer = {"ok": True, "old": old}
-            elif op == "remove_label":
-                answer = {"ok": True, "removed": timeline.remove_label(
-                    self.repo, int(req["vol"]), str(req["name"]))}
-            else:
-                return {"ok": False, "error": f"unknown request {op!r}", "exit_code": 2}
+            with self.lock:
+                answer = self._do(json.loads(raw))
         except AnytimeError as e:
             return {"ok": False, "error": str(e), "exit_code": e.exit_code}
-        except (ValueError, KeyError, TypeError) as e:
+        except Exception as e:  # noqa: BLE001 - a malformed request: said to the client
             return {"ok": False, "error": f"malformed request ({e})", "exit_code": 2}
-        self.served += 1
+        if answer.get("ok"):
+            self.served += 1
         return answer
+
+    def _do(self, req: dict) -> dict:
+        from . import timeline
+
+        op = req["op"]
+        if op == "set_label":
+            old = timeline.set_label(self.repo, int(req["vol"]), str(req["name"]),
+                                     int(req["instant"]), bool(req.get("force")))
+            return {"ok": True, "old": old}
+        if op == "remove_label":
+            return {"ok": True, "removed": timeline.remove_label(
+                self.repo, int(req["vol"]), str(req["name"]))}
+        return {"ok": False, "error": f"unknown request {op!r}", "exit_code": 2}
 
 
 def _read_line(conn: socket.socket) -> bytes | None:

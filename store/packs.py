@@ -192,6 +192,19 @@ class PackWriter:
                 raise
         return done
 
+    def release(self) -> None:
+        """Let go of the open pack without deleting it (its prefix may be listed):
+        sealed if the store still can, else just closed by being dropped; this writer
+        is not used again."""
+        with self.lock:
+            handle, self._handle = self._handle, None
+            self._buf, self._buffered = [], 0
+            if handle is not None:
+                try:
+                    self.store.seal(handle)
+                except (AnytimeError, OSError):
+                    pass
+
     def committed(self) -> None:
         """The packs returned by the last :meth:`sync` are listed by a commit: forget
         them (the open pack stays open)."""

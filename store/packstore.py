@@ -213,8 +213,9 @@ class LocalDirPackStore(PackStore):
             os.fsync(handle.fd)
         except OSError as e:
             raise self.write_error(e, "writing a pack") from None
-        os.close(handle.fd)
-        handle.fd = -1
+        finally:  # the handle is spent either way
+            os.close(handle.fd)
+            handle.fd = -1
 
     def flush(self, handle: _LocalPack) -> None:
         try:

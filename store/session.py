@@ -31,6 +31,7 @@ meanwhile, each in a pack and a transaction of its own.
 
 from __future__ import annotations
 
+import threading
 import time
 from contextlib import ExitStack
 
@@ -56,6 +57,9 @@ class WriterSession:
         self._stack = ExitStack()
         self._opened = 0.0  # monotonic time the open pack took its first commit
         self.commits = 0  # made through this session
+        #: held by the control server's label writes, recover() and the end of the
+        #: session, so that none runs during another
+        self.lock = threading.Lock()
 
     def __enter__(self) -> WriterSession:
         self._stack.enter_context(self.repo.writer_lock(wait=self.wait))
@@ -63,15 +67,16 @@ class WriterSession:
             self.repo.require_feature(FEATURE_OPEN_PACKS)
         self.packw = PackWriter(self.repo.pack_store, self.repo.pack_target)
         # other processes' label changes, written under the lock this session holds
-        self.control = ControlServer(self.repo)
+        self.control = ControlServer(self.repo, self.lock)
         if self.control.start():
             self._stack.callback(self.control.close)
         return self
 
     def __exit__(self, *exc) -> None:
         try:
-            if self.packw is not None and self.packw.open_pack and exc[0] is None:
-                self.seal()
+            with self.lock:
+                if self.packw is not None and self.packw.open_pack and exc[0] is None:
+                    self.seal()
         finally:
             self._stack.close()
 
@@ -104,14 +109,20 @@ class WriterSession:
         writer is dropped for a new one, and what the next writer would clean is cleaned
         now, under the lock this session holds: its open pack cut back to what the
         index lists, packs no commit lists deleted. Call it with no builder in use."""
-        self.packw = PackWriter(self.repo.pack_store, self.repo.pack_target)
-        self._opened = 0.0
-        self.repo.cut_open_packs()
-        self.repo.reclaim_leftover_packs()
+        with self.lock:  # no label change of the control server meanwhile
+            old = self.packw
+            self.packw = PackWriter(self.repo.pack_store, self.repo.pack_target)
+            self._opened = 0.0
+            old.release()  # its descriptor; what it wrote is judged by the index below
+            self.repo.cut_open_packs()
+            self.repo.roll_back_unfinished()  # a failed staged commit's records
+            self.repo.reclaim_leftover_packs()
 
     def seal(self) -> None:
         """Seal the open pack and list it so (its marker removed), outside any commit.
-        Bytes appended after the last commit (a commit given up) are dropped first."""
+        Bytes appended after the last commit (a commit given up) stay in it as bytes no
+        index record names (history batches without their commit record, which a
+        rebuild leaves out)."""
         from .writer import seal_open_pack
 
         seal_open_pack(self.repo, self.packw)

@@ -376,3 +376,27 @@ def test_a_hardlinked_file_grown_through_one_name_grows_under_both(anytime, shim
     want = b"short\ngrown through one\n"
     assert anytime("cat", src / "one", check=0).stdout == want
     assert anytime("cat", src / "two", check=0).stdout == want
+
+
+def test_renames_through_the_shim_keep_their_flags_and_leave_no_old_names(anytime, shim,
+                                                                          src):
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    (src / "a").write_text("a\n")
+    (src / "b").write_text("b\n")
+    (src / "logs").mkdir()
+    (src / "logs" / "x").write_text("old log\n")
+    s = shim(src)
+    # RENAME_NOREPLACE: refused when the target exists, as on the real filesystem
+    rc = libc.renameat2(-100, str(src / "a").encode(), -100, str(src / "b").encode(), 1)
+    assert rc != 0 and ctypes.get_errno() == errno.EEXIST
+    assert (src / "b").read_text() == "b\n"
+    os.rename(src / "logs", src / "logs.1")  # a log rotation
+    (src / "logs").mkdir()
+    (src / "logs" / "y").write_text("new log\n")
+    assert s.stop() == 0
+    r = anytime("ls", "--json", src / "logs", check=0)
+    assert [row["name"] for row in json.loads(r.stdout)] == ["y"]
+    assert anytime("cat", src / "logs.1" / "x", check=0).stdout == b"old log\n"
+    assert anytime("cat", src / "b", check=0).stdout == b"b\n"

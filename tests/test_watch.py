@@ -568,3 +568,24 @@ def test_a_protected_tree_that_vanishes_stops_protect_with_a_clear_error(protect
     assert rc == 1 and "cannot be read" in err and "Traceback" not in err, err
     # nothing is recorded deleted for a root that went (an unmounted disk, say)
     assert v.read(b"f") == b"f\n"
+
+
+def test_sigterm_during_the_first_scan_stops_it_and_keeps_its_blocks(anytime, repo_dir, src,
+                                                                     tmp_path):
+    anytime("init", check=0)
+    for d in range(40):
+        (src / f"d{d}").mkdir()
+        for i in range(100):
+            (src / f"d{d}" / f"f{i}").write_bytes(os.urandom(40_000))
+    p = subprocess.Popen([anytime_command(), "-r", str(repo_dir), "protect", str(src)],
+                         stderr=subprocess.PIPE)
+    first = p.stderr.readline().decode()  # printed just before the first scan starts
+    assert first.startswith("anytime: protecting"), first
+    time.sleep(0.3)  # inside the first scan of 160 MB of random data (seconds here)
+    p.send_signal(signal.SIGTERM)
+    rc = p.wait(SETTLE)
+    err = p.stderr.read().decode()
+    assert rc == 130, err
+    assert "stopped during a whole-tree scan" in err and "Traceback" not in err, err
+    r = anytime("check", "--json", check=0)
+    assert json.loads(r.stdout)["ok"]

@@ -121,9 +121,8 @@ def systemd_unit(args) -> str:
 
 
 def cmd_protect(args) -> int:
-    import signal
 
-    from anytime.capture import protecting, read_pattern_file
+    from anytime.capture import read_pattern_file
     from anytime.vfs.instants import format_instant
 
     from .progress import Progress
@@ -147,28 +146,47 @@ def cmd_protect(args) -> int:
 
     if args.mode == "shim":
         return _protect_shim(args)
+    from anytime.capture import Interrupted
+
     with open_repo(args) as repo:
         progress = Progress()
-        with protecting(repo, args.paths, name=args.name, excludes=excludes,
-                        one_file_system=args.one_file_system, events=args.events,
-                        progress=progress, on_commit=committed, on_ready=ready,
-                        **kw) as watcher:
-            def stop(_signo, _frame) -> None:
-                watcher.stop()
+        try:
+            return _watch(repo, args, excludes, kw, committed, ready, progress)
+        except Interrupted as e:
+            progress.clear()
+            print(f"anytime: stopped during a whole-tree scan; nothing of it was committed, "
+                  f"but the {e.blocks} blocks ({e.bytes / 1e6:.1f} MB) stored so far are "
+                  f"kept: the next start finds them instead of storing them again",
+                  file=sys.stderr)
+            return 130
 
-            old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
-            try:
-                names = ", ".join(f"{t.vol.name} ({t.source.decode(errors='replace')})"
-                                  for t in watcher.trees)
-                print(f"anytime: protecting {names} with {watcher.events.kind} events; "
-                      f"stop with Ctrl-C or SIGTERM", file=sys.stderr, flush=True)
-                watcher.run()
-            finally:
-                for s, h in old.items():
-                    signal.signal(s, h)
-        total = sum(t.commits for t in watcher.trees)
-        print(f"anytime: stopped; {total} commits made, every change up to now committed",
-              file=sys.stderr)
+
+def _watch(repo, args, excludes, kw, committed, ready, progress) -> int:
+    """Run the watcher until SIGTERM or Ctrl-C (which stop it: see Watcher.stop)."""
+    import signal
+
+    from anytime.capture import protecting
+
+    with protecting(repo, args.paths, name=args.name, excludes=excludes,
+                    one_file_system=args.one_file_system, events=args.events,
+                    progress=progress, on_commit=committed, on_ready=ready,
+                    **kw) as watcher:
+        def stop(_signo, _frame) -> None:
+            watcher.stop()
+
+        old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            names = ", ".join(f"{t.vol.name} ({t.source.decode(errors='replace')})"
+                              for t in watcher.trees)
+            print(f"anytime: protecting {names} with {watcher.events.kind} events; "
+                  f"stop with Ctrl-C or SIGTERM", file=sys.stderr, flush=True)
+            watcher.run()
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+    total = sum(t.commits for t in watcher.trees)
+    print(f"anytime: stopped; {total} commits made, every change up to now committed",
+          file=sys.stderr)
     return 0
 
 
