@@ -72,6 +72,8 @@ GROUP_S = 0.05
 URGENT_POLL_S = 0.002
 #: Operations queued before a group commit is made at once.
 GROUP_OPS = 4096
+#: Seconds between entries (times) recorded for writes in place that keep the size.
+ENTRY_EVERY_S = 1.0
 #: Bytes of written data queued for the recorder at most; writers wait past it.
 MAX_QUEUED_BYTES = 64 << 20
 #: Largest write request the kernel sends.
@@ -96,13 +98,14 @@ class _File:
     """The content state of one file id: its size and the slices of the blocks an
     operation touched (others are read from the index when needed)."""
 
-    __slots__ = ("fid", "size", "blocks", "lock")
+    __slots__ = ("fid", "size", "blocks", "lock", "entry_at")
 
     def __init__(self, fid: int, size: int):
         self.fid = fid
         self.size = size
         self.blocks: dict[int, list[tuple[bytes, int, int]]] = {}
         self.lock = threading.Lock()
+        self.entry_at = 0.0  # monotonic time its entry was last recorded by a write
 
 
 class Recorder:
@@ -596,7 +599,11 @@ class ShimOps:
             new_size = s.st_size
             grown = new_size != f.size
             f.size = new_size
-            if grown:
+            now = time.monotonic()
+            # its entry: at once when the size changed; else (mtime, ctime) at most
+            # every ENTRY_EVERY_S, so in-place writes cost no entry each
+            if grown or now - f.entry_at >= ENTRY_EVERY_S:
+                f.entry_at = now
                 records += self._entries_of(rel, fh, fid)
             self.rec.stamp_and_put(records)
         return n

@@ -400,3 +400,16 @@ def test_renames_through_the_shim_keep_their_flags_and_leave_no_old_names(anytim
     assert [row["name"] for row in json.loads(r.stdout)] == ["y"]
     assert anytime("cat", src / "logs.1" / "x", check=0).stdout == b"old log\n"
     assert anytime("cat", src / "b", check=0).stdout == b"b\n"
+
+
+def test_a_write_in_place_through_the_shim_records_the_new_mtime(anytime, shim, src):
+    (src / "page").write_bytes(b"a" * 8192)
+    s = shim(src)
+    with open(src / "page", "r+b") as f:  # the size stays: only the times change
+        f.seek(100)
+        f.write(b"rewritten in place")
+    mtime = (src / "page").stat().st_mtime_ns
+    assert s.stop() == 0
+    r = anytime("ls", "-l", "--json", src, check=0)
+    (row,) = [x for x in json.loads(r.stdout) if x["name"] == "page"]
+    assert row["mtime_ns"] == mtime
