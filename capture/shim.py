@@ -822,18 +822,29 @@ class ShimOps:
 
     def chmod(self, path, mode):
         rel = _rel(path)
-        os.chmod(_at(rel), mode, dir_fd=self.root, follow_symlinks=False) if rel else \
-            os.chmod(self._abs(b""), mode)
+        return self._meta(rel, lambda: os.chmod(_at(rel), mode, dir_fd=self.root,
+                                                follow_symlinks=False) if rel else
+                          os.chmod(self._abs(b""), mode))
+
+    def _meta(self, rel: bytes, change) -> int:
+        """Apply ``change()`` (chmod, chown, utime, xattrs) to ``rel`` and record it: for
+        a regular file under its lock, as writes are, so that neither records the
+        other's state half."""
         with self.tree_lock:
-            self._record_path(rel)
+            fid = self._fid(rel) if rel else None  # regular files have one
+            if fid is None:
+                change()
+                self._record_path(rel)
+                return 0
+            with self._file(fid).lock:
+                change()
+                self._record_path(rel)
         return 0
 
     def chown(self, path, uid, gid):
         rel = _rel(path)
-        os.chown(_at(rel), uid, gid, dir_fd=self.root, follow_symlinks=False)
-        with self.tree_lock:
-            self._record_path(rel)
-        return 0
+        return self._meta(rel, lambda: os.chown(_at(rel), uid, gid, dir_fd=self.root,
+                                                follow_symlinks=False))
 
     def utimens(self, path, times=None):
         """``times``: (atime, mtime) in nanoseconds, each possibly libfuse's UTIME_NOW
@@ -845,10 +856,8 @@ class ShimOps:
             times = tuple(now if t == _UTIME_NOW else old if t == _UTIME_OMIT else t
                           for t, old in zip(times, (s.st_atime_ns, s.st_mtime_ns),
                                             strict=True))
-        os.utime(_at(rel), ns=times, dir_fd=self.root, follow_symlinks=False)
-        with self.tree_lock:
-            self._record_path(rel)
-        return 0
+        return self._meta(rel, lambda: os.utime(_at(rel), ns=times, dir_fd=self.root,
+                                                follow_symlinks=False))
 
     def getxattr(self, path, name, position=0):
         try:
@@ -861,17 +870,13 @@ class ShimOps:
 
     def setxattr(self, path, name, value, options, position=0):
         rel = _rel(path)
-        os.setxattr(self._abs(rel), name, value, options, follow_symlinks=False)
-        with self.tree_lock:
-            self._record_path(rel)
-        return 0
+        return self._meta(rel, lambda: os.setxattr(self._abs(rel), name, value, options,
+                                                    follow_symlinks=False))
 
     def removexattr(self, path, name):
         rel = _rel(path)
-        os.removexattr(self._abs(rel), name, follow_symlinks=False)
-        with self.tree_lock:
-            self._record_path(rel)
-        return 0
+        return self._meta(rel, lambda: os.removexattr(self._abs(rel), name,
+                                                       follow_symlinks=False))
 
     def fallocate(self, path, mode, offset, length, fh):
         raise OSError(errno.EOPNOTSUPP, "")
