@@ -238,10 +238,10 @@ class FileReader:
                 builder.add(None)
                 continue
             want = n + 1 if n < bs and off + n == size else n
-            data = os.pread(fd, want, off)
-            if len(data) != n:
-                return self._read_past(fd, off, data, size, builder)
-            builder.add(data)
+            got = os.preadv(fd, [builder.space(want)], off)
+            if got != n:
+                return self._read_past(fd, off, builder.space(got).tobytes(), size, builder)
+            builder.wrote(n)
         if nblocks * bs == size:
             data = os.pread(fd, bs, size)  # the file ends at a block boundary, or not
             if data:

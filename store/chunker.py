@@ -35,10 +35,11 @@ from .format import (
     is_zero,
 )
 
-#: Bytes of stream handed to the cutter at a time by :class:`RefBuilder` (a large file is
-#: cut as it is read, not held whole): with the unfinished chunk carried over, at most
-#: about twice CHUNK_MAX is held per file being read.
-FEED_BYTES = 2 << 20
+#: Bytes a stream's buffer holds at least (:class:`StreamCutter`): a chunk is final once
+#: CHUNK_MAX bytes follow its start, so the buffer holds less than CHUNK_MAX of a chunk not
+#: yet cut plus what was read since; the rest of it lets that tail be moved to the front
+#: once per few blocks instead of once per block.
+BUFFER_BYTES = 6 << 20
 
 
 def seed_of(block_key: bytes) -> int:
@@ -61,7 +62,8 @@ class Chunker:
         self.min_size, self.avg_size, self.max_size, self.nc = min_size, avg_size, max_size, nc
         self._local = threading.local()
 
-    def _cutter(self):
+    def cutter(self):
+        """This thread's pyfastcdc cutter."""
         c = getattr(self._local, "cutter", None)
         if c is None:
             from pyfastcdc import FastCDC
@@ -76,32 +78,104 @@ class Chunker:
         length; empty data gives none)."""
         if len(data) <= self.min_size:
             return [len(data)] if data else []
-        return [c.length for c in self._cutter().cut_buf(data)]
+        return [c.length for c in self.cutter().cut_buf(data)]
 
 
 class StreamCutter:
-    """Cuts a stream given in pieces: :meth:`feed` returns the chunks that are final,
-    :meth:`finish` the rest. The same chunks as cutting the whole stream at once: a
-    cut depends only on the bytes since the previous cut, so the unfinished last chunk
-    of each piece is cut again with the next one."""
+    """Cuts a stream given in pieces, read into one buffer that is cut as it fills: a chunk
+    is cut once CHUNK_MAX bytes follow its start (the cut depends on those bytes only, so it
+    is the cut of the whole stream), and its bytes are copied out once. :meth:`space` and
+    :meth:`wrote` let a reader read straight into the buffer; :meth:`feed` copies bytes in;
+    :meth:`finish` cuts what is left. Each gives the chunks that are final, in order.
+
+    The buffer (at least ``BUFFER_BYTES``) is kept by the thread for its next stream (a
+    fresh one each file would cost its page faults again): one stream per thread at a
+    time uses it, another gets one of its own."""
 
     def __init__(self, chunker: Chunker):
         self.chunker = chunker
-        self._tail = b""
+        self._max = chunker.max_size
+        self._buf: bytearray | None = None
+        self._view: memoryview | None = None
+        self._start = 0  # where the chunk not yet cut starts
+        self._end = 0  # where the bytes read end
 
-    def feed(self, data: bytes) -> list[bytes]:
-        buf = self._tail + data if self._tail else data
-        lens = self.chunker.cut(buf)
-        out, off = [], 0
-        for n in lens[:-1]:
-            out.append(buf[off:off + n])
-            off += n
-        self._tail = buf[off:]
-        return out
+    def space(self, n: int) -> memoryview:
+        """A view of ``n`` free bytes at the end of the stream, to read into; then call
+        :meth:`wrote` with how many of them are the stream's."""
+        if self._view is None or self._end + n > len(self._buf):
+            self._make_room(n)
+        return self._view[self._end:self._end + n]
+
+    def wrote(self, n: int) -> list[bytes]:
+        """Add the first ``n`` bytes of the last :meth:`space` to the stream."""
+        self._end += n
+        return self._cut(False) if self._end - self._start >= self._max else []
+
+    def zeros(self, n: int) -> bool:
+        """True if the first ``n`` bytes of the last :meth:`space` are all zeros."""
+        return is_zero(self._view[self._end:self._end + n])
+
+    def feed(self, data) -> list[bytes]:
+        self.space(len(data))[:] = data
+        return self.wrote(len(data))
 
     def finish(self) -> list[bytes]:
-        tail, self._tail = self._tail, b""
-        return [tail] if tail else []
+        if self._view is None:
+            return []
+        out = self._cut(True)
+        self._release()
+        return out
+
+    def _cut(self, last: bool) -> list[bytes]:
+        """The chunks of the buffer that are final (all of them if ``last``)."""
+        start, end, limit, view = self._start, self._end, self._max, self._view
+        if start == end:
+            return []
+        out = []
+        it = self.chunker.cutter().cut_buf(view[start:end])
+        while last or end - start >= limit:
+            try:
+                n = next(it).length
+            except StopIteration:
+                break
+            out.append(view[start:start + n].tobytes())
+            start += n
+        del it
+        self._start = start
+        return out
+
+    def _make_room(self, n: int) -> None:
+        """Move the uncut bytes to the front of the buffer, so ``n`` more fit after them
+        (in a larger buffer if they do not)."""
+        keep = self._end - self._start
+        if self._buf is not None and keep + n <= len(self._buf):
+            if keep:
+                self._view[:keep] = self._view[self._start:self._end]
+        else:
+            old = self._view[self._start:self._end].tobytes() if self._view is not None else b""
+            self._release()
+            local = self.chunker._local
+            free = getattr(local, "buffer", None)
+            if free is not None and len(free) >= keep + n:
+                local.buffer, self._buf = None, free
+            else:
+                self._buf = bytearray(max(keep + n, BUFFER_BYTES))
+            self._view = memoryview(self._buf)
+            self._view[:keep] = old
+        self._start, self._end = 0, keep
+
+    def _release(self) -> None:
+        """Give the buffer back to the thread, for its next stream (the larger of two)."""
+        buf, self._buf = self._buf, None
+        if self._view is not None:
+            self._view.release()
+            self._view = None
+        self._start = self._end = 0
+        local = self.chunker._local
+        cur = getattr(local, "buffer", None)
+        if buf is not None and (cur is None or len(cur) < len(buf)):
+            local.buffer = buf
 
 
 class RefBuilder:
@@ -109,10 +183,11 @@ class RefBuilder:
 
     ``store(chunk) -> chunk id`` stores (or only names) each chunk; it may return a
     :class:`~concurrent.futures.Future` of the id instead (anything but bytes is taken
-    for one: ``ls`` and ``log`` import this module and start without concurrent.futures), so large files are hashed
-    and compressed by other threads while this one reads on. :meth:`add` takes each
-    block's bytes (None for a hole found without reading); :meth:`finish` returns one
-    reference per block."""
+    for one: ``ls`` and ``log`` import this module and start without
+    concurrent.futures), so large files are hashed and compressed by other threads while
+    this one reads on. :meth:`add` takes each block's bytes (None for a hole found without
+    reading), or :meth:`space` and :meth:`wrote` let the caller read a block straight into
+    the stream's buffer; :meth:`finish` returns one reference per block."""
 
     def __init__(self, chunker: Chunker, store):
         self.chunker = chunker
@@ -120,31 +195,32 @@ class RefBuilder:
         self.lens: list[int | None] = []  # per block: its length, None for a hole
         self.chunks: list[tuple[object, int]] = []  # (id, or a Future of it; length)
         self._cutter = StreamCutter(chunker)
-        self._piece: list[bytes] = []
-        self._piece_len = 0
 
     def add(self, data: bytes | None) -> None:
         if data is None or is_zero(data):
             self.lens.append(None)
             return
         self.lens.append(len(data))
-        self._piece.append(data)
-        self._piece_len += len(data)
-        if self._piece_len >= FEED_BYTES:
-            self._feed(self._cutter.feed(self._take()))
+        self._feed(self._cutter.feed(data))
 
-    def _take(self) -> bytes:
-        piece = self._piece[0] if len(self._piece) == 1 else b"".join(self._piece)
-        self._piece, self._piece_len = [], 0
-        return piece
+    def space(self, n: int) -> memoryview:
+        """A view to read the next block's ``n`` bytes (at most) into; then :meth:`wrote`."""
+        return self._cutter.space(n)
+
+    def wrote(self, n: int) -> None:
+        """Add the block of the first ``n`` bytes of the last :meth:`space` (a hole if they
+        are all zeros)."""
+        if self._cutter.zeros(n):
+            self.lens.append(None)
+            return
+        self.lens.append(n)
+        self._feed(self._cutter.wrote(n))
 
     def _feed(self, chunks: list[bytes]) -> None:
         store = self.store
         self.chunks.extend((store(c), len(c)) for c in chunks)
 
     def finish(self) -> list[bytes]:
-        if self._piece:
-            self._feed(self._cutter.feed(self._take()))
         self._feed(self._cutter.finish())
         chunks = [(x if isinstance(x, bytes) else x.result(), n) for x, n in self.chunks]
         return block_refs(self.lens, chunks)

@@ -116,10 +116,11 @@ def block_size_problem(n) -> str | None:
     return None
 
 
-def is_zero(data: bytes) -> bool:
-    """True for an all-zero block (a hole), compared in C."""
+def is_zero(data) -> bool:
+    """True for an all-zero block (a hole) or view, compared in C (memcmp, without
+    copying the zeros first: ``data == _ZERO[:n]`` would)."""
     n = len(data)
-    return data == _ZERO[:n] if n <= len(_ZERO) else data.count(0) == n
+    return _ZERO.startswith(data) if n <= len(_ZERO) else data.count(0) == n
 
 
 def block_id(key: bytes, data: bytes) -> bytes:

@@ -4,6 +4,7 @@ repositories use a fixed chunker seed, and the text is the standard library's ow
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import sysconfig
@@ -230,6 +231,32 @@ def test_zero_blocks_are_holes_and_store_nothing():
     assert stored == [1010]  # one chunk: the two non-hole blocks joined
     assert decode_ref(refs[0]) == [(b"\x01" * 32, 0, 1000)]
     assert decode_ref(refs[3]) == [(b"\x01" * 32, 1000, 10)]
+
+
+def test_blocks_read_into_the_buffer_give_the_references_of_blocks_added():
+    """A reader that reads each block straight into the stream's buffer (space, wrote)
+    gets the references of one that hands over bytes (add): the same chunks, the same
+    holes, and blocks of 3 MiB (larger than the part of the buffer left) fit too."""
+    rnd = random.Random(5)
+    blocks = [rnd.randbytes(1 << 20) for _ in range(9)]
+    blocks[3] = bytes(1 << 20)
+    blocks += [rnd.randbytes(3 << 20), rnd.randbytes(1000)]
+
+    def name(data):
+        return hashlib.sha256(data).digest()
+
+    ch = Chunker(SEED)
+    added = RefBuilder(ch, name)
+    for b in blocks:
+        added.add(b)
+    want = added.finish()
+    read = RefBuilder(ch, name)
+    for b in blocks:
+        read.space(len(b) + 1)[:len(b)] = b  # a reader asks a byte more at the end
+        read.wrote(len(b))
+    assert read.finish() == want
+    assert want[3] == HOLE_ID
+    assert sum(1 for r in want if r != HOLE_ID) == len(blocks) - 1
 
 
 def test_cut_points_are_pinned():
