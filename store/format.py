@@ -208,8 +208,10 @@ ZDICT_MIN_SAMPLE_BYTES = 1 << 20
 #: search would cost 10x the time for 1% less).
 ZDICT_SIZE = 512 * 1024
 ZDICT_TRAIN = {"k": 1024, "d": 8, "accel": 4}
-#: The dictionary is kept zstd-compressed (this level, content size in the frame).
-ZDICT_STORE_LEVEL = 19
+#: The dictionary is kept zstd-compressed (this level, content size in the frame). Level
+#: 12 compresses a 512 KiB dictionary in a tenth of level 19's time (0.03 s instead of
+#: 0.29 s here, while the capture that trained it waits) for 7% more bytes (13 KB).
+ZDICT_STORE_LEVEL = 12
 ZDICT_PREFIX = b"zdict/"
 #: ``meta`` key of the dictionary used for new small blocks (its id, u32 BE).
 ZDICT_CURRENT = b"zdict"
