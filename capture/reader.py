@@ -5,7 +5,7 @@ the commit's ``store_chunk`` (hash, dedup, compress, append to a pack), and retu
 file's block references (store/chunker.py defines the terms). Small files come in
 batches, read and stored by one worker each; a large file is read by one worker while
 its chunks are stored by it and ``cores - 1`` others (so both cores work even on one
-large file, and no more compressors and buffers exist than cores).
+large file, and no more compressors exist than cores).
 The scan (capture/scan.py) decides what to read and checks what was read.
 
 Terms:
@@ -37,6 +37,9 @@ from anytime.store.chunker import RefBuilder
 from anytime.store.localfs import read_xattrs
 
 SEGMENT_BLOCKS = 8
+#: Chunks of a large file given to the reader's pool per thread of it, at most: the one
+#: it compresses and one waiting (:meth:`FileReader._submit`).
+POOL_AHEAD = 2
 #: Reads of a file before it is recorded as unstable (capture/scan.py).
 RETRIES = 3
 #: A file changed less than this before its read began is "recent" (capture/scan.py):
@@ -199,14 +202,16 @@ class FileReader:
 
     def _submit(self, chunk: bytes):
         """Store ``chunk`` of a large file: in the reader's pool (a Future of its id)
-        while one of its ``cores - 1`` threads is free, else in this thread (its id).
-        So a large file keeps one chunk per core compressing, as many compressors and
-        buffers as that takes, and no more (each compressor holds megabytes)."""
+        while it has fewer than ``POOL_AHEAD`` chunks per thread, else in this thread
+        (its id). So a large file keeps one chunk per core compressing, as many
+        compressors as that takes, and no more (each compressor holds megabytes); the
+        one more chunk waiting per pool thread is there for it when it is done (without
+        it, a pool thread that finished first waited for this one to finish its own)."""
         with self._pool_lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self._pool_size,
                                                 thread_name_prefix="anytime-chunk")
-            pooled = self._in_pool < self._pool_size
+            pooled = self._in_pool < self._pool_size * POOL_AHEAD
             if pooled:
                 self._in_pool += 1
         if not pooled:
