@@ -88,9 +88,9 @@ class StreamCutter:
     :meth:`wrote` let a reader read straight into the buffer; :meth:`feed` copies bytes in;
     :meth:`finish` cuts what is left. Each gives the chunks that are final, in order.
 
-    The buffer (at least ``BUFFER_BYTES``) is kept by the thread for its next stream (a
-    fresh one each file would cost its page faults again): one stream per thread at a
-    time uses it, another gets one of its own."""
+    The first buffer holds the first piece only (most files cut this way are one
+    block); a stream that goes on gets one of at least ``BUFFER_BYTES``, kept until
+    :meth:`finish`."""
 
     def __init__(self, chunker: Chunker):
         self.chunker = chunker
@@ -147,35 +147,27 @@ class StreamCutter:
 
     def _make_room(self, n: int) -> None:
         """Move the uncut bytes to the front of the buffer, so ``n`` more fit after them
-        (in a larger buffer if they do not)."""
+        (in a larger buffer if they do not: a stream's first buffer holds just its first
+        piece, so a one-block file costs no more memory than the block)."""
         keep = self._end - self._start
         if self._buf is not None and keep + n <= len(self._buf):
             if keep:
                 self._view[:keep] = self._view[self._start:self._end]
+        elif self._buf is None:
+            self._buf = bytearray(n)
+            self._view = memoryview(self._buf)
         else:
-            old = self._view[self._start:self._end].tobytes() if self._view is not None else b""
+            old = self._view[self._start:self._end].tobytes()
             self._release()
-            local = self.chunker._local
-            free = getattr(local, "buffer", None)
-            if free is not None and len(free) >= keep + n:
-                local.buffer, self._buf = None, free
-            else:
-                self._buf = bytearray(max(keep + n, BUFFER_BYTES))
+            self._buf = bytearray(max(keep + n, BUFFER_BYTES))
             self._view = memoryview(self._buf)
             self._view[:keep] = old
         self._start, self._end = 0, keep
 
     def _release(self) -> None:
-        """Give the buffer back to the thread, for its next stream (the larger of two)."""
-        buf, self._buf = self._buf, None
         if self._view is not None:
             self._view.release()
-            self._view = None
-        self._start = self._end = 0
-        local = self.chunker._local
-        cur = getattr(local, "buffer", None)
-        if buf is not None and (cur is None or len(cur) < len(buf)):
-            local.buffer = buf
+        self._buf = self._view = None
 
 
 class RefBuilder:
