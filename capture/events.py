@@ -255,6 +255,21 @@ class EventSource:
         raise NotImplementedError
 
     def read(self) -> list[Change]:
+        """Drain the kernel queue (``self._fd``), at most ``MAX_READS`` buffers, each
+        turned into changes by :meth:`_consume`."""
+        out: list[Change] = []
+        for _ in range(MAX_READS):
+            try:
+                buf = os.read(self._fd, READ_SIZE)
+            except BlockingIOError:
+                break
+            if not buf:
+                break
+            self._consume(buf, out)
+        return _unique(out)
+
+    def _consume(self, buf: bytes, out: list[Change]) -> None:
+        """Append the changes one buffer read from the kernel holds to ``out``."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -369,17 +384,8 @@ class FanotifyEvents(EventSource):
                                    f"(fs.fanotify.max_user_marks) is reached; raise it")
         raise WatchUnavailable(f"cannot watch {where} with fanotify: {os.strerror(err)}")
 
-    def read(self) -> list[Change]:
-        out: list[Change] = []
-        for _ in range(MAX_READS):
-            try:
-                buf = os.read(self._fd, READ_SIZE)
-            except BlockingIOError:
-                break
-            if not buf:
-                break
-            self._resolve(self._parse(buf), out)
-        return _unique(out)
+    def _consume(self, buf: bytes, out: list[Change]) -> None:
+        self._resolve(self._parse(buf), out)
 
     def _parse(self, buf: bytes) -> list[tuple]:
         """The events of one buffer as (mask, [(info type, fsid + handle, name)])."""
@@ -647,19 +653,7 @@ class InotifyEvents(EventSource):
             self._drop(w)
         self._paths.clear()
 
-    def read(self) -> list[Change]:
-        out: list[Change] = []
-        for _ in range(MAX_READS):
-            try:
-                buf = os.read(self._fd, READ_SIZE)
-            except BlockingIOError:
-                break
-            if not buf:
-                break
-            self._handle(buf, out)
-        return _unique(out)
-
-    def _handle(self, buf: bytes, out: list[Change]) -> None:
+    def _consume(self, buf: bytes, out: list[Change]) -> None:
         unpack = _IN_EVENT.unpack_from
         pos, end = 0, len(buf)
         while pos + 16 <= end:
