@@ -297,8 +297,8 @@ class Recorder:
                         b.put_entry(rec[1], rec[2], at=t)
                     elif kind == "block":
                         b.put_block_version(rec[1], rec[2], rec[3], at=t)
-                    elif kind == "chunk":
-                        b.store_chunk(rec[1])
+                    elif kind == "chunk":  # hashed by the operation: not again
+                        b.store_chunk(rec[1], rec[2])
                     elif kind == "inode":
                         b.map_inode(*rec[1:])
             b.commit({"kind": "shim", "source": os.fsdecode(self.source), "ops": len(batch)},
@@ -611,7 +611,7 @@ class ShimOps:
     def _write_records(self, f: _File, fh: int, offset: int, data: bytes) -> list:
         bs = self.bs
         cid = block_id(self.key, data)
-        records = [("chunk", data)] if cid != HOLE_ID else []
+        records = [("chunk", data, cid)] if cid != HOLE_ID else []
         end = offset + len(data)
         size_after = max(f.size, end)
         for b in range(offset // bs, (end - 1) // bs + 1 if data else offset // bs):
@@ -627,7 +627,7 @@ class ShimOps:
                 whole = _pread(fh, hi - lo, lo)
                 wid = block_id(self.key, whole)
                 if wid != HOLE_ID:
-                    records.append(("chunk", whole))
+                    records.append(("chunk", whole, wid))
                 new = [(wid, 0, len(whole))]
             f.blocks[b] = new
             # a bare id only for a block that is exactly one whole chunk (or a hole)

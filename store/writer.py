@@ -248,11 +248,12 @@ class CommitBuilder:
             with self._lock:
                 self._cctx_free[kind].append(c)
 
-    def store_chunk(self, data: bytes) -> bytes:
+    def store_chunk(self, data: bytes, bid: bytes | None = None) -> bytes:
         """Store chunk ``data`` unless an identical chunk exists; returns its id (the
         ``blocks`` database and pack records name chunks by it; ``HOLE_ID`` for zeros,
-        which are not stored)."""
-        bid, new = self._reserve(data)
+        which are not stored). ``bid``: that id, when the caller has just computed it
+        (``format.block_id`` with this repository's key), so it is not hashed again."""
+        bid, new = self._reserve(data, bid)
         if new:
             self._store_reserved(bid, data)
         return bid
@@ -284,11 +285,12 @@ class CommitBuilder:
                 self._append(bid, data, CODEC_ZSTD_DICT, z)
         return ids
 
-    def _reserve(self, data: bytes) -> tuple[bytes, bool]:
+    def _reserve(self, data: bytes, bid: bytes | None = None) -> tuple[bytes, bool]:
         """(id of chunk ``data``, whether it is to be stored): True once reserved in
         ``_new_blocks`` for this caller, False for zeros and chunks already stored or
-        being stored (counted as duplicates)."""
-        bid = block_id(self.repo.block_key, data)
+        being stored (counted as duplicates). ``bid``: the id if known."""
+        if bid is None:
+            bid = block_id(self.repo.block_key, data)
         if bid == HOLE_ID:
             return bid, False
         with self._lock:
