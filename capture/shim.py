@@ -299,8 +299,6 @@ class Recorder:
                         b.put_block_version(rec[1], rec[2], rec[3], at=t)
                     elif kind == "chunk":  # hashed by the operation: not again
                         b.store_chunk(rec[1], rec[2])
-                    elif kind == "inode":
-                        b.map_inode(*rec[1:])
             b.commit({"kind": "shim", "source": os.fsdecode(self.source), "ops": len(batch)},
                      instant=last)
         except BaseException:

@@ -15,14 +15,12 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
-from conftest import anytime_command
 from test_mount import mounted
-from treeutil import at_epoch
+from treeutil import Protecting, at_epoch
 
 from anytime.store import clock
 
@@ -34,31 +32,13 @@ pytestmark = [
 SETTLE = 30.0
 
 
-class Shim:
+class Shim(Protecting):
+    """A running ``anytime protect --mode shim``, ready once mounted."""
+
     def __init__(self, repo_dir: Path, src: Path, *extra: str):
         self.src = src
-        self.p = subprocess.Popen([anytime_command(), "-r", str(repo_dir), "protect", str(src),
-                                   "--mode", "shim", *extra], stderr=subprocess.PIPE,
-                                  stdout=subprocess.PIPE)
-        self.lines: list[str] = []
-        self.ready = threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
-        if not self.ready.wait(SETTLE):
-            self.p.kill()
-            pytest.fail("the shim did not mount:\n" + "".join(self.lines))
-
-    def _read(self) -> None:
-        for raw in self.p.stderr:
-            line = raw.decode(errors="replace")
-            self.lines.append(line)
-            if "shim mounted" in line:
-                self.ready.set()
-        self.ready.set()
-
-    def stop(self, sig=signal.SIGTERM) -> int:
-        if self.p.poll() is None:
-            self.p.send_signal(sig)
-        return self.p.wait(SETTLE)
+        super().__init__(repo_dir, [src, "--mode", "shim", *extra], "anytime: shim mounted",
+                         SETTLE)
 
 
 @pytest.fixture

@@ -12,13 +12,13 @@ import signal
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 from pathlib import Path
 
 import pytest
 from conftest import anytime_command
 from test_mount import mounted
+from treeutil import Protecting
 
 from anytime.store import timeline
 from anytime.store.format import KIND_DIR, KIND_FILE, KIND_SYMLINK, MAX_INSTANT
@@ -30,40 +30,11 @@ from anytime.vfs.view import View
 SETTLE = 30.0
 
 
-class Protect:
-    """A running ``anytime protect`` (stderr collected by a thread)."""
+class Protect(Protecting):
+    """A running ``anytime protect`` (watch), ready once its first scans are done."""
 
     def __init__(self, repo_dir: Path, *args: str | Path):
-        self.repo_dir = repo_dir
-        self.p = subprocess.Popen([anytime_command(), "-r", str(repo_dir), "protect",
-                                   *map(str, args)], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE)
-        self.lines: list[str] = []
-        self.ready = threading.Event()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        if not self.ready.wait(SETTLE):
-            self.stop(signal.SIGKILL)
-            pytest.fail("protect did not get ready:\n" + "".join(self.lines))
-
-    def _read(self) -> None:
-        for raw in self.p.stderr:
-            line = raw.decode(errors="replace")
-            self.lines.append(line)
-            if line.startswith("anytime: watching"):
-                self.ready.set()
-        self.ready.set()
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = SETTLE) -> int:
-        if self.p.poll() is None:
-            self.p.send_signal(sig)
-        rc = self.p.wait(timeout)
-        self._reader.join(timeout)
-        return rc
-
-    @property
-    def pid(self) -> int:
-        return self.p.pid
+        super().__init__(repo_dir, args, "anytime: watching", SETTLE)
 
 
 @pytest.fixture

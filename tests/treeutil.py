@@ -107,3 +107,51 @@ def assert_same_tree(a: Path | bytes, b: Path | bytes, ignore_root_meta: bool = 
 
 def _short(rec: dict) -> dict:
     return {k: (v[:40] if isinstance(v, bytes) else v) for k, v in rec.items()}
+
+
+class Protecting:
+    """A running ``anytime -r REPO protect ARGS...``, ready once its stderr has a line
+    starting with ``ready`` (within ``timeout`` seconds; the test fails otherwise).
+    ``lines``: its stderr so far, read by a thread."""
+
+    def __init__(self, repo_dir, args, ready: str, timeout: float = 30.0):
+        import subprocess
+        import threading
+
+        from conftest import anytime_command
+
+        self.repo_dir, self.timeout, self._ready_line = repo_dir, timeout, ready
+        self.p = subprocess.Popen([anytime_command(), "-r", str(repo_dir), "protect",
+                                   *map(str, args)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE)
+        self.lines: list[str] = []
+        self.ready = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        if not self.ready.wait(timeout):
+            self.p.kill()
+            import pytest
+
+            pytest.fail(f"protect did not print '{ready}':\n" + "".join(self.lines))
+
+    def _read(self) -> None:
+        for raw in self.p.stderr:
+            line = raw.decode(errors="replace")
+            self.lines.append(line)
+            if line.startswith(self._ready_line):
+                self.ready.set()
+        self.ready.set()
+
+    def stop(self, sig=None, timeout: float | None = None) -> int:
+        """Send ``sig`` (SIGTERM by default) and wait for the exit code."""
+        import signal
+
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM if sig is None else sig)
+        rc = self.p.wait(timeout or self.timeout)
+        self._reader.join(timeout or self.timeout)
+        return rc
+
+    @property
+    def pid(self) -> int:
+        return self.p.pid
