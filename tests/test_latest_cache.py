@@ -151,7 +151,9 @@ def test_unchanged_file_stays_in_page_cache(anytime, live):
     commit(anytime, src)
     assert (mp / "latest" / "other").read_text() == "1\n"
     assert os.stat(f).st_ino == ino  # same file in latest/: same inode number
-    assert resident(f) == SIZE // PAGE
+    # kept, not dropped: an open without keep_cache leaves none of its pages; the
+    # kernel may have reclaimed a few meanwhile for reasons of its own (seen: 761 of 768)
+    assert resident(f) >= SIZE // PAGE * 9 // 10
     before = served(pid)
     assert read_all(f) == a
     assert served(pid) - before < SIZE // 8
