@@ -835,7 +835,8 @@ class _Checker:
         from . import history as hist
 
         store = self.repo.pack_store
-        recs: dict[tuple[int, int], tuple] = {}  # (volume, instant) -> commit record
+        # (volume, instant) -> its commit records (a prune writes a changed commit again)
+        recs: dict[tuple[int, int], list[tuple]] = {}
         batches: dict[tuple, int] = {}  # (volume, instant, nonce) -> batches found
         labels: set[tuple[int, str]] = set()
         zdicts: set[int] = set()
@@ -854,17 +855,23 @@ class _Checker:
                                         f"offset {offset} does not decode ({e})")
                     continue
                 if kind == HIST_COMMIT:
-                    recs[(vid, t)] = (nonce, got.get("batches"))
+                    recs.setdefault((vid, t), []).append((nonce, got.get("batches")))
                 if got.get("label"):
                     labels.add((vid, got["label"]))
-        instants: dict[int, list[int]] = {}  # of each volume's commits (records unread)
-        for key in self.txn.cursor(db=self.dbs[DB_COMMITS]).iternext(values=False):
+        instants: dict[int, list[tuple[int, str | None]]] = {}  # each volume's commits
+        for key, val in self.txn.cursor(db=self.dbs[DB_COMMITS]):
             if len(key) == 12:
                 vid, t = split_commit_key(bytes(key))
-                instants.setdefault(vid, []).append(t)
+                try:
+                    nonce = json.loads(bytes(val)).get("nonce")
+                except (ValueError, AttributeError):
+                    nonce = None  # I23's to report
+                instants.setdefault(vid, []).append((t, nonce))
         for vid, vol in sorted(self.vols.items()):
-            for t in instants.get(vid, []):
-                rec = recs.get((vid, t))
+            for t, nonce in instants.get(vid, []):
+                gens = recs.get((vid, t), [])
+                # the generation the index holds (any, for a commit without a nonce)
+                rec = next((g for g in gens if nonce is None or g[0].hex() == nonce), None)
                 if rec is None:
                     self.problem("I26", f"volume {vol.name}: the commit of {t} has no commit "
                                         f"record in the packs; a rebuild of the index "

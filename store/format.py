@@ -56,6 +56,8 @@ HIST_BATCH = 1
 HIST_COMMIT = 2
 HIST_LABEL = 3
 HIST_ZDICT = 4
+#: a prune's tombstone: the commits it dropped (store/prune.py)
+HIST_PRUNE = 6
 #: An index record in a batch: database code u8 | key length u16 | value length u32,
 #: then the key and the value (little-endian).
 HIST_ITEM = struct.Struct("<BHI")

@@ -31,6 +31,7 @@ from .format import (
     HIST_BATCH,
     HIST_COMMIT,
     HIST_LABEL,
+    HIST_PRUNE,
     HIST_ZDICT,
     HISTORY_ID,
     HISTORY_MAGIC,
@@ -85,6 +86,15 @@ def append_label(packw, vol: int, at: int, name: str, instant: int | None) -> No
 def append_zdict(packw, dict_id: int, packed: bytes) -> None:
     """Append dictionary ``dict_id`` as the index keeps it (zstd-compressed)."""
     packw.append(history_id(HIST_ZDICT, part=dict_id), CODEC_RAW, len(packed), packed,
+                 magic=HISTORY_MAGIC)
+
+
+def append_prune(packw, vol: int, at: int, dropped: list[int]) -> None:
+    """Append the tombstone of a prune made at ``at``: the commits of ``vol`` it dropped
+    (a rebuild leaves them out even while their records are still in packs)."""
+    raw = json.dumps({"dropped": dropped}).encode()
+    stored = _zstd().ZstdCompressor(level=3, write_content_size=False).compress(raw)
+    packw.append(history_id(HIST_PRUNE, vol, at), CODEC_ZSTD, len(raw), stored,
                  magic=HISTORY_MAGIC)
 
 

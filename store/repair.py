@@ -40,6 +40,7 @@ from .format import (
     HIST_COMMIT,
     HIST_DBS,
     HIST_LABEL,
+    HIST_PRUNE,
     HIST_ZDICT,
     PACK_HEADER,
     PACK_INFO,
@@ -121,13 +122,14 @@ def rebuild(repo) -> RebuildReport:
     bad_copies = damage.load(repo.root)
     chunks: dict[bytes, tuple] = {}  # chunk id -> (pack, offset, stored, raw, codec)
     batches: dict[tuple, dict[int, tuple]] = {}  # (vol, t, nonce) -> part -> where
-    commits: dict[tuple[int, int], dict] = {}
+    commits: dict[tuple[int, int], list[dict]] = {}  # generations of each commit
+    dropped: set[tuple[int, int]] = set()  # commits a prune removed (its tombstones)
     labels: list[tuple[int, int, str, int | None]] = []  # (at, vol, name, instant)
     zdicts: dict[int, bytes] = {}
     packs: dict[bytes, tuple[int, int, int]] = {}
     for pack_id in sorted(store.list()):
         size = store.size(pack_id)
-        n, end, newest = 0, PACK_HEADER.size, 0
+        n, end, held = 0, PACK_HEADER.size, []  # the commits whose records it holds
         for magic, off, rid, codec, raw, slen, ok, data in walk_records(store, pack_id,
                                                                         payload=True):
             n += 1
@@ -150,8 +152,11 @@ def rebuild(repo) -> RebuildReport:
                 elif kind == HIST_COMMIT:
                     got = history.decode_json(history.decode_payload(codec, raw, data))
                     got["nonce"] = nonce
-                    commits[(vol, t)] = got
-                    newest = max(newest, t)
+                    commits.setdefault((vol, t), []).append(got)
+                    held.append((vol, t))
+                elif kind == HIST_PRUNE:
+                    got = history.decode_json(history.decode_payload(codec, raw, data))
+                    dropped.update((vol, int(u)) for u in got["dropped"])
                 elif kind == HIST_LABEL:
                     got = history.decode_json(history.decode_payload(codec, raw, data))
                     labels.append((t, vol, got["label"], got["instant"]))
@@ -163,14 +168,22 @@ def rebuild(repo) -> RebuildReport:
         if end < size:
             rep.torn_packs.append(f"pack {pack_id.hex()} ends in a torn record at offset "
                                   f"{end} of {size}")
-        packs[pack_id] = (size, n, newest)
+        packs[pack_id] = (size, n, held)
     rep.packs = len(packs)
     _put_chunks(repo, chunks)
     rep.chunks = len(chunks)
+    for key in dropped:
+        commits.pop(key, None)
+    # a pack's commit instant: the newest commit it holds a record of, that is still one
+    packs = {pid: (size, n, max((t for key in held if key in commits for t in key[1:]),
+                                default=0))
+             for pid, (size, n, held) in packs.items()}
+    gens = commits
+    commits = {(v, t): _generation(v, t, cands, batches) for (v, t), cands in gens.items()}
     _put_zdicts(repo, zdicts, commits)
     vols = _replay_commits(repo, rep, commits, batches, labels)
     if rep.torn_packs:  # records of commits whose commit record may have been torn off
-        done = {(v, t, c["nonce"]) for (v, t), c in commits.items()}
+        done = {(v, t, c["nonce"]) for (v, t), cands in gens.items() for c in cands}
         for vid, t, _nonce in sorted(set(batches) - done):
             rep.lost.append(f"volume {vid}: records of a commit at {t} were found without "
                             f"its commit record, and a pack is torn (see the warnings): "
@@ -185,6 +198,17 @@ def rebuild(repo) -> RebuildReport:
             txn.put(b"next_volume_id", str(max(vols) + 1).encode(), db=repo.dbs[DB_META])
     rep.volumes = len(vols)
     return rep
+
+
+def _generation(vid: int, t: int, cands: list[dict], batches: dict) -> dict:
+    """The generation of commit (``vid``, ``t``) to rebuild: the newest (a prune writes a
+    changed commit's records again, with ``rewritten_ns``) whose batches are all there,
+    else the newest (which the replay then reports as incomplete)."""
+    cands = sorted(cands, key=lambda c: c["commit"].get("rewritten_ns", 0), reverse=True)
+    for c in cands:
+        if set(batches.get((vid, t, c["nonce"]), {})) == set(range(c["batches"])):
+            return c
+    return cands[0]
 
 
 def _put_chunks(repo, chunks: dict) -> None:

@@ -591,6 +591,12 @@ class Repository:
         try:
             return self.read_located(txn, block_id, loc)
         except DamagedData as e:
+            # a prune may have moved the chunk since this transaction began (its pack
+            # rewritten, the old one deleted): read the copy the index names now
+            with self.read_txn() as fresh:
+                moved = self.block_location(fresh, block_id)
+                if moved is not None and moved != loc:
+                    return self.read_located(fresh, block_id, moved)
             self.note_damage(block_id, loc, str(e))
             raise DamagedData(
                 f"{e}. It is recorded in {os.path.join(self.root, damage.NAME)}: the next "

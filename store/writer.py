@@ -595,6 +595,7 @@ class CommitBuilder:
             part += 1
         # the packs of this commit: those sealed, and the one the commit record goes in
         record = dict(info, packs=len(self.packw.finished) + 1, **self.stats)
+        record["nonce"] = nonce.hex()  # which history records are this commit's (prune)
         if self.timed:
             record["timed"] = True  # its versions have their operations' instants (I15)
         if label:

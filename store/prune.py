@@ -1,0 +1,539 @@
+"""Prune: thin volumes' histories (store/thinning.py) and reclaim what no kept view uses.
+
+A prune runs under the writer lock, in two parts:
+
+1. **Thinning**, per volume with something to drop. Its plan is put in ``meta`` first
+   (``prune/<volume>``, the *prune marker*), so a prune that was killed is finished, with
+   the same plan, by the next one before anything else. Then one walk over the volume's
+   path and block versions deletes the versions no kept view needs and moves the others
+   to their targets, in transactions of ``OPS_PER_TXN``: every kept view reads the same
+   after each of them, so readers (mounts, restores) go on meanwhile. The records of the
+   changed commits are gathered (a sorted spill, store/spill.py) and written to a pack
+   as new generations, then a *tombstone* history record naming the dropped commits;
+   once that pack is synced, one transaction deletes the dropped commits' records, puts
+   the changed ones, lists the pack and removes the marker: the prune's commit point
+   for that volume.
+2. **Collecting garbage.** A chunk no block version references any more is garbage
+   (also chunks indexed early by a snapshot that never committed). A pack whose garbage
+   is at least ``REWRITE_RATIO`` of it (or that holds any, with ``everything``, as after a
+   ``--max-age`` drop: the data must be gone) is rewritten: its live chunk records and
+   live history records are copied to new packs, which are synced; one transaction
+   points ``blocks`` at the copies, deletes the garbage chunks and the old packs'
+   ``packs`` records; then the old pack files are deleted. A pack wholly garbage is only
+   deleted. A crash leaves unlisted packs, which the next writer deletes (leftovers).
+
+A reader that read a chunk's location just before its pack was rewritten finds the pack
+gone or different: :meth:`Repository.read_block` then looks the chunk up again and reads
+the copy, and records no damage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from . import clock, history, timeline
+from .format import (
+    BLOCK_LOC,
+    DB_BLOCKS,
+    DB_BLOCKVERS,
+    DB_COMMITS,
+    DB_DIRS,
+    DB_ENTRIES,
+    DB_META,
+    DB_PACKS,
+    ENTRY_FIXED,
+    HIST_BATCH,
+    HIST_BLOCKVERS,
+    HIST_COMMIT,
+    HIST_DIRS,
+    HIST_ENTRIES,
+    HISTORY_MAGIC,
+    HOLE_ID,
+    KIND_FILE,
+    OPEN_PACK_PREFIX,
+    PACK_INFO,
+    RECORD_HEADER,
+    RECORD_MAGIC,
+    U64,
+    commit_key,
+    ref_chunk_ids,
+    split_commit_key,
+    vol_key,
+)
+from .packs import PackWriter, walk_records
+from .spill import SortedSpill
+from .thinning import FOREVER, VolumePlan, decide
+from .volumes import get_volume_by_id
+
+#: Index changes (deletes and puts) per LMDB write transaction of a thinning walk.
+OPS_PER_TXN = 20_000
+#: A pack is rewritten when at least this share of its bytes is garbage.
+REWRITE_RATIO = 0.2
+PRUNE_PREFIX = b"prune/"
+_KEY = struct.Struct(">QB")  # a generation spill key: owner commit instant, db code
+_END = struct.Struct(">Q")
+_BLOCKVER_PREFIX = struct.Struct(">IQQ")  # volume, file id, block number
+
+
+def prune_key(vol: int) -> bytes:
+    return PRUNE_PREFIX + vol_key(vol)
+
+
+@dataclass
+class PruneReport:
+    """What a prune did (or, dry, would do)."""
+
+    dry_run: bool = False
+    commits_dropped: int = 0
+    commits_coarsened: int = 0
+    versions_deleted: int = 0
+    versions_moved: int = 0
+    chunks_deleted: int = 0
+    bytes_freed: int = 0  # pack bytes no longer taken (stored, compressed)
+    packs_rewritten: int = 0
+    packs_deleted: int = 0
+    history_dropped: int = 0  # dead history records removed from packs
+    volumes: dict[str, dict] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+# --- planning input --------------------------------------------------------------------
+def commits_of(repo, txn, vol: int) -> list[tuple[int, dict]]:
+    """Every commit of volume ``vol``, oldest first: (instant, record)."""
+    return list(timeline.commits(repo, txn, vol))
+
+
+def interiors(commits: list[tuple[int, dict]]) -> list[tuple[int, int | None]]:
+    """(instant, interior start) of each commit: None for an ordinary commit; for a timed
+    one, the instant its interior starts after (``timed_from``, else the commit before)."""
+    out, prev = [], 0
+    for t, rec in commits:
+        out.append((t, int(rec.get("timed_from", prev)) if rec.get("timed") else None))
+        prev = t
+    return out
+
+
+def make_plan(vol: int, commits: list[tuple[int, int | None]], keep: dict[int, bool]
+              ) -> VolumePlan:
+    """The plan that keeps the commits in ``keep`` (instant -> whole: a timed commit kept
+    continuous) and drops the others; the newest commit is kept whatever ``keep`` says."""
+    if not commits:
+        return VolumePlan(vol, 0, [], [])
+    horizon = commits[-1][0]
+    keep = dict(keep)
+    keep.setdefault(horizon, True)
+    plan = VolumePlan(vol, horizon, [], [])
+    prev = 0
+    for t, interior in commits:
+        plan.previous[t] = prev
+        prev = t
+        if t not in keep:
+            plan.dropped.append(t)
+            continue
+        plan.kept.append(t)
+        if interior is not None:
+            if keep[t]:
+                plan.whole[t] = interior
+            else:
+                plan.coarsened.append(t)
+    return plan
+
+
+# --- thinning --------------------------------------------------------------------------
+def start(repo, plan: VolumePlan) -> None:
+    """Put the prune marker of ``plan`` (the caller holds the writer lock)."""
+    with repo.write_txn("starting a prune") as txn:
+        txn.put(prune_key(plan.vol), json.dumps(plan.to_json()).encode(), db=repo.dbs[DB_META])
+
+
+def unfinished(repo) -> list[VolumePlan]:
+    """Plans of prunes that were interrupted (their markers), to be finished first."""
+    out = []
+    with repo.read_txn() as txn:
+        cur = txn.cursor(db=repo.dbs[DB_META])
+        if cur.set_range(PRUNE_PREFIX):
+            for key, val in cur:
+                if not bytes(key).startswith(PRUNE_PREFIX):
+                    break
+                out.append(VolumePlan.from_json(json.loads(bytes(val))))
+    return out
+
+
+def thin(repo, plan: VolumePlan, rep: PruneReport, dry_run: bool = False,
+         refs: set | None = None) -> None:
+    """Apply ``plan`` to its volume (its marker is in place unless ``dry_run``): the walk,
+    the generations and the tombstone, and the commit point. With ``refs``, the chunk ids
+    (8-byte prefixes, as ints) the volume's remaining block versions name are added.
+
+    Path versions are decided first; each file version's life (file id, from, to) goes
+    to a spill sorted by file id, and a block version is needed only where a view point
+    lies both in its own life and in the life of a path version naming its file: the
+    blocks of a file deleted before every kept instant go, even though no later block
+    version replaced them."""
+    changed = plan.changed()
+    tmp = os.path.join(repo.root, "tmp")
+    spill = None if dry_run or not changed else SortedSpill(tmp)
+    lives = SortedSpill(tmp)
+    try:
+        ops: list[tuple[bytes, bytes, bytes | None, bytes]] = []  # (db, old key, new key, val)
+        for prefix, versions in _groups(repo, DB_ENTRIES, plan.vol):
+            instants = [t for t, _ in versions]
+            dest = decide(plan, instants)
+            for i, ((t, val), to) in enumerate(zip(versions, dest, strict=True)):
+                fixed = ENTRY_FIXED.unpack_from(val)
+                if fixed[0] == KIND_FILE:
+                    end = instants[i + 1] if i + 1 < len(instants) else FOREVER
+                    lives.add(U64.pack(fixed[10]) + U64.pack(t), _END.pack(min(end, FOREVER - 1)))
+                _decided(plan, rep, ops, spill, changed, DB_ENTRIES, HIST_ENTRIES, prefix,
+                         t, val, to, dry_run)
+            if len(ops) >= OPS_PER_TXN:
+                _apply(repo, ops)
+                ops = []
+        life_iter = iter(lives.items())
+        pending = next(life_iter, None)
+        fid_now, spans = -1, []
+        for prefix, versions in _groups(repo, DB_BLOCKVERS, plan.vol):
+            fid = _BLOCKVER_PREFIX.unpack(prefix)[1]
+            if fid != fid_now:
+                fid_now, spans = fid, []
+                while pending is not None and U64.unpack_from(pending[0])[0] < fid:
+                    pending = next(life_iter, None)
+                while pending is not None and U64.unpack_from(pending[0])[0] == fid:
+                    spans.append((U64.unpack_from(pending[0], 8)[0],
+                                  _END.unpack(pending[1])[0]))
+                    pending = next(life_iter, None)
+            instants = [t for t, _ in versions]
+            dest = decide(plan, instants)
+            for i, ((t, val), to) in enumerate(zip(versions, dest, strict=True)):
+                if to is not None and t <= plan.horizon:
+                    end = instants[i + 1] if i + 1 < len(instants) else FOREVER
+                    if not _seen_in(plan, spans, t, end):
+                        to = None  # no kept view shows a file that reads it
+                _decided(plan, rep, ops, spill, changed, DB_BLOCKVERS, HIST_BLOCKVERS,
+                         prefix, t, val, to, dry_run)
+                if refs is not None and to is not None:
+                    _add_refs(refs, val)
+            if len(ops) >= OPS_PER_TXN:
+                _apply(repo, ops)
+                ops = []
+        if ops:
+            _apply(repo, ops)
+        rep.commits_dropped += len(plan.dropped)
+        rep.commits_coarsened += len(plan.coarsened)
+        if dry_run:
+            return
+        _commit(repo, plan, changed, spill)
+    finally:
+        lives.close()
+        if spill is not None:
+            spill.close()
+
+
+def _seen_in(plan: VolumePlan, spans: list[tuple[int, int]], t: int, end: int) -> bool:
+    """True if a view point lies in [t, end) and in one of the file's ``spans``."""
+    for s, e in spans:
+        lo, hi = max(t, s), min(end, e)
+        if lo < hi:
+            p = plan.target(lo)
+            if p is not None and p < hi:
+                return True
+    return False
+
+
+def _decided(plan, rep, ops, spill, changed, db, code, prefix, t, val, to, dry_run) -> None:
+    """Count and queue what :func:`decide` said of one version (``to`` None: deleted), and
+    spill it for its owner's new generation if that commit changes."""
+    if to is None:
+        rep.versions_deleted += 1
+        if not dry_run:
+            ops.append((db, prefix + U64.pack(t), None, val))
+        return
+    if to != t:
+        rep.versions_moved += 1
+        if not dry_run:
+            ops.append((db, prefix + U64.pack(t), prefix + U64.pack(to), val))
+    if spill is not None and to <= plan.horizon:
+        owner = plan.owner(to)
+        if owner in changed:
+            spill.add(_KEY.pack(owner, code) + prefix + U64.pack(to), val)
+
+
+def _groups(repo, db: bytes, vol: int):
+    """(key prefix, [(instant, value), ...]) of each versioned key of ``vol`` in ``db``,
+    read in one transaction (a snapshot: the walk's own writes are not seen)."""
+    prefix = vol_key(vol)
+    with repo.read_txn() as txn:
+        cur = txn.cursor(db=repo.dbs[db])
+        if not cur.set_range(prefix):
+            return
+        group, versions = None, []
+        for key, val in cur:
+            if not key.startswith(prefix):
+                break
+            p = bytes(key[:-8])
+            if p != group:
+                if versions:
+                    yield group, versions
+                group, versions = p, []
+            versions.append((U64.unpack(key[-8:])[0], bytes(val)))
+        if versions:
+            yield group, versions
+
+
+def _apply(repo, ops) -> None:
+    with repo.write_txn("thinning history") as txn:
+        for db, old, new, val in ops:
+            handle = repo.dbs[db]
+            if new is not None:
+                txn.put(new, val, db=handle)
+            txn.delete(old, db=handle)
+
+
+def _add_refs(refs: set, ref: bytes) -> None:
+    for cid in ref_chunk_ids(ref):
+        if cid != HOLE_ID:
+            refs.add(int.from_bytes(cid[:8], "big"))
+
+
+def _commit(repo, plan: VolumePlan, changed: dict[int, int], spill) -> None:
+    """Write the changed commits' generations and the tombstone to a pack, sync it, then
+    the one transaction that ends the volume's prune."""
+    vid = plan.vol
+    now = clock.now_ns()
+    with repo.read_txn() as txn:
+        vol = get_volume_by_id(repo, txn, vid)
+        records = {t: rec for t, rec in commits_of(repo, txn, vid)}
+        dirs_db = repo.dbs[DB_DIRS]
+        packw = PackWriter(repo.pack_store, repo.pack_target)
+        new_records: dict[int, dict] = {}
+        items = iter(spill.items()) if spill is not None else iter(())
+        pending = next(items, None)
+        per = repo.options.stage_records
+        for k in sorted(changed):
+            nonce = os.urandom(8)
+            part, batch, dirs_seen = 0, [], set()
+            while pending is not None and _KEY.unpack_from(pending[0])[0] == k:
+                skey, val = pending
+                code = _KEY.unpack_from(skey)[1]
+                key = skey[_KEY.size:]
+                if code == HIST_ENTRIES:  # its directory's record too (a rebuild needs it)
+                    dkey = key[:4 + 16]
+                    if dkey not in dirs_seen:
+                        dirs_seen.add(dkey)
+                        path = txn.get(dkey, db=dirs_db)
+                        if path is not None:
+                            batch.append((HIST_DIRS, dkey, bytes(path)))
+                batch.append((code, key, val))
+                if len(batch) >= per:
+                    history.append_batch(packw, vid, k, nonce, part, batch)
+                    part, batch = part + 1, []
+                pending = next(items, None)
+            if batch:
+                history.append_batch(packw, vid, k, nonce, part, batch)
+                part += 1
+            rec = dict(records.get(k, {"kind": "scan"}))
+            rec["nonce"] = nonce.hex()
+            rec["rewritten_ns"] = now
+            rec["thinned_from"] = min(changed[k], int(rec.get("thinned_from", changed[k])))
+            if k in plan.coarsened:
+                rec.pop("timed", None)
+                rec.pop("timed_from", None)
+            elif k in plan.whole:
+                rec["timed_from"] = plan.whole[k]
+            new_records[k] = rec
+            history.append_commit(packw, vid, k, nonce, rec, vol.as_dict(), part,
+                                  rec.get("label"), None)
+        history.append_prune(packw, vid, now, plan.dropped)
+        packs = packw.sync()
+    gone = set(plan.dropped)
+    with repo.write_txn("ending a prune") as txn:
+        for pack_id, size, nrec in packs:  # listed as packs of no commit (I7)
+            txn.put(pack_id, PACK_INFO.pack(size, nrec, 0), db=repo.dbs[DB_PACKS])
+        orphans = [(bytes(k), PACK_INFO.unpack(v)) for k, v in txn.cursor(db=repo.dbs[DB_PACKS])
+                   if PACK_INFO.unpack(v)[2] in gone]  # packs of the dropped commits
+        for pack_id, (size, nrec, _t) in orphans:
+            txn.put(pack_id, PACK_INFO.pack(size, nrec, 0), db=repo.dbs[DB_PACKS])
+        for t in plan.dropped:
+            txn.delete(commit_key(vid, t), db=repo.dbs[DB_COMMITS])
+        for k, rec in new_records.items():
+            txn.put(commit_key(vid, k), json.dumps(rec, sort_keys=True).encode(),
+                    db=repo.dbs[DB_COMMITS])
+        txn.delete(prune_key(vid), db=repo.dbs[DB_META])
+    packw.committed()
+
+
+# --- garbage ----------------------------------------------------------------------------
+def referenced(repo, skip: Iterable[int] = ()) -> set[int]:
+    """The chunk ids (8-byte prefixes, as ints: two ids sharing one only keep garbage,
+    never lose data) every block version of every volume but ``skip`` names."""
+    refs: set[int] = set()
+    skip = {vol_key(v) for v in skip}
+    with repo.read_txn() as txn:
+        for key, val in txn.cursor(db=repo.dbs[DB_BLOCKVERS]):
+            if bytes(key[:4]) not in skip:
+                _add_refs(refs, bytes(val))
+    return refs
+
+
+def live_commits(repo) -> dict[tuple[int, int], str | None]:
+    """(volume, instant) -> the nonce (hex) of the generation the index holds (None:
+    a commit made before nonces were recorded: any generation is live)."""
+    out = {}
+    with repo.read_txn() as txn:
+        for key, val in txn.cursor(db=repo.dbs[DB_COMMITS]):
+            out[split_commit_key(bytes(key))] = json.loads(bytes(val)).get("nonce")
+    return out
+
+
+def collect(repo, refs: set[int], rep: PruneReport, everything: bool = False,
+            dry_run: bool = False) -> None:
+    """Delete garbage chunks and rewrite or delete the packs that hold them (see the
+    module docstring); ``refs``: what :func:`referenced` returns for the index as it is
+    (or will be, dry)."""
+    garbage: dict[bytes, list[tuple[bytes, int]]] = {}  # pack -> [(chunk id, stored+hdr)]
+    live_bytes: dict[bytes, int] = {}
+    with repo.read_txn() as txn:
+        sizes = {bytes(k): PACK_INFO.unpack(v)[0]
+                 for k, v in txn.cursor(db=repo.dbs[DB_PACKS])}
+        open_packs = set()
+        cur = txn.cursor(db=repo.dbs[DB_META])
+        if cur.set_range(OPEN_PACK_PREFIX):
+            for key in cur.iternext(values=False):
+                if not bytes(key).startswith(OPEN_PACK_PREFIX):
+                    break
+                open_packs.add(bytes(key[len(OPEN_PACK_PREFIX):]))
+        for cid, loc in txn.cursor(db=repo.dbs[DB_BLOCKS]):
+            pack_id, _off, slen, _raw, _codec = BLOCK_LOC.unpack(loc)
+            n = RECORD_HEADER.size + slen
+            if int.from_bytes(cid[:8], "big") in refs:
+                live_bytes[pack_id] = live_bytes.get(pack_id, 0) + n
+            else:
+                garbage.setdefault(pack_id, []).append((bytes(cid), n))
+    doomed = [cid for chunks in garbage.values() for cid, _ in chunks]
+    rewrite = []
+    for pack_id, chunks in garbage.items():
+        if pack_id in open_packs or pack_id not in sizes:
+            continue
+        dead = sum(n for _, n in chunks)
+        rep.bytes_freed += dead
+        if everything or dead >= REWRITE_RATIO * sizes[pack_id] or not live_bytes.get(pack_id):
+            rewrite.append(pack_id)
+    rep.chunks_deleted += len(doomed)
+    if dry_run:
+        rep.packs_rewritten += len(rewrite)
+        return
+    if everything:  # dead history records must go too, wherever they are
+        rewrite = sorted(set(rewrite) | _packs_with_dead_history(repo, sizes, open_packs))
+    _rewrite(repo, rewrite, set(doomed), rep)
+    # chunks of packs not rewritten: their index records go; the bytes stay until the
+    # pack is rewritten by a later prune
+    rest = [cid for pid, chunks in garbage.items() if pid not in rewrite for cid, _ in chunks]
+    for i in range(0, len(rest), OPS_PER_TXN):
+        with repo.write_txn("pruning chunks") as txn:
+            for cid in rest[i:i + OPS_PER_TXN]:
+                txn.delete(cid, db=repo.dbs[DB_BLOCKS])
+
+
+def _history_live(live: dict, rid: bytes) -> bool:
+    kind, vid, t, _part, nonce = history.split_history_id(rid)
+    if kind not in (HIST_BATCH, HIST_COMMIT):
+        return True  # labels, dictionaries, settings, tombstones: kept
+    if (vid, t) not in live:
+        return False
+    want = live[(vid, t)]
+    return want is None or want == nonce.hex()
+
+
+def _packs_with_dead_history(repo, sizes: dict, open_packs: set) -> set[bytes]:
+    live = live_commits(repo)
+    out = set()
+    for pack_id in sizes:
+        if pack_id in open_packs:
+            continue
+        for magic, _off, rid, *_ in walk_records(repo.pack_store, pack_id):
+            if magic == HISTORY_MAGIC and not _history_live(live, rid):
+                out.add(pack_id)
+                break
+    return out
+
+
+def _rewrite(repo, pack_ids: list[bytes], doomed: set[bytes], rep: PruneReport) -> None:
+    """Copy the live records of ``pack_ids`` to new packs and drop the old ones."""
+    if not pack_ids:
+        return
+    live = live_commits(repo)
+    packw = PackWriter(repo.pack_store, repo.pack_target)
+    moved: dict[bytes, tuple] = {}
+    with repo.read_txn() as txn:
+        for pack_id in pack_ids:
+            for magic, off, rid, codec, raw, slen, ok, data in walk_records(
+                    repo.pack_store, pack_id, payload=True):
+                if magic == RECORD_MAGIC:
+                    loc = txn.get(rid, db=repo.dbs[DB_BLOCKS])
+                    if rid in doomed or loc is None or not ok:
+                        continue
+                    if BLOCK_LOC.unpack(loc)[:2] != (pack_id, off):
+                        continue  # a second copy: the index uses another
+                    where = packw.append(rid, codec, raw, bytes(data))
+                    moved[rid] = (*where, slen, raw, codec)
+                elif ok and _history_live(live, rid):
+                    packw.append(rid, codec, raw, bytes(data), magic=HISTORY_MAGIC)
+                else:
+                    rep.history_dropped += 1
+    packs = packw.sync()
+    with repo.write_txn("rewriting packs") as txn:
+        for pack_id, size, nrec in packs:
+            txn.put(pack_id, PACK_INFO.pack(size, nrec, 0), db=repo.dbs[DB_PACKS])
+        for cid, loc in moved.items():
+            txn.put(cid, BLOCK_LOC.pack(*loc), db=repo.dbs[DB_BLOCKS])
+        gone = set(pack_ids)
+        for cid in doomed:
+            got = txn.get(cid, db=repo.dbs[DB_BLOCKS])
+            if got is not None and BLOCK_LOC.unpack(got)[0] in gone:
+                txn.delete(cid, db=repo.dbs[DB_BLOCKS])
+        for pack_id in pack_ids:
+            txn.delete(pack_id, db=repo.dbs[DB_PACKS])
+    packw.committed()
+    for pack_id in pack_ids:
+        repo.pack_store.delete(pack_id)
+    rep.packs_rewritten += len(pack_ids)
+    rep.packs_deleted += len(pack_ids)
+
+
+# --- the whole prune ---------------------------------------------------------------------
+def prune(repo, keeps: dict[int, dict[int, bool]], dry_run: bool = False,
+          everything: bool = False) -> PruneReport:
+    """Thin each volume of ``keeps`` (volume id -> the commits to keep, instant -> whole,
+    as :func:`make_plan` takes) and collect the garbage, under the writer lock (taken
+    here unless held). An interrupted prune is finished first. ``everything``: rewrite
+    every pack holding garbage or dead history (a ``--max-age`` drop: the data must be
+    gone from the packs, not only from the index). ``dry_run``: nothing is written; the
+    report says what would go."""
+    rep = PruneReport(dry_run=dry_run)
+    with repo.writer_lock():
+        if not dry_run:
+            for plan in unfinished(repo):
+                thin(repo, plan, rep)
+        plans = []
+        with repo.read_txn() as txn:
+            for vid, keep in sorted(keeps.items()):
+                plans.append(make_plan(vid, interiors(commits_of(repo, txn, vid)), keep))
+        refs: set[int] | None = set() if dry_run else None
+        for plan in plans:
+            if plan.empty:
+                continue
+            if not dry_run:
+                start(repo, plan)
+            thin(repo, plan, rep, dry_run, refs=refs)
+        if refs is None:
+            refs = referenced(repo)
+        else:
+            refs |= referenced(repo, skip=[p.vol for p in plans if not p.empty])
+        collect(repo, refs, rep, everything, dry_run)
+    return rep

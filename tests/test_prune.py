@@ -1,0 +1,129 @@
+"""Prune: thinning a volume's history to the commits a plan keeps, and removing what no
+kept instant uses. Every kept instant reads exactly as before (every path, metadata and
+content), a dropped instant shows the kept commit before it, the dropped data is gone
+from the packs, `check` stays clean, and a rebuild of the index from the packs gives the
+thinned history, not the old one."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from conftest import TEST_OPTIONS
+from test_repair import _tree, picture
+from treeutil import snap
+
+from anytime.store import prune as prune_mod
+from anytime.store.repo import Repository
+from anytime.store.volumes import get_volume
+from anytime.vfs.view import View
+
+
+def grow_history(anytime, src) -> dict:
+    """Six commits of ``src``: a file changed every time, one changed once, one deleted,
+    a random file that lives only in the second commit; returns the secret bytes of
+    that file, which nothing kept may hold once the second commit is dropped."""
+    anytime("init", check=0)
+    src.mkdir(exist_ok=True)
+    (src / "sub").mkdir()
+    (src / "sub" / "keep.txt").write_text("unchanged all along\n")
+    (src / "doomed.txt").write_text("deleted at the fourth commit\n")
+    secrets = {}
+    for i in range(6):
+        (src / "log.txt").write_text(f"version {i}\n" * (i + 1))
+        if i == 1:
+            secrets["only"] = os.urandom(200_000)
+            (src / "brief.bin").write_bytes(secrets["only"])
+        if i == 2:
+            (src / "brief.bin").unlink()
+            (src / "sub" / "late.txt").write_text("from the third commit on\n")
+        if i == 3:
+            (src / "doomed.txt").unlink()
+        snap(anytime, src)
+    return secrets
+
+
+def run_prune(repo_dir, keep: list[int], **kw) -> prune_mod.PruneReport:
+    """Prune volume ``src`` to the commits at instants ``keep``."""
+    with Repository.open(str(repo_dir), TEST_OPTIONS) as repo:
+        with repo.read_txn() as txn:
+            vol = get_volume(repo, txn, "src")
+        return prune_mod.prune(repo, {vol.id: dict.fromkeys(keep, True)}, **kw)
+
+
+def tree_at(repo_dir, instant: int) -> dict:
+    with Repository.open(str(repo_dir), TEST_OPTIONS) as repo:
+        with repo.read_txn() as txn:
+            vol = get_volume(repo, txn, "src")
+        return _tree(View(repo, vol, instant))
+
+
+def in_packs(repo_dir, needle: bytes) -> bool:
+    return any(needle in p.read_bytes() for p in repo_dir.glob("packs/*/*.pack"))
+
+
+def test_kept_instants_read_as_before_and_dropped_data_is_gone(anytime, tmp_path):
+    repo_dir, src = tmp_path / "repo", tmp_path / "src"
+    secrets = grow_history(anytime, src)
+    before = picture(repo_dir)["src"]["at"]
+    instants = sorted(before)
+    assert len(instants) == 6
+    assert in_packs(repo_dir, secrets["only"][1000:1100])
+
+    rep = run_prune(repo_dir, [instants[i] for i in (0, 3, 5)])
+    assert rep.commits_dropped == 3 and rep.versions_deleted > 0 and rep.chunks_deleted >= 1
+
+    after = picture(repo_dir)["src"]
+    assert [t for t, _ in after["commits"]] == [instants[i] for i in (0, 3, 5)]
+    for i in (0, 3, 5):
+        assert after["at"][instants[i]] == before[instants[i]], f"commit {i} changed"
+    # a dropped instant shows the kept commit before it
+    assert tree_at(repo_dir, instants[1]) == before[instants[0]]
+    assert tree_at(repo_dir, instants[4]) == before[instants[3]]
+    assert not in_packs(repo_dir, secrets["only"][1000:1100]), "dropped data stays in packs"
+    r = anytime("check", "--read-data")
+    assert r.returncode == 0 and b"no problems found" in r.stdout, r.stdout + r.stderr
+
+    # the packs say the same as the index: a rebuild gives the thinned history
+    shutil.rmtree(repo_dir / "index")
+    r = anytime("check", "--repair")
+    assert r.returncode == 0, r.stderr
+    rebuilt = picture(repo_dir)["src"]
+    assert [t for t, _ in rebuilt["commits"]] == [t for t, _ in after["commits"]]
+    assert rebuilt["at"] == after["at"]
+
+
+def test_a_second_prune_thins_what_the_first_kept(anytime, tmp_path):
+    repo_dir, src = tmp_path / "repo", tmp_path / "src"
+    grow_history(anytime, src)
+    before = picture(repo_dir)["src"]["at"]
+    instants = sorted(before)
+    run_prune(repo_dir, [instants[i] for i in (0, 2, 3, 5)])
+    rep = run_prune(repo_dir, [instants[3], instants[5]])
+    assert rep.commits_dropped == 2
+    after = picture(repo_dir)["src"]
+    assert [t for t, _ in after["commits"]] == [instants[3], instants[5]]
+    assert after["at"][instants[3]] == before[instants[3]]
+    assert after["at"][instants[5]] == before[instants[5]]
+    assert tree_at(repo_dir, instants[0]) == {}  # before the first kept commit: nothing
+    assert b"no problems found" in anytime("check", "--read-data", check=0).stdout
+    shutil.rmtree(repo_dir / "index")
+    anytime("check", "--repair", check=0)
+    assert picture(repo_dir)["src"]["at"] == after["at"]
+
+
+def test_dry_run_changes_nothing_and_says_what_would_go(anytime, tmp_path):
+    repo_dir, src = tmp_path / "repo", tmp_path / "src"
+    grow_history(anytime, src)
+    before = picture(repo_dir)
+    instants = sorted(before["src"]["at"])
+    packs = sorted(p.name for p in repo_dir.glob("packs/*/*.pack"))
+    keep = [instants[i] for i in (0, 3, 5)]
+    dry = run_prune(repo_dir, keep, dry_run=True)
+    assert picture(repo_dir) == before
+    assert sorted(p.name for p in repo_dir.glob("packs/*/*.pack")) == packs
+    wet = run_prune(repo_dir, keep)
+    assert (dry.commits_dropped, dry.versions_deleted, dry.versions_moved,
+            dry.chunks_deleted, dry.bytes_freed) == \
+        (wet.commits_dropped, wet.versions_deleted, wet.versions_moved,
+         wet.chunks_deleted, wet.bytes_freed)
