@@ -553,6 +553,14 @@ class _Checker:
                 self.rep.warnings.append(
                     f"volume {vol.name!r} has an unfinished commit (staged at {t}); the next "
                     f"snapshot rolls it back first")
+        from .prune import unfinished_in
+
+        for plan in unfinished_in(self.repo, self.txn):  # not damage: every kept view is exact
+            vol = self.vols.get(plan.vol)
+            self.rep.warnings.append(
+                f"volume {vol.name if vol else plan.vol!r}: a prune was interrupted; views at "
+                f"the {len(plan.dropped)} commits it drops may show a mix of their time and "
+                f"the kept commit before them until 'anytime prune' finishes it")
 
     def check_file_ids(self, vol: Volume, fid: int, what: str, t: int | None) -> None:
         """I18: a volume's file ids are below its ``next_file_id``, except in the records

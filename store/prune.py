@@ -6,7 +6,8 @@ A prune runs under the writer lock, in two parts:
    (``prune/<volume>``, the *prune marker*), so a prune that was killed is finished, with
    the same plan, by the next one before anything else. Then one walk over the volume's
    path and block versions deletes the versions no kept view needs and moves the others
-   to their targets, in transactions of ``OPS_PER_TXN``: every kept view reads the same
+   to their targets, in transactions of ``stage_records`` changes (``StoreOptions``, as a
+   commit's staged transactions): every kept view reads the same
    after each of them, so readers (mounts, restores) go on meanwhile. The records of the
    changed commits are gathered (a sorted spill, store/spill.py) and written to a pack
    as new generations, then a *tombstone* history record naming the dropped commits;
@@ -69,7 +70,7 @@ from .spill import SortedSpill
 from .thinning import FOREVER, VolumePlan, decide
 from .volumes import get_volume_by_id
 
-#: Index changes (deletes and puts) per LMDB write transaction of a thinning walk.
+#: Garbage chunks deleted from ``blocks`` per LMDB write transaction.
 OPS_PER_TXN = 20_000
 #: A pack is rewritten when at least this share of its bytes is garbage.
 REWRITE_RATIO = 0.2
@@ -154,14 +155,18 @@ def start(repo, plan: VolumePlan) -> None:
 
 def unfinished(repo) -> list[VolumePlan]:
     """Plans of prunes that were interrupted (their markers), to be finished first."""
-    out = []
     with repo.read_txn() as txn:
-        cur = txn.cursor(db=repo.dbs[DB_META])
-        if cur.set_range(PRUNE_PREFIX):
-            for key, val in cur:
-                if not bytes(key).startswith(PRUNE_PREFIX):
-                    break
-                out.append(VolumePlan.from_json(json.loads(bytes(val))))
+        return unfinished_in(repo, txn)
+
+
+def unfinished_in(repo, txn) -> list[VolumePlan]:
+    out = []
+    cur = txn.cursor(db=repo.dbs[DB_META])
+    if cur.set_range(PRUNE_PREFIX):
+        for key, val in cur:
+            if not bytes(key).startswith(PRUNE_PREFIX):
+                break
+            out.append(VolumePlan.from_json(json.loads(bytes(val))))
     return out
 
 
@@ -192,7 +197,7 @@ def thin(repo, plan: VolumePlan, rep: PruneReport, dry_run: bool = False,
                     lives.add(U64.pack(fixed[10]) + U64.pack(t), _END.pack(min(end, FOREVER - 1)))
                 _decided(plan, rep, ops, spill, changed, DB_ENTRIES, HIST_ENTRIES, prefix,
                          t, val, to, dry_run)
-            if len(ops) >= OPS_PER_TXN:
+            if len(ops) >= repo.options.stage_records:
                 _apply(repo, ops)
                 ops = []
         life_iter = iter(lives.items())
@@ -219,7 +224,7 @@ def thin(repo, plan: VolumePlan, rep: PruneReport, dry_run: bool = False,
                          prefix, t, val, to, dry_run)
                 if refs is not None and to is not None:
                     _add_refs(refs, val)
-            if len(ops) >= OPS_PER_TXN:
+            if len(ops) >= repo.options.stage_records:
                 _apply(repo, ops)
                 ops = []
         if ops:

@@ -254,6 +254,31 @@ def first_commit(repo, txn, vol: int) -> int | None:
     return None
 
 
+def thinned(repo, txn, vol: int, instant: int) -> int | None:
+    """If a prune thinned the view at ``instant`` away (store/thinning.py), the instant of
+    the kept commit that view shows now (0: none, history before the first kept commit
+    was dropped); None when the view at ``instant`` is as it always was. One seek: the
+    next kept commit's record says from when views before it are thinned."""
+    if instant == MAX_INSTANT:
+        return None
+    nxt = next(commits(repo, txn, vol, since=instant), None)
+    if nxt is None:
+        return None
+    t, rec = nxt
+    start = rec.get("thinned_from")
+    if start is None or instant < start or t == instant:
+        return None
+    if rec.get("timed") and instant > int(rec.get("timed_from", 0)):
+        return None  # inside a timed commit's interior, which stays exact
+    prev = 0
+    cur = txn.cursor(db=repo.dbs[DB_COMMITS])
+    if cur.set_range(commit_key(vol, instant)) and cur.prev():
+        key = cur.key()
+        if key.startswith(vol_key(vol)):
+            prev = split_commit_key(key)[1]
+    return prev
+
+
 def commit_count(repo, txn, vol: int) -> int:
     return sum(1 for _ in commits(repo, txn, vol))
 

@@ -127,3 +127,93 @@ def test_dry_run_changes_nothing_and_says_what_would_go(anytime, tmp_path):
             dry.chunks_deleted, dry.bytes_freed) == \
         (wet.commits_dropped, wet.versions_deleted, wet.versions_moved,
          wet.chunks_deleted, wet.bytes_freed)
+
+
+PRUNE_SCRIPT = """
+import sys
+from anytime.store import prune
+from anytime.store.options import StoreOptions
+from anytime.store.repo import Repository
+from anytime.store.volumes import get_volume
+keep = [int(x) for x in sys.argv[2].split(",")]
+with Repository.open(sys.argv[1], StoreOptions(pack_target=1 << 16, stage_records=40)) as repo:
+    with repo.read_txn() as txn:
+        vol = get_volume(repo, txn, "src")
+    print("start", flush=True)
+    prune.prune(repo, {vol.id: dict.fromkeys(keep, True)}, everything=True)
+print("done", flush=True)
+"""
+
+
+def run_script(repo_dir, keep: list[int], kill_after: float | None = None) -> bool:
+    """Run a prune in its own process; with ``kill_after``, SIGKILL it that many seconds
+    after it starts pruning. True if it ran to its end."""
+    import subprocess
+    import sys
+    import time
+
+    p = subprocess.Popen([sys.executable, "-c", PRUNE_SCRIPT, str(repo_dir),
+                          ",".join(map(str, keep))], stdout=subprocess.PIPE)
+    assert p.stdout.readline() == b"start\n"
+    if kill_after is not None:
+        time.sleep(kill_after)
+        p.kill()
+    out = p.stdout.read()
+    p.wait()
+    return b"done" in out
+
+
+def test_a_prune_killed_at_any_point_keeps_every_kept_instant_exact(anytime, tmp_path):
+    repo_dir, src = tmp_path / "repo", tmp_path / "src"
+    anytime("init", check=0)
+    src.mkdir()
+    for i in range(120):
+        (src / f"f{i:03d}").write_bytes(os.urandom(3000))
+    for c in range(10):
+        for i in range(c * 7 % 120, 120, 3):
+            (src / f"f{i:03d}").write_bytes(os.urandom(2000 + c))
+        snap(anytime, src)
+    before = picture(repo_dir)["src"]["at"]
+    instants = sorted(before)
+    keep = [instants[i] for i in (2, 6, 9)]
+    pristine = tmp_path / "pristine"
+    shutil.copytree(repo_dir, pristine)
+    import time
+
+    t0 = time.monotonic()
+    assert run_script(repo_dir, keep)
+    took = time.monotonic() - t0
+    finished = picture(repo_dir)["src"]["at"]
+    killed_before_end = 0
+    for n in range(8):
+        shutil.rmtree(repo_dir)
+        shutil.copytree(pristine, repo_dir)
+        if not run_script(repo_dir, keep, kill_after=took * n / 8):
+            killed_before_end += 1
+        # every kept instant reads exactly as before, killed or not
+        now = picture(repo_dir)["src"]["at"]
+        for t in keep:
+            assert now[t] == before[t], f"kill {n}: kept commit {t} changed"
+        r = anytime("check")
+        assert r.returncode == 0, (n, r.stdout, r.stderr)
+        assert run_script(repo_dir, keep)  # a re-run completes
+        assert picture(repo_dir)["src"]["at"] == finished
+        assert b"no problems found" in anytime("check", "--read-data", check=0).stdout
+    assert killed_before_end >= 3, "the kills came too late to test anything"
+
+
+def test_views_at_thinned_instants_say_which_kept_instant_they_show(anytime, tmp_path):
+    repo_dir, src = tmp_path / "repo", tmp_path / "src"
+    grow_history(anytime, src)
+    instants = sorted(picture(repo_dir)["src"]["at"])
+    run_prune(repo_dir, [instants[i] for i in (0, 3, 5)])
+    from treeutil import at_epoch
+
+    r = anytime("cat", src / "log.txt", "--at", at_epoch(instants[2]), check=0)
+    assert r.stdout == b"version 0\n", "a thinned instant shows the kept commit before"
+    assert b"was thinned by 'anytime prune'" in r.stderr and b"showing the kept" in r.stderr
+    r = anytime("cat", src / "log.txt", "--at", at_epoch(instants[3]), check=0)
+    assert r.stdout == b"version 3\n" * 4 and b"thinned" not in r.stderr
+    log = anytime("log", src, check=0).stdout.decode()
+    lines = [ln for ln in log.splitlines() if ln.strip()]
+    assert len(lines) == 3 and sum("(thinned:" in ln for ln in lines) == 2, log

@@ -197,6 +197,8 @@ def cmd_log(args) -> int:
                                  "partial": rec.get("partial", False),
                                  "gap_from": format_instant(rec["gap_from_ns"])
                                  if rec.get("gap_from_ns") else None,
+                                 "thinned_from": format_instant(rec["thinned_from"])
+                                 if rec.get("thinned_from") else None,
                                  "labels": sorted(labels_at.get(t, []))})
             else:
                 prev = None
@@ -230,6 +232,8 @@ def log_lines(rows: list[dict]) -> list[str]:
             ([f"(gap: writes from {r['gap_from']} on were not recorded, the repository "
               f"being full; this commit is the tree after them)"] if r.get("gap_from")
              else []) + \
+            ([f"(thinned: views from {r['thinned_from']} up to this commit show the one "
+              f"before)"] if r.get("thinned_from") else []) + \
             ([f"[{', '.join(r['labels'])}]"] if r["labels"] else [])
         if "change" in r:
             size = "-" if r["size"] is None else str(r["size"])

@@ -8,6 +8,7 @@ a protected file works anywhere a path is asked for, and so does ``VOLUME:PATH``
 from __future__ import annotations
 
 import os
+import sys
 
 from anytime.store import timeline
 from anytime.store.errors import BeforeHistory, NotProtected, PathNotFound, UnknownVolume
@@ -71,9 +72,15 @@ def resolve_instant(repo, vol: Volume, text: str | None, strict: bool = True) ->
                 raise BeforeHistory(f"volume '{vol.name}' has no commits yet; capture it "
                                     f"first ('anytime snapshot {vol.source}')")
             if t < first:
+                gone = " (the history before it was thinned by 'anytime prune')" if \
+                    timeline.thinned(repo, txn, vol.id, t) is not None else ""
                 raise BeforeHistory(
                     f"{text} ({format_instant(t)}) is before the history of '{vol.name}', "
-                    f"which starts at {format_instant(first)}")
+                    f"which starts at {format_instant(first)}{gone}")
+        shown = timeline.thinned(repo, txn, vol.id, t) if text else None
+    if shown:
+        print(f"anytime: {text} ({format_instant(t)}) was thinned by 'anytime prune': "
+              f"showing the kept instant {format_instant(shown)}", file=sys.stderr)
     return t
 
 
