@@ -64,17 +64,51 @@ def snapshot(repo, path: str, name: str | None = None, label: str | None = None,
         return scanner.run(info, label=label)
 
 
+#: Seconds between the prunes a running protect makes (its volumes' retention
+#: policies, store/prune.py); the first one comes ``PRUNE_FIRST`` seconds after start.
+PRUNE_EVERY = 3600.0
+PRUNE_FIRST = 300.0
+
+
+def schedule_prune(repo, session, vol_ids: list[int], every: float = PRUNE_EVERY,
+                   first: float | None = None, report=None) -> None:
+    """Make ``session`` prune ``vol_ids`` by their policies every ``every`` seconds
+    (0: never), between two commits; ``report(message)`` hears of each prune that
+    removed something, and of a failed one (which is tried again next time)."""
+    if not every:
+        return
+
+    def run() -> None:
+        from anytime.store import policies, prune
+
+        with repo.read_txn() as txn:
+            if not any(policies.get_policy(repo, txn, v) for v in vol_ids):
+                return  # nothing to thin: keep everything, and leave the packs alone
+        try:
+            rep = prune.apply_policies(repo, vol_ids)
+        except AnytimeError as e:
+            if report:
+                report(f"prune failed, tried again in {every:.0f} s: {e}")
+            return
+        if report and (rep.commits_dropped or rep.chunks_deleted):
+            report(f"pruned: {rep.commits_dropped} commits dropped, "
+                   f"{rep.bytes_freed / 1e6:.1f} MB freed")
+
+    session.every(every, run, min(PRUNE_FIRST, every) if first is None else first)
+
+
 @contextmanager
 def protecting(repo, paths: list[str], name: str | None = None, excludes: list[str] = (),
                one_file_system: bool = False, events: str = "auto", progress=None,
-               on_commit=None, **watch_kw):
+               on_commit=None, prune_every: float = PRUNE_EVERY, report=None, **watch_kw):
     """``with protecting(repo, paths) as watcher: watcher.run()``: continuous capture of
     the trees at ``paths`` (each a volume, created on first use; ``name`` names the
     volume of a single path) through one writer session, until ``watcher.stop()``.
 
     ``events``: the change-event source (capture/events.py: "auto", "fanotify",
     "inotify"); ``watch_kw``: :class:`~anytime.capture.watch.Watcher` settings
-    (``debounce``, ``sweep``). Checks everything (paths, patterns, the event source,
+    (``debounce``, ``sweep``); ``prune_every``: seconds between prunes by the volumes'
+    policies (0: never; :func:`schedule_prune`). Checks everything (paths, patterns, the event source,
     the writer lock) before any volume is created."""
     from anytime.store.session import WriterSession
 
@@ -91,6 +125,7 @@ def protecting(repo, paths: list[str], name: str | None = None, excludes: list[s
                       excluder, one_file_system) for s in sources]
         watcher = Watcher(repo, session, trees, source, progress=progress,
                           on_commit=on_commit, **watch_kw)
+        schedule_prune(repo, session, [t.vol.id for t in trees], prune_every, report=report)
         try:
             yield watcher
         finally:
@@ -98,7 +133,8 @@ def protecting(repo, paths: list[str], name: str | None = None, excludes: list[s
 
 
 def protect_shim(repo, path: str, name: str | None = None, sync: bool = False, progress=None,
-                 on_ready=None, warn=None, strict: bool = False):
+                 on_ready=None, warn=None, strict: bool = False,
+                 prune_every: float = PRUNE_EVERY):
     """Every-write capture of the tree at ``path`` (capture/shim.py): its volume (created
     on first use) is scanned whole, then a passthrough filesystem is mounted over
     ``path`` and every operation through it recorded with its instant, until it is
@@ -125,6 +161,7 @@ def protect_shim(repo, path: str, name: str | None = None, sync: bool = False, p
             for pid, p in shim_.open_elsewhere(os.fsencode(source))[:20]:
                 warn(f"{os.fsdecode(p)} is open in process {pid}: its writes through that "
                      f"descriptor bypass the shim (reopen it)")
+        schedule_prune(repo, session, [vol.id], prune_every, report=warn)
         if stop.signum is not None:  # stopped during the scan: nothing to mount
             return shim_.Recorder(repo, session, vol, os.fsencode(source))
         return shim_.serve(repo, session, vol, os.fsencode(source), sync=sync,

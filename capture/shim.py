@@ -220,6 +220,7 @@ class Recorder:
     def _run(self) -> None:
         while True:
             stopping = self._stop.is_set()
+            self.session.run_due()  # between group commits: a prune, if one is due
             batch = []
             try:  # idle: one wake-up a second, to see a stop
                 batch.append(self.q.get(timeout=1.0))

@@ -135,6 +135,9 @@ class Watcher:
         self._stopping = True
         if self._scanning and threading.current_thread() is threading.main_thread():
             raise KeyboardInterrupt
+        self._wake()
+
+    def _wake(self) -> None:
         try:
             os.write(self._wake_w, b"x")
         except OSError:
@@ -162,13 +165,15 @@ class Watcher:
             self.on_ready()
         next_sweep = clock.monotonic() + self.sweep if self.sweep else None
         fds = [self.events.fileno(), self._wake_r]
+        self.session.on_task = self._wake  # a prune asked for by another process
         try:
             while not self._stopping:
                 now = clock.monotonic()
-                timeout = None
+                timeout = self.session.next_due()
                 due = [t.dirty_since + self.debounce for t in self.trees if t.dirty]
                 if due:
-                    timeout = max(0.0, min(due) - now)
+                    left = max(0.0, min(due) - now)
+                    timeout = left if timeout is None else min(timeout, left)
                 if next_sweep is not None:
                     left = max(0.0, next_sweep - now)
                     timeout = left if timeout is None else min(timeout, left)
@@ -185,6 +190,7 @@ class Watcher:
                     for t in self.trees:
                         self._scan_whole(t)
                     next_sweep = clock.monotonic() + self.sweep
+                self.session.run_due()  # no commit is being built here
             # stopping: what is queued now is committed
             self._take(self.events.read())
             for t in self.trees:

@@ -18,7 +18,9 @@ Terms:
                   first can neither fake an answer nor learn a request.
 
 Requests (``op``): ``set_label`` (``vol``, ``name``, ``instant``, ``force``; answers
-``old``), ``remove_label`` (``vol``, ``name``; answers ``removed``). A request larger
+``old``), ``remove_label`` (``vol``, ``name``; answers ``removed``), ``prune`` (``vols``:
+volume ids or null for all, ``dry_run``; answers ``report``: run by the session between
+two commits, ``PRUNE_TIMEOUT`` at most). A request larger
 than ``MAX_REQUEST`` bytes, or not sent within ``TIMEOUT`` seconds, is dropped.
 """
 
@@ -37,6 +39,8 @@ MAX_REQUEST = 64 << 10
 TIMEOUT = 5.0
 #: Seconds a client waits for the answer (a label write: a pack and a transaction).
 ANSWER_TIMEOUT = 30.0
+#: Seconds a client waits for a prune the capture runs for it (between two commits).
+PRUNE_TIMEOUT = 6 * 3600.0
 _CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
@@ -55,9 +59,10 @@ class ControlServer:
     """Serves requests for ``repo`` from a thread of its own; the caller holds the
     writer lock from :meth:`start` to :meth:`close`."""
 
-    def __init__(self, repo, lock=None):
+    def __init__(self, repo, lock=None, session=None):
         self.repo = repo
         self.lock = lock or threading.Lock()  # the session's: see WriterSession.lock
+        self.session = session  # runs tasks between its commits (prune)
         self.sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self.served = 0
@@ -110,8 +115,12 @@ class ControlServer:
 
     def _answer(self, raw: bytes) -> dict:
         try:
-            with self.lock:
-                answer = self._do(json.loads(raw))
+            req = json.loads(raw)
+            if req.get("op") == "prune":  # run by the session's owner, not under the lock
+                answer = self._prune(req)
+            else:
+                with self.lock:
+                    answer = self._do(req)
         except AnytimeError as e:
             return {"ok": False, "error": str(e), "exit_code": e.exit_code}
         except Exception as e:  # noqa: BLE001 - a malformed request: said to the client
@@ -134,6 +143,21 @@ class ControlServer:
         return {"ok": False, "error": f"unknown request {op!r}", "exit_code": 2}
 
 
+    def _prune(self, req: dict) -> dict:
+        from . import prune
+
+        if self.session is None:
+            return {"ok": False, "error": "this process cannot prune", "exit_code": 1}
+        fut = self.session.submit(lambda: prune.apply_policies(
+            self.repo, req.get("vols"), bool(req.get("dry_run"))))
+        try:
+            return {"ok": True, "report": fut.result(timeout=PRUNE_TIMEOUT).to_json()}
+        except AnytimeError:
+            raise
+        except RuntimeError as e:
+            return {"ok": False, "error": str(e), "exit_code": 1}
+
+
 def _read_line(conn: socket.socket) -> bytes | None:
     buf = b""
     while b"\n" not in buf:
@@ -146,14 +170,15 @@ def _read_line(conn: socket.socket) -> bytes | None:
     return buf.split(b"\n", 1)[0]
 
 
-def request(repo, req: dict, locked: RepositoryLocked) -> dict:
+def request(repo, req: dict, locked: RepositoryLocked, timeout: float = ANSWER_TIMEOUT
+            ) -> dict:
     """Send ``req`` to the process holding ``repo``'s writer lock and return its
     answer; raises ``locked`` (what taking the lock raised) when no such process
     serves requests (a snapshot holds the lock), and the server's error as an
     :class:`AnytimeError` with its exit code."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
-        s.settimeout(ANSWER_TIMEOUT)
+        s.settimeout(timeout)
         try:
             s.connect(address(repo.root))
         except OSError:
@@ -165,7 +190,7 @@ def request(repo, req: dict, locked: RepositoryLocked) -> dict:
         raw = _read_line(s)
     except TimeoutError:
         raise AnytimeError(f"the anytime process writing to {repo.root} did not answer "
-                           f"within {ANSWER_TIMEOUT:.0f} s; try again") from None
+                           f"within {timeout:.0f} s; try again") from None
     finally:
         s.close()
     if raw is None:

@@ -542,3 +542,56 @@ def prune(repo, keeps: dict[int, dict[int, bool]], dry_run: bool = False,
             refs |= referenced(repo, skip=[p.vol for p in plans if not p.empty])
         collect(repo, refs, rep, everything, dry_run)
     return rep
+
+
+# --- policies ------------------------------------------------------------------------------
+def apply_policies(repo, vols: list[int] | None = None, dry_run: bool = False,
+                   now_ns: int | None = None, tz=None) -> PruneReport:
+    """Prune every volume (or those of ``vols``) by its retention policy and holds
+    (store/retention.py, store/policies.py): what the plan keeps is kept, the rest
+    dropped; a volume without a policy keeps everything (its garbage is still
+    collected). Under a capacity cap (``max_size``), while the repository is larger, the
+    kept commits the plan lets a cap remove go too, finest and oldest first, a quarter
+    of what is left at a time; the report says which (``volumes[NAME]["capped"]``)."""
+    from . import policies, retention
+
+    now = clock.now_ns() if now_ns is None else now_ns
+    with repo.writer_lock():
+        keeps, drops, caps, everything = {}, {}, {}, False
+        with repo.read_txn() as txn:
+            from .volumes import list_volumes
+
+            chosen = [v for v in list_volumes(repo, txn) if vols is None or v.id in vols]
+            for vol in chosen:
+                commits = interiors(commits_of(repo, txn, vol.id))
+                pol = policies.get_policy(repo, txn, vol.id)
+                plan = retention.plan(commits, dict(timeline.labels(repo, txn, vol.id)),
+                                      policies.list_holds(repo, txn, vol.id), pol, now, tz)
+                keeps[vol.id] = {t: k.whole for t, k in plan.keep.items()}
+                drops[vol.id] = list(plan.drop)
+                cut = plan.max_age_cutoff
+                everything |= cut is not None and any(t < cut for t in plan.drop)
+                if pol is not None and pol.max_size and plan.cap_order:
+                    caps[vol.id] = (pol.max_size, list(plan.cap_order))
+        names = {v.id: v.name for v in chosen}
+        rep = prune(repo, keeps, dry_run=dry_run, everything=everything)
+        for vid, keep in keeps.items():
+            rep.volumes[names[vid]] = {"kept": len(keep), "dropped": drops[vid], "capped": []}
+        while caps and not dry_run:
+            over = [(vid, cap) for vid, cap in caps.items()
+                    if repo.space_used() > cap[0] and cap[1]]
+            if not over:
+                break
+            for vid, (_size, order) in over:
+                n = max(1, len(order) // 4)
+                gone, order[:] = order[:n], order[n:]
+                for t in gone:
+                    keeps[vid].pop(t, None)
+                rep.volumes[names[vid]]["capped"] += gone
+                rep.volumes[names[vid]]["kept"] -= len(gone)
+            more = prune(repo, {vid: keeps[vid] for vid, _ in over})
+            for f in ("commits_dropped", "commits_coarsened", "versions_deleted",
+                      "versions_moved", "chunks_deleted", "bytes_freed", "packs_rewritten",
+                      "packs_deleted", "history_dropped"):
+                setattr(rep, f, getattr(rep, f) + getattr(more, f))
+    return rep

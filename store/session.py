@@ -24,6 +24,15 @@ per commit instead, as a snapshot does.
 While a session is open it also serves other processes' label changes (``anytime
 mark`` and ``unmark``), which need the lock it holds: store/control.py.
 
+Work between commits: some writes must not run while a commit is being built (a prune's
+garbage collection deletes chunks a builder may be deduplicating against). They are
+*tasks*: :meth:`WriterSession.submit` queues one (the control server does, for another
+process's ``anytime prune``), :meth:`WriterSession.every` makes one periodic (protect's
+prune), and the thread that owns the session runs them at a point where no builder is in
+use, by calling :meth:`WriterSession.run_due` (the watcher after each pass of its loop,
+the shim's recorder between group commits). Captures pause meanwhile; what changes is
+queued and committed right after.
+
 Thread-safety: as :class:`~anytime.store.writer.CommitBuilder`: one builder at a time,
 from the thread that owns the session. The control server's thread writes labels
 meanwhile, each in a pack and a transaction of its own.
@@ -33,6 +42,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import Future
 from contextlib import ExitStack
 
 from .control import ControlServer
@@ -60,6 +70,12 @@ class WriterSession:
         #: held by the control server's label writes, recover() and the end of the
         #: session, so that none runs during another
         self.lock = threading.Lock()
+        self._tasks: list[tuple[Future, object]] = []  # submitted, not yet run
+        self._tasks_lock = threading.Lock()
+        self._periodic: list[list] = []  # [interval s, next due (monotonic), fn]
+        #: called (from any thread) when a task is submitted: wakes the owner's loop
+        self.on_task = None
+        self._closed = False
 
     def __enter__(self) -> WriterSession:
         self._stack.enter_context(self.repo.writer_lock(wait=self.wait))
@@ -67,18 +83,67 @@ class WriterSession:
             self.repo.require_feature(FEATURE_OPEN_PACKS)
         self.packw = PackWriter(self.repo.pack_store, self.repo.pack_target)
         # other processes' label changes, written under the lock this session holds
-        self.control = ControlServer(self.repo, self.lock)
+        self.control = ControlServer(self.repo, self.lock, session=self)
         if self.control.start():
             self._stack.callback(self.control.close)
         return self
 
     def __exit__(self, *exc) -> None:
+        with self._tasks_lock:
+            self._closed = True
+            left, self._tasks = self._tasks, []
+        for fut, _fn in left:
+            fut.set_exception(RuntimeError("the capture stopped before it could run it"))
         try:
             with self.lock:
                 if self.packw is not None and self.packw.open_pack and exc[0] is None:
                     self.seal()
         finally:
             self._stack.close()
+
+    def submit(self, fn) -> Future:
+        """Queue ``fn()`` to run between commits in the owner's thread; its Future gives
+        what it returns (or raises)."""
+        fut: Future = Future()
+        with self._tasks_lock:
+            if self._closed:
+                fut.set_exception(RuntimeError("the capture is stopping"))
+                return fut
+            self._tasks.append((fut, fn))
+        if self.on_task is not None:
+            self.on_task()
+        return fut
+
+    def every(self, seconds: float, fn, first: float | None = None) -> None:
+        """Run ``fn()`` every ``seconds`` between commits (the first time after ``first``
+        seconds, by default ``seconds``); what it raises is its own to report."""
+        start = seconds if first is None else first
+        self._periodic.append([seconds, time.monotonic() + start, fn])
+
+    def next_due(self) -> float | None:
+        """Seconds until a periodic task is due (0: now); None without any."""
+        if self._tasks:
+            return 0.0
+        if not self._periodic:
+            return None
+        return max(0.0, min(p[1] for p in self._periodic) - time.monotonic())
+
+    def run_due(self) -> None:
+        """Run the submitted tasks and the periodic ones that are due. The owner calls it
+        with no builder in use."""
+        with self._tasks_lock:
+            tasks, self._tasks = self._tasks, []
+        for fut, fn in tasks:
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(fn())
+                except BaseException as e:  # noqa: BLE001 - the submitter's to report
+                    fut.set_exception(e)
+        now = time.monotonic()
+        for p in self._periodic:
+            if now >= p[1]:
+                p[1] = now + p[0]
+                p[2]()
 
     def builder(self, vol: Volume):
         """A :class:`~anytime.store.writer.CommitBuilder` for one commit of ``vol``

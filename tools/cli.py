@@ -41,6 +41,7 @@ COMMANDS = {
     "mark": ("cmd_labels", "name an instant of a volume"),
     "unmark": ("cmd_labels", "remove a label"),
     "find": ("cmd_labels", "search names across the whole history (where did my file go?)"),
+    "prune": ("cmd_prune", "apply the retention policies: thin history, reclaim space"),
     "mount": ("cmd_mount", "mount a volume read-only: at an instant (--at), or the "
                            "time-travel view (latest/, any instant, labels/, versions/)"),
     "umount": ("cmd_mount", "unmount a drive made by 'mount'"),

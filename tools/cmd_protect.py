@@ -68,6 +68,10 @@ def register(sub, common) -> None:
                    help="scan each whole tree this often against the stat cache, for "
                         "writes no event reports (shared writable mmap); 0: never "
                         "(default 600)")
+    p.add_argument("--prune-every", type=_seconds, default=None, metavar="SECONDS",
+                   help="prune the volumes by their retention policies ('anytime policy') "
+                        "this often, between two commits; 0: never (default 3600, the "
+                        "first 300 s after start)")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="print a line for each commit")
     p.add_argument("--systemd-unit", action="store_true",
@@ -133,7 +137,7 @@ def cmd_protect(args) -> int:
     excludes = list(args.exclude)
     for f in args.exclude_file:
         excludes += read_pattern_file(f)
-    kw = {} if args.sweep is None else {"sweep": args.sweep}
+    kw = ({} if args.sweep is None else {"sweep": args.sweep}) | _prune_kw(args)
 
     def committed(tree, report) -> None:
         if args.verbose:
@@ -170,7 +174,7 @@ def _watch(repo, args, excludes, kw, committed, ready, progress) -> int:
     with protecting(repo, args.paths, name=args.name, excludes=excludes,
                     one_file_system=args.one_file_system, events=args.events,
                     progress=progress, on_commit=committed, on_ready=ready,
-                    **kw) as watcher:
+                    report=_note, **kw) as watcher:
         def stop(_signo, _frame) -> None:
             watcher.stop()
 
@@ -188,6 +192,14 @@ def _watch(repo, args, excludes, kw, committed, ready, progress) -> int:
     print(f"anytime: stopped; {total} commits made, every change up to now committed",
           file=sys.stderr)
     return 0
+
+
+def _note(msg: str) -> None:
+    print(f"anytime: {msg}", file=sys.stderr, flush=True)
+
+
+def _prune_kw(args) -> dict:
+    return {} if args.prune_every is None else {"prune_every": args.prune_every}
 
 
 def _protect_shim(args) -> int:
@@ -211,7 +223,7 @@ def _protect_shim(args) -> int:
               f"stop with Ctrl-C or SIGTERM", file=sys.stderr, flush=True)
         rec = protect_shim(repo, args.paths[0], name=args.name, sync=args.sync,
                            progress=Progress(), on_ready=mounted, warn=warn,
-                           strict=args.strict)
+                           strict=args.strict, **_prune_kw(args))
     print(f"anytime: stopped; {rec.ops} operations recorded in {rec.commits} commits, "
           f"the tree left as the applications last wrote it", file=sys.stderr)
     return 0
