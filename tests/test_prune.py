@@ -217,3 +217,99 @@ def test_views_at_thinned_instants_say_which_kept_instant_they_show(anytime, tmp
     log = anytime("log", src, check=0).stdout.decode()
     lines = [ln for ln in log.splitlines() if ln.strip()]
     assert len(lines) == 3 and sum("(thinned:" in ln for ln in lines) == 2, log
+
+
+def timed_history(tmp_path):
+    """A volume with an ordinary commit A (f, g at v0), then two timed commits, as the
+    shim makes them: B (f=v1 at b1, g=v1 at b2, f=v2 at b3) and C (g=v2 at c1).
+    Returns (repo root, volume id, instants dict)."""
+    from anytime.store import clock
+    from anytime.store.format import KIND_DIR, KIND_FILE, Entry
+    from anytime.store.session import WriterSession
+    from anytime.store.volumes import volume_for_source
+
+    root = tmp_path / "repo"
+    Repository.init(str(root), options=TEST_OPTIONS).close()
+    t: dict[str, int] = {}
+    with Repository.open(str(root), TEST_OPTIONS) as repo, WriterSession(repo) as session:
+        vol = volume_for_source(repo, str(tmp_path / "src"), None, clock.now_ns())
+        fids = {}
+
+        def put(b, path, data, at=None):
+            fid = fids.get(path) or fids.setdefault(path, b.new_file_id())
+            ref = b.store_chunk(data)
+            b.put_block_version(fid, 0, ref, at=at)
+            b.put_entry(path, Entry(KIND_FILE, mode=0o100644, size=len(data), file_id=fid),
+                        at=at)
+
+        b = session.builder(vol)
+        b.put_entry(b"", Entry(KIND_DIR, mode=0o40755))
+        put(b, b"f", b"f v0\n")
+        put(b, b"g", b"g v0\n")
+        t["A"] = b.commit({"kind": "scan"})
+        base = t["A"] + 1_000_000
+        b = session.builder(vol)
+        for i, (name, path, data) in enumerate([("b1", b"f", b"f v1\n"), ("b2", b"g", b"g v1\n"),
+                                                 ("b3", b"f", b"f v2\n")]):
+            t[name] = base + i * 1000
+            put(b, path, data, at=t[name])
+        t["B"] = b.commit({"kind": "shim"})
+        b = session.builder(vol)
+        t["c1"] = t["B"] + 1_000_000
+        put(b, b"g", b"g v2\n", at=t["c1"])
+        t["C"] = b.commit({"kind": "shim"})
+        vid = vol.id
+    return root, vid, t
+
+
+def files_at(root, vid, instant) -> dict:
+    from anytime.store.volumes import get_volume_by_id
+
+    with Repository.open(str(root), TEST_OPTIONS) as repo:
+        with repo.read_txn() as txn:
+            vol = get_volume_by_id(repo, txn, vid)
+        view = View(repo, vol, instant)
+        out = {}
+        for name in (b"f", b"g"):
+            e = view.lookup(name)
+            out[name] = None if e is None else b"".join(view.iter_read(e))
+        return out
+
+
+def test_a_timed_commit_kept_whole_keeps_every_instant_inside_it(tmp_path):
+    root, vid, t = timed_history(tmp_path)
+    probes = ["A", "b1", "b2", "b3", "B", "c1", "C"]
+    before = {p: files_at(root, vid, t[p]) for p in probes}
+    assert before["b2"] == {b"f": b"f v1\n", b"g": b"g v1\n"}
+    with Repository.open(str(root), TEST_OPTIONS) as repo:
+        prune_mod.prune(repo, {vid: {t["B"]: True, t["C"]: True}})  # A dropped
+    after = {p: files_at(root, vid, t[p]) for p in probes}
+    for p in ("b1", "b2", "b3", "B", "c1", "C"):
+        assert after[p] == before[p], p
+    assert after["A"] == {b"f": None, b"g": None}  # nothing kept before B's interior
+    assert_clean(root)
+
+
+def test_a_timed_commit_kept_as_a_point_is_coarsened(tmp_path):
+    root, vid, t = timed_history(tmp_path)
+    before = {p: files_at(root, vid, t[p]) for p in ("A", "B", "C")}
+    with Repository.open(str(root), TEST_OPTIONS) as repo:
+        prune_mod.prune(repo, {vid: {t["A"]: False, t["B"]: False, t["C"]: True}})
+        with repo.read_txn() as txn:
+            recs = dict(prune_mod.commits_of(repo, txn, vid))
+    assert "timed" not in recs[t["B"]] and recs[t["B"]]["thinned_from"] == t["A"] + 1
+    for p in ("A", "B", "C"):
+        assert files_at(root, vid, t[p]) == before[p], p
+    # inside B's interior the view is now A's (thinned), not a mix
+    for p in ("b1", "b2", "b3"):
+        assert files_at(root, vid, t[p]) == before["A"], p
+    assert files_at(root, vid, t["c1"]) == before["C"]  # C stays whole
+    assert_clean(root)
+
+
+def assert_clean(root) -> None:
+    from anytime.store.check import check
+
+    with Repository.open(str(root), TEST_OPTIONS) as repo:
+        rep = check(repo, read_data=True)
+    assert not rep.problems, rep.problems
