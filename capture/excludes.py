@@ -33,64 +33,21 @@ import os
 import re
 
 from anytime.store.errors import UsageError
+from anytime.store.globs import matcher
 
 #: The filesystem type (``fuse.`` + subtype) of anytime's own mounts in mountinfo.
 ANYTIME_FSTYPE = "fuse.anytime"
 
 
-def _component(glob: bytes) -> bytes:
-    """The regex of one path component's glob (bytes): ``*``/``?`` stay inside it."""
-    out, i, n = [], 0, len(glob)
-    while i < n:
-        c = glob[i:i + 1]
-        i += 1
-        if c == b"*":
-            out.append(b"[^/]*")
-        elif c == b"?":
-            out.append(b"[^/]")
-        elif c == b"\\" and i < n:
-            out.append(re.escape(glob[i:i + 1]))
-            i += 1
-        elif c == b"[":
-            j = i + (glob[i:i + 1] in (b"!", b"^"))
-            j += glob[j:j + 1] == b"]"  # a ']' first is part of the set
-            j = glob.find(b"]", j)
-            if j < 0:
-                out.append(b"\\[")
-                continue
-            body = glob[i:j].replace(b"\\", b"\\\\")
-            if body[:1] in (b"!", b"^"):
-                body = b"^" + body[1:]
-            out.append(b"(?!/)[" + body + b"]")
-            i = j + 1
-        else:
-            out.append(re.escape(c))
-    return b"".join(out)
-
-
-def _path_regex(pattern: bytes) -> bytes:
-    """The regex (to fullmatch an absolute path) of a pattern with a ``/``: from the root
-    if it starts with one, else from any component boundary."""
-    parts = [b"/" if pattern.startswith(b"/") else b".*/"]
-    comps = [c for c in pattern.split(b"/") if c]
-    for k, comp in enumerate(comps):
-        last = k == len(comps) - 1
-        if comp == b"**":
-            parts.append(b".*" if last else b"(?:[^/]*/)*")
-        else:
-            parts.append(_component(comp) + (b"" if last else b"/"))
-    return b"".join(parts)
-
-
 class Excluder:
     """Compiled exclude patterns: ``excluded(name, abspath)`` for one directory entry.
 
-    Name-only patterns become one regex matched against the entry's name; the others
-    one regex matched against its absolute path, tried only if there are any."""
+    The matching itself is store/globs.py's, shared with retention policies' path
+    rules."""
 
     def __init__(self, patterns: list[str]):
         self.patterns = list(patterns)
-        names, paths = [], []
+        raws = []
         for p in self.patterns:
             raw = p.rstrip("/")
             if not raw:
@@ -99,16 +56,8 @@ class Excluder:
             if raw.startswith("!"):
                 raise UsageError(f"exclude pattern {p!r}: negation ('!') is not supported; "
                                  f"write '\\!' for a name that starts with '!'")
-            b = os.fsencode(raw)
-            if b"/" in b:
-                paths.append(_path_regex(b))
-            else:
-                names.append(_component(b))
-        self._name = re.compile(b"|".join(names)).fullmatch if names else None
-        self._path = re.compile(b"|".join(paths)).fullmatch if paths else None
-
-    def excluded(self, name: bytes, abspath: bytes) -> bool:
-        return bool(self._name and self._name(name) or self._path and self._path(abspath))
+            raws.append(os.fsencode(raw))
+        self.excluded = matcher(raws)  # excluded(name, abspath) -> bool
 
 
 def read_pattern_file(path: str) -> list[str]:
