@@ -47,6 +47,7 @@ from .format import (
     HIST_BATCH,
     HIST_COMMIT,
     HIST_LABEL,
+    HIST_SETTING,
     HIST_ZDICT,
     HISTORY_ID,
     HOLE_ID,
@@ -324,10 +325,11 @@ class _Checker:
 
     def check_pack_instants(self, pack_id: bytes, history: list, count: int) -> None:
         """I7: a pack's commit instant is 0 (indexed before its commit) or a commit's,
-        unless it holds label changes only (``mark``, ``unmark``)."""
+        unless it holds label and setting changes only (``mark``, ``unmark``,
+        ``policy``, ``hold``, ``release``)."""
         t = self.packs[pack_id][2]
         labels_only = len(history) == count and all(
-            HISTORY_ID.unpack(rid)[0] == HIST_LABEL for _, rid, _ in history)
+            HISTORY_ID.unpack(rid)[0] in (HIST_LABEL, HIST_SETTING) for _, rid, _ in history)
         if t and not labels_only and not any(self._is_commit(vid, t) for vid in self.vols):
             self.problem("I7", f"pack {pack_id.hex()} is listed with commit instant {t}, "
                                f"which is no commit's")
@@ -837,8 +839,9 @@ class _Checker:
     def check_history(self) -> None:
         """I26: the packs hold what the index holds: every commit has its commit record
         and all its batches in listed packs, every label was written there (by its
-        commit or as a label change). Without them a rebuild of the index (``check
-        --repair``) would lose that history. A dictionary without its record is only a
+        commit or as a label change), every retention policy and hold by a setting
+        change. Without them a rebuild of the index (``check --repair``) would lose
+        that history. A dictionary without its record is only a
         warning: no listed pack then holds a chunk compressed with it."""
         from . import history as hist
 
@@ -847,6 +850,7 @@ class _Checker:
         recs: dict[tuple[int, int], list[tuple]] = {}
         batches: dict[tuple, int] = {}  # (volume, instant, nonce) -> batches found
         labels: set[tuple[int, str]] = set()
+        settings: set[tuple[int, str]] = set()  # (volume, "policy" or "hold:ID") logged
         zdicts: set[int] = set()
         for pack_id, offset, rid, codec, raw, slen in self.history:
             kind, vid, t, part, nonce = hist.split_history_id(rid)
@@ -854,7 +858,7 @@ class _Checker:
                 batches[(vid, t, nonce)] = batches.get((vid, t, nonce), 0) + 1
             elif kind == HIST_ZDICT:
                 zdicts.add(part)
-            elif kind in (HIST_COMMIT, HIST_LABEL):
+            elif kind in (HIST_COMMIT, HIST_LABEL, HIST_SETTING):
                 try:
                     got = hist.decode_json(hist.decode_payload(
                         codec, raw, store.read(pack_id, offset + RECORD_HEADER.size, slen)))
@@ -864,6 +868,9 @@ class _Checker:
                     continue
                 if kind == HIST_COMMIT:
                     recs.setdefault((vid, t), []).append((nonce, got.get("batches")))
+                if kind == HIST_SETTING:
+                    settings |= _settings_named(vid, got)
+                    continue
                 if got.get("label"):
                     labels.add((vid, got["label"]))
         instants: dict[int, list[tuple[int, str | None]]] = {}  # each volume's commits
@@ -895,6 +902,12 @@ class _Checker:
             if vol is not None and (vid, name) not in labels:
                 self.problem("I26", f"volume {vol.name}: label '{name}' is in no history "
                                     f"record of the packs")
+        from .policies import stored_settings
+
+        for vid, what in sorted(stored_settings(self.repo, self.txn) - settings):
+            name = self.vols[vid].name if vid in self.vols else str(vid)
+            self.problem("I26", f"volume {name}: its {what.replace(':', ' ')} is in no "
+                                f"history record of the packs")
         for dict_id in self.zdict_ids:
             if dict_id not in zdicts:  # a warning: its record and the chunks compressed
                 # with it share packs, so no listed pack holds such a chunk either (the
@@ -903,6 +916,17 @@ class _Checker:
                     f"dictionary {dict_id} is in no history record of the listed packs: "
                     f"no chunk in them was compressed with it (the snapshot that trained "
                     f"it did not commit); a rebuild of the index leaves it out")
+
+
+def _settings_named(vid: int, change) -> set[tuple[int, str]]:
+    """(volume, ``policy`` or ``hold:ID``) a setting change record sets."""
+    if not isinstance(change, dict):
+        return set()
+    out = {(vid, "policy")} if change.get("policy") is not None else set()
+    hold = change.get("hold")
+    if isinstance(hold, dict) and isinstance(hold.get("id"), str):
+        out.add((vid, f"hold:{hold['id']}"))
+    return out
 
 
 def check(repo, read_data: bool = False, progress=None) -> CheckReport:

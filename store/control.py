@@ -18,10 +18,14 @@ Terms:
                   first can neither fake an answer nor learn a request.
 
 Requests (``op``): ``set_label`` (``vol``, ``name``, ``instant``, ``force``; answers
-``old``), ``remove_label`` (``vol``, ``name``; answers ``removed``), ``prune`` (``vols``:
-volume ids or null for all, ``dry_run``; answers ``report``: run by the session between
-two commits, ``PRUNE_TIMEOUT`` at most). A request larger
-than ``MAX_REQUEST`` bytes, or not sent within ``TIMEOUT`` seconds, is dropped.
+``old``), ``remove_label`` (``vol``, ``name``; answers ``removed``), ``set_policy``
+(``vol``, ``policy``: a policy's JSON object or null; answers ``done``), ``add_hold``
+(``vol``, ``hold``: a hold's JSON object; answers ``done``), ``release_hold`` (``vol``,
+``which``: a hold id or a label; answers ``released``), ``prune`` (``vols``: volume ids
+or null for all, ``dry_run``; answers ``report``: run by the session between two
+commits, ``PRUNE_TIMEOUT`` at most). A request larger than ``MAX_REQUEST`` bytes, or not
+sent within ``TIMEOUT`` seconds, is dropped.
+:func:`as_writer` is how the store's own writes choose between the lock and a request.
 """
 
 from __future__ import annotations
@@ -130,16 +134,26 @@ class ControlServer:
         return answer
 
     def _do(self, req: dict) -> dict:
-        from . import timeline
+        from . import policies, timeline
+        from .retention import Hold, Policy
 
-        op = req["op"]
+        op, vol = req["op"], int(req["vol"])
         if op == "set_label":
-            old = timeline.set_label(self.repo, int(req["vol"]), str(req["name"]),
+            old = timeline.set_label(self.repo, vol, str(req["name"]),
                                      int(req["instant"]), bool(req.get("force")))
             return {"ok": True, "old": old}
         if op == "remove_label":
-            return {"ok": True, "removed": timeline.remove_label(
-                self.repo, int(req["vol"]), str(req["name"]))}
+            return {"ok": True, "removed": timeline.remove_label(self.repo, vol,
+                                                                 str(req["name"]))}
+        if op == "set_policy":
+            pol = None if req["policy"] is None else Policy.from_dict(req["policy"])
+            return {"ok": True, "done": policies.set_policy(self.repo, vol, pol)}
+        if op == "add_hold":
+            return {"ok": True, "done": policies.add_hold(self.repo, vol,
+                                                          Hold.from_dict(req["hold"]))}
+        if op == "release_hold":
+            return {"ok": True, "released": policies.release_hold(self.repo, vol,
+                                                                  str(req["which"]))}
         return {"ok": False, "error": f"unknown request {op!r}", "exit_code": 2}
 
 
@@ -201,3 +215,19 @@ def request(repo, req: dict, locked: RepositoryLocked, timeout: float = ANSWER_T
         err.exit_code = int(answer.get("exit_code", 1))
         raise err
     return answer
+
+
+def as_writer(repo, req: dict, answer: str, write):
+    """Run ``write()`` under ``repo``'s writer lock (taken here unless this object holds
+    it) and return what it returns; when a writer session holds the lock, send ``req``
+    to it instead (it runs the same write under its lock) and return its ``answer``
+    field. Raises RepositoryLocked when another writer (a snapshot) holds the lock."""
+    try:
+        lock = repo.writer_lock()
+        lock.__enter__()
+    except RepositoryLocked as locked:  # a writer session makes the write for us
+        return request(repo, req, locked)[answer]
+    try:
+        return write()
+    finally:
+        lock.__exit__(None, None, None)

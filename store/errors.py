@@ -41,6 +41,12 @@ class UsageError(AnytimeError):
     exit_code = 2
 
 
+class Held(AnytimeError):
+    """A change a hold forbids: removing or moving a label a hold in force names."""
+
+    exit_code = 1
+
+
 class PartialError(AnytimeError):
     """The operation finished but skipped some entries (listed in the message)."""
 

@@ -56,6 +56,9 @@ HIST_BATCH = 1
 HIST_COMMIT = 2
 HIST_LABEL = 3
 HIST_ZDICT = 4
+#: A setting of a volume changed outside a commit: its retention policy, a hold added or
+#: released (store/policies.py).
+HIST_SETTING = 5
 #: a prune's tombstone: the commits it dropped (store/prune.py)
 HIST_PRUNE = 6
 #: An index record in a batch: database code u8 | key length u16 | value length u32,
@@ -382,6 +385,10 @@ def split_label_key(key: bytes) -> tuple[int, bytes]:
 #: id u32 BE -> the commit's instant u64 BE. Present only between a large commit's first
 #: staged transaction and its commit point (see store/writer.py).
 PENDING_PREFIX = b"pending/"
+#: ``meta`` key of a volume's retention policy: ``POLICY_PREFIX`` + volume id u32 BE.
+POLICY_PREFIX = b"policy/"
+#: ``meta`` key of a hold: ``HOLD_PREFIX`` + volume id u32 BE + hold id (ASCII).
+HOLD_PREFIX = b"hold/"
 
 
 #: ``meta`` key of a pack left open across commits by a writer session
@@ -604,3 +611,17 @@ def kind_of(mode: int) -> int:
 
 
 DELETED = Entry(KIND_DELETED)
+
+
+def policy_key(vol: int) -> bytes:
+    return POLICY_PREFIX + vol_key(vol)
+
+
+def hold_key(vol: int, hold_id: str) -> bytes:
+    return HOLD_PREFIX + vol_key(vol) + hold_id.encode()
+
+
+def split_hold_key(key: bytes) -> tuple[int, str]:
+    """(volume id, hold id) of a :func:`hold_key`."""
+    n = len(HOLD_PREFIX)
+    return U32.unpack(key[n:n + 4])[0], key[n + 4:].decode(errors="surrogateescape")

@@ -13,6 +13,9 @@ Terms:
                   the current dictionary. A commit is in the history only when its
                   commit record and every one of its batches are in the packs.
   label change    a label set or removed outside a commit (``mark``, ``unmark``).
+  setting change  a volume's retention policy set or cleared, a hold added or released
+                  (store/policies.py): ``{"policy": {...} or null}``, ``{"hold": {...}}``
+                  or ``{"release": ID}``.
   dictionary      a zstd dictionary small chunks are compressed with, written before
                   the first chunk compressed with it.
 
@@ -32,6 +35,7 @@ from .format import (
     HIST_COMMIT,
     HIST_LABEL,
     HIST_PRUNE,
+    HIST_SETTING,
     HIST_ZDICT,
     HISTORY_ID,
     HISTORY_MAGIC,
@@ -80,6 +84,13 @@ def append_label(packw, vol: int, at: int, name: str, instant: int | None) -> No
     label was removed)."""
     raw = json.dumps({"label": name, "instant": instant}, sort_keys=True).encode()
     packw.append(history_id(HIST_LABEL, vol, at), CODEC_RAW, len(raw), raw,
+                 magic=HISTORY_MAGIC)
+
+
+def append_setting(packw, vol: int, at: int, change: dict) -> None:
+    """Append a setting change of volume ``vol`` made at ``at`` (see the docstring)."""
+    raw = json.dumps(change, sort_keys=True).encode()
+    packw.append(history_id(HIST_SETTING, vol, at), CODEC_RAW, len(raw), raw,
                  magic=HISTORY_MAGIC)
 
 

@@ -15,6 +15,8 @@ pack once, then writes a new index from what it found:
   reports them as lost. Batches without a commit record are a commit that never
   reached its commit point: ignored, as the old index ignored them;
 - labels: set and removed in the order they were (commit labels at their commit);
+- retention policies and holds (store/policies.py): set, added and released in the
+  order they were;
 - ``packs``: every pack found, so none is taken for a leftover and deleted.
 
 The old index, if any, is kept beside the new one (``index.old-<instant>``), so the
@@ -41,6 +43,7 @@ from .format import (
     HIST_DBS,
     HIST_LABEL,
     HIST_PRUNE,
+    HIST_SETTING,
     HIST_ZDICT,
     PACK_HEADER,
     PACK_INFO,
@@ -68,6 +71,7 @@ class RebuildReport:
     chunks: int = 0
     commits: int = 0
     labels: int = 0
+    settings: int = 0  # retention policies and holds
     volumes: int = 0
     old_index: str | None = None  # where the index that was there before is kept
     #: history lost, one line each (torn or missing packs); empty: nothing lost
@@ -125,6 +129,7 @@ def rebuild(repo) -> RebuildReport:
     commits: dict[tuple[int, int], list[dict]] = {}  # generations of each commit
     dropped: set[tuple[int, int]] = set()  # commits a prune removed (its tombstones)
     labels: list[tuple[int, int, str, int | None]] = []  # (at, vol, name, instant)
+    settings: list[tuple[int, int, dict]] = []  # (at, vol, change)
     zdicts: dict[int, bytes] = {}
     packs: dict[bytes, tuple[int, int, int]] = {}
     for pack_id in sorted(store.list()):
@@ -160,6 +165,9 @@ def rebuild(repo) -> RebuildReport:
                 elif kind == HIST_LABEL:
                     got = history.decode_json(history.decode_payload(codec, raw, data))
                     labels.append((t, vol, got["label"], got["instant"]))
+                elif kind == HIST_SETTING:
+                    got = history.decode_json(history.decode_payload(codec, raw, data))
+                    settings.append((t, vol, got))
                 elif kind == HIST_ZDICT:
                     zdicts[part] = history.decode_payload(codec, raw, data)
             except (ValueError, KeyError) as e:
@@ -189,6 +197,7 @@ def rebuild(repo) -> RebuildReport:
                             f"its commit record, and a pack is torn (see the warnings): "
                             f"if that commit had been made, it is not in the rebuilt index")
     _put_labels(repo, rep, labels, vols)
+    _put_settings(repo, rep, settings, vols)
     with repo.write_txn("rebuilding the index") as txn:
         for pack_id, info in packs.items():
             txn.put(pack_id, PACK_INFO.pack(*info), db=repo.dbs[DB_PACKS])
@@ -279,6 +288,25 @@ def _read_batch(repo, where: tuple) -> list[tuple[int, bytes, bytes]]:
     if len(buf) != slen:
         raise ValueError("it is cut short")
     return history.decode_batch(history.decode_payload(codec, raw, buf))
+
+
+def _put_settings(repo, rep: RebuildReport, settings: list, vols: dict) -> None:
+    """Replay policy and hold changes in the order they were made."""
+    from .errors import AnytimeError
+    from .policies import Replay
+
+    replay = Replay()
+    for at, vid, change in sorted(settings, key=lambda x: x[0]):
+        try:
+            replay.apply(vid, change)
+        except (AnytimeError, KeyError, TypeError) as e:
+            rep.bad_records.append(f"volume {vid}: a setting change made at {at} does not "
+                                   f"decode ({e}); it is left out")
+    records = replay.records(vols)
+    with repo.write_txn("rebuilding the index") as txn:
+        for key, val in records:
+            txn.put(key, val, db=repo.dbs[DB_META])
+    rep.settings = len(records)
 
 
 def _put_labels(repo, rep: RebuildReport, labels: list, vols: dict) -> None:

@@ -118,11 +118,9 @@ class Duration:
     def __str__(self) -> str:
         out = []
         y, mo = divmod(self.months, 12)
-        w, d = divmod(self.days, 7)
         h, rest = divmod(self.seconds, 3600)
         mi, s = divmod(rest, 60)
-        for n, unit in ((y, "y"), (mo, "M"), (w, "w"), (d, "d"), (h, "h"), (mi, "m"),
-                        (s, "s")):
+        for n, unit in ((y, "y"), (mo, "M"), (self.days, "d"), (h, "h"), (mi, "m"), (s, "s")):
             if n:
                 out.append(f"{n}{unit}")
         return "".join(out)

@@ -15,7 +15,8 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
-from .errors import RepositoryLocked
+from . import history
+from .errors import Held
 from .format import (
     DB_BLOCKVERS,
     DB_COMMITS,
@@ -339,67 +340,74 @@ def path_histories(repo, txn, vol: int, match, until: int = MAX_INSTANT
 # --- labels --------------------------------------------------------------------------
 def set_label(repo, vol: int, name: str, instant: int, force: bool = False) -> int | None:
     """Name ``instant`` of volume ``vol``; returns the instant the label named before (it
-    is moved only with ``force``; without, nothing changes). Written as the writer's own
-    writes are: under the writer lock (taken here unless held; another writer running
-    raises :class:`RepositoryLocked`), first to a pack as a history record (so a rebuilt
-    index has it), then in one LMDB write transaction."""
-    key = label_key(vol, name.encode())
-    try:
-        lock = repo.writer_lock()
-        lock.__enter__()
-    except RepositoryLocked as locked:  # a writer session makes the write for us
-        from . import control
-
-        return control.request(repo, {"op": "set_label", "vol": vol, "name": name,
-                                      "instant": instant, "force": force}, locked)["old"]
-    try:
+    is moved only with ``force``; without, nothing changes; a label a hold names is
+    never moved). Written as the writer's own writes are: under the writer lock (taken
+    here unless held; another writer running raises :class:`RepositoryLocked`), first
+    to a pack as a history record (so a rebuilt index has it), then in one LMDB write
+    transaction."""
+    def write():
         with repo.read_txn() as txn:
             old = label_instant(repo, txn, vol, name)
+            if old is not None and force and old != instant:
+                _refuse_if_held(repo, txn, vol, name, "moved")
         if old is None or force:
-            packs = _log_label(repo, vol, name, instant)
+            packs = log_change(repo, lambda packw, at: history.append_label(
+                packw, vol, at, name, instant))
             with repo.write_txn("writing a label") as txn:
-                _list_packs(repo, txn, packs)
-                txn.put(key, U64.pack(instant), db=repo.dbs[DB_LABELS])
-    finally:
-        lock.__exit__(None, None, None)
-    return old
+                list_packs(repo, txn, packs)
+                txn.put(label_key(vol, name.encode()), U64.pack(instant),
+                        db=repo.dbs[DB_LABELS])
+        return old
+
+    from . import control
+
+    return control.as_writer(repo, {"op": "set_label", "vol": vol, "name": name,
+                                    "instant": instant, "force": force}, "old", write)
 
 
 def remove_label(repo, vol: int, name: str) -> bool:
-    """Remove a label; False if the volume had none of that name. Under the writer lock,
-    and first to a pack, as :func:`set_label`."""
-    try:
-        lock = repo.writer_lock()
-        lock.__enter__()
-    except RepositoryLocked as locked:
-        from . import control
-
-        return control.request(repo, {"op": "remove_label", "vol": vol, "name": name},
-                               locked)["removed"]
-    try:
+    """Remove a label; False if the volume had none of that name. Refused (:class:`Held`)
+    for a label a hold in force names. Under the writer lock, and first to a pack, as
+    :func:`set_label`."""
+    def write():
         with repo.read_txn() as txn:
             if label_instant(repo, txn, vol, name) is None:
                 return False
-        packs = _log_label(repo, vol, name, None)
+            _refuse_if_held(repo, txn, vol, name, "removed")
+        packs = log_change(repo, lambda packw, at: history.append_label(
+            packw, vol, at, name, None))
         with repo.write_txn("writing a label") as txn:
-            _list_packs(repo, txn, packs)
+            list_packs(repo, txn, packs)
             return txn.delete(label_key(vol, name.encode()), db=repo.dbs[DB_LABELS])
-    finally:
-        lock.__exit__(None, None, None)
+
+    from . import control
+
+    return control.as_writer(repo, {"op": "remove_label", "vol": vol, "name": name},
+                             "removed", write)
 
 
-def _log_label(repo, vol: int, name: str, instant: int | None) -> list:
-    """Write a label change to a new pack, durable; returns the pack (as
-    :meth:`PackWriter.sync` does)."""
-    from . import clock, history
+def _refuse_if_held(repo, txn, vol: int, name: str, what: str) -> None:
+    from . import clock, policies
+
+    hold = policies.hold_of_label(repo, txn, vol, name, clock.now_ns())
+    if hold is not None:
+        raise Held(f"label '{name}' is held (hold {hold.id}), so it cannot be {what}; "
+                   f"'anytime release PATH {hold.id}' first")
+
+
+def log_change(repo, write) -> list:
+    """Write one change made outside a commit (a label, a setting) to a new pack,
+    durable: ``write(packw, at)`` appends its history record, ``at`` being now. Returns
+    the pack (as :meth:`PackWriter.sync` does) for :func:`list_packs`."""
+    from . import clock
     from .packs import PackWriter
 
     packw = PackWriter(repo.pack_store, repo.pack_target)
-    history.append_label(packw, vol, clock.now_ns(), name, instant)
+    write(packw, clock.now_ns())
     return packw.sync()
 
 
-def _list_packs(repo, txn, packs) -> None:
+def list_packs(repo, txn, packs) -> None:
     """List ``packs`` in the index (a pack not listed is a leftover the next writer
     deletes), with the time they were written as their instant."""
     from . import clock

@@ -325,7 +325,8 @@ def repair_index(args):
     if not args.json:
         print(f"index rebuilt from {plural(rep.packs, 'pack')}: {plural(rep.chunks, 'chunk')}, "
               f"{plural(rep.volumes, 'volume')}, {plural(rep.commits, 'commit')}, "
-              f"{plural(rep.labels, 'label')}")
+              f"{plural(rep.labels, 'label')}, "
+              f"{plural(rep.settings, 'retention setting')}")
         if rep.old_index:
             print(f"the index that was there is kept at {rep.old_index}; delete it once "
                   f"the rebuilt one reads right")
