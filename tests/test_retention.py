@@ -48,7 +48,7 @@ def test_parse_duration(text, want):
 
 def test_duration_str_is_canonical():
     assert str(d("18M")) == "1y6M"
-    assert str(d("14d")) == "2w"
+    assert str(d("2w")) == "14d"  # weeks are shown as days
     assert str(d("3600s")) == "1h"
     assert str(d("25h")) == "25h"  # hours are not days (a day may be 23 h)
 
