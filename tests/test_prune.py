@@ -313,3 +313,95 @@ def assert_clean(root) -> None:
     with Repository.open(str(root), TEST_OPTIONS) as repo:
         rep = check(repo, read_data=True)
     assert not rep.problems, rep.problems
+
+
+def set_policy(repo_dir, volume: str, **tiers) -> None:
+    from anytime.store import policies
+    from anytime.store.retention import Policy, parse_duration
+
+    with Repository.open(str(repo_dir), TEST_OPTIONS) as repo:
+        with repo.read_txn() as txn:
+            vol = get_volume(repo, txn, volume)
+        policies.set_policy(repo, vol.id, Policy(**{k: parse_duration(v)
+                                                    for k, v in tiers.items()}))
+
+
+def test_the_prune_command_applies_the_volume_policy(anytime, tmp_path):
+    import json
+    import time
+
+    repo_dir, src = tmp_path / "repo", tmp_path / "src"
+    grow_history(anytime, src)
+    before = picture(repo_dir)["src"]["at"]
+    newest = max(before)
+    time.sleep(2.2)
+    set_policy(repo_dir, "src", keep_all="2s")
+    dry = json.loads(anytime("prune", "--dry-run", "--json", check=0).stdout)
+    assert dry["dry_run"] and dry["volumes"]["src"]["dropped"] == sorted(before)[:-1]
+    assert picture(repo_dir)["src"]["at"] == before, "a dry run changed something"
+    r = anytime("prune", src, check=0)
+    assert b"src: 1 commit kept, 5 dropped" in r.stdout, r.stdout
+    after = picture(repo_dir)["src"]
+    assert [t for t, _ in after["commits"]] == [newest]
+    assert after["at"][newest] == before[newest]
+    assert b"no problems found" in anytime("check", "--read-data", check=0).stdout
+    r = anytime("prune", check=0)  # nothing more to do
+    assert b"0 commits and 0 versions removed" in r.stdout, r.stdout
+
+
+def test_protect_prunes_between_its_commits_and_serves_anytime_prune(anytime, tmp_path):
+    """A running protect prunes by the policy every --prune-every seconds, and runs an
+    'anytime prune' for another process between two of its commits; it goes on
+    capturing meanwhile and after."""
+    import json
+    import time
+
+    from test_watch import Protect
+
+    repo_dir, src = tmp_path / "repo", tmp_path / "src"
+    grow_history(anytime, src)
+    assert len(picture(repo_dir)["src"]["commits"]) == 6
+    pr = Protect(repo_dir, src, "--prune-every", "0")
+    try:
+        (src / "during.txt").write_text("while protect runs\n")
+        deadline = time.monotonic() + 20
+        while anytime("cat", src / "during.txt").returncode != 0:
+            assert time.monotonic() < deadline, "protect did not commit"
+            time.sleep(0.2)
+        time.sleep(2.2)
+        set_policy(repo_dir, "src", keep_all="2s")  # through protect's control socket
+        (src / "last.txt").write_text("the newest commit\n")
+        while anytime("cat", src / "last.txt").returncode != 0:
+            assert time.monotonic() < deadline + 20, "protect did not commit"
+            time.sleep(0.2)
+        r = anytime("prune", "--json", check=0)
+        rep = json.loads(r.stdout)
+        assert rep["commits_dropped"] >= 7, rep
+        (src / "after.txt").write_text("after the prune\n")
+        while anytime("cat", src / "after.txt").returncode != 0:
+            assert time.monotonic() < deadline + 40, "protect stopped committing"
+            time.sleep(0.2)
+    finally:
+        assert pr.stop() == 0, "".join(pr.lines)
+    assert anytime("cat", src / "during.txt", check=0).stdout == b"while protect runs\n"
+    assert b"no problems found" in anytime("check", "--read-data", check=0).stdout
+
+
+def test_protect_prunes_by_itself_every_prune_every_seconds(anytime, tmp_path):
+    import time
+
+    from test_watch import Protect
+
+    repo_dir, src = tmp_path / "repo", tmp_path / "src"
+    grow_history(anytime, src)
+    time.sleep(2.2)
+    set_policy(repo_dir, "src", keep_all="2s")
+    pr = Protect(repo_dir, src, "--prune-every", "1")
+    try:
+        deadline = time.monotonic() + 30
+        while len(picture(repo_dir)["src"]["commits"]) > 2:
+            assert time.monotonic() < deadline, "".join(pr.lines)
+            time.sleep(0.5)
+    finally:
+        assert pr.stop() == 0, "".join(pr.lines)
+    assert any("pruned:" in ln for ln in pr.lines), "".join(pr.lines)
