@@ -160,6 +160,9 @@ class CheckReport:
     leftover_packs: int = 0
     #: damaged copies no longer used and damage records superseded by a good copy
     reclaimable: int = 0
+    #: records in listed packs no kept instant uses, and their bytes (``prune`` reclaims)
+    unused_records: int = 0
+    unused_bytes: int = 0
     problems: list[str] = field(default_factory=list)
     damaged: list[DamagedBlock] = field(default_factory=list)
     #: what is not damage but should be fixed (a repository others can read)
@@ -194,6 +197,7 @@ class _Checker:
         self.zdict_ids: list[int] = []  # the dictionaries the index holds
         #: volume id -> instant of its pending marker
         self.pending: dict[int, int] = {}
+        self.referenced: set[bytes] = set()  # chunks some block version names
         self._commit_seen: set[tuple[int, int]] = set()
         self._timed: dict[tuple[int, int], bool] = {}  # (volume, commit instant) -> timed
 
@@ -696,6 +700,7 @@ class _Checker:
             if cid == HOLE_ID:
                 lens.append(None)
                 continue
+            self.referenced.add(cid)
             val = self.txn.get(cid, db=self.dbs[DB_BLOCKS])
             if val is None:
                 self.damaged("I21", cid, None, "is named by a block version but not in the "
@@ -918,6 +923,33 @@ class _Checker:
                     f"it did not commit); a rebuild of the index leaves it out")
 
 
+    def count_unused(self) -> None:
+        """What packs hold that no kept instant uses (not damage; ``prune`` removes it):
+        chunk records that are not the indexed copy, or whose chunk no block version
+        names, and history records of dropped commits or of replaced generations. Zero
+        after a prune with ``--max-age`` proves that what it dropped is gone from the
+        packs."""
+        from .prune import history_live
+
+        live = {}
+        for key, val in self.txn.cursor(db=self.dbs[DB_COMMITS]):
+            try:
+                live[split_commit_key(bytes(key))] = json.loads(bytes(val)).get("nonce")
+            except (ValueError, AttributeError):
+                continue  # check_commit_records reports it
+        indexed = {}
+        for bid, val in self.txn.cursor(db=self.dbs[DB_BLOCKS]):
+            indexed[bytes(bid)] = BLOCK_LOC.unpack(val)[:2]
+        for (pack_id, offset), (rid, _ok, _codec, _raw, slen) in self.records.items():
+            if indexed.get(rid) != (pack_id, offset) or rid not in self.referenced:
+                self.rep.unused_records += 1
+                self.rep.unused_bytes += RECORD_HEADER.size + slen
+        for _pack_id, _offset, rid, _codec, _raw, slen in self.history:
+            if not history_live(live, rid):
+                self.rep.unused_records += 1
+                self.rep.unused_bytes += RECORD_HEADER.size + slen
+
+
 def _settings_named(vid: int, change) -> set[tuple[int, str]]:
     """(volume, ``policy`` or ``hold:ID``) a setting change record sets."""
     if not isinstance(change, dict):
@@ -951,6 +983,7 @@ def check(repo, read_data: bool = False, progress=None) -> CheckReport:
         c.check_commit_records()
         c.check_labels()
         c.check_history()
+        c.count_unused()
         if spoiled:
             c.affected(spoiled)
         c.record_damage()

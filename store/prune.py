@@ -54,6 +54,7 @@ from .format import (
     HIST_ENTRIES,
     HISTORY_MAGIC,
     HOLE_ID,
+    KIND_DELETED,
     KIND_FILE,
     OPEN_PACK_PREFIX,
     PACK_INFO,
@@ -190,11 +191,17 @@ def thin(repo, plan: VolumePlan, rep: PruneReport, dry_run: bool = False,
         for prefix, versions in _groups(repo, DB_ENTRIES, plan.vol):
             instants = [t for t, _ in versions]
             dest = decide(plan, instants)
+            there = False  # whether a version kept so far shows the path (not a deletion)
             for i, ((t, val), to) in enumerate(zip(versions, dest, strict=True)):
                 fixed = ENTRY_FIXED.unpack_from(val)
                 if fixed[0] == KIND_FILE:
                     end = instants[i + 1] if i + 1 < len(instants) else FOREVER
                     lives.add(U64.pack(fixed[10]) + U64.pack(t), _END.pack(min(end, FOREVER - 1)))
+                if to is not None and to <= plan.horizon and fixed[0] == KIND_DELETED \
+                        and not there:
+                    to = None  # a deletion of what no kept view shows: it says nothing
+                if to is not None:
+                    there = fixed[0] != KIND_DELETED
                 _decided(plan, rep, ops, spill, changed, DB_ENTRIES, HIST_ENTRIES, prefix,
                          t, val, to, dry_run)
             if len(ops) >= repo.options.stage_records:
@@ -445,7 +452,9 @@ def collect(repo, refs: set[int], rep: PruneReport, everything: bool = False,
                 txn.delete(cid, db=repo.dbs[DB_BLOCKS])
 
 
-def _history_live(live: dict, rid: bytes) -> bool:
+def history_live(live: dict, rid: bytes) -> bool:
+    """Whether history record ``rid`` belongs to a live generation of a commit that
+    ``live`` ((volume, instant) -> nonce, from :func:`live_commits`) has."""
     kind, vid, t, _part, nonce = history.split_history_id(rid)
     if kind not in (HIST_BATCH, HIST_COMMIT):
         return True  # labels, dictionaries, settings, tombstones: kept
@@ -462,7 +471,7 @@ def _packs_with_dead_history(repo, sizes: dict, open_packs: set) -> set[bytes]:
         if pack_id in open_packs:
             continue
         for magic, _off, rid, *_ in walk_records(repo.pack_store, pack_id):
-            if magic == HISTORY_MAGIC and not _history_live(live, rid):
+            if magic == HISTORY_MAGIC and not history_live(live, rid):
                 out.add(pack_id)
                 break
     return out
@@ -487,7 +496,7 @@ def _rewrite(repo, pack_ids: list[bytes], doomed: set[bytes], rep: PruneReport) 
                         continue  # a second copy: the index uses another
                     where = packw.append(rid, codec, raw, bytes(data))
                     moved[rid] = (*where, slen, raw, codec)
-                elif ok and _history_live(live, rid):
+                elif ok and history_live(live, rid):
                     packw.append(rid, codec, raw, bytes(data), magic=HISTORY_MAGIC)
                 else:
                     rep.history_dropped += 1

@@ -145,9 +145,10 @@ print("done", flush=True)
 """
 
 
-def run_script(repo_dir, keep: list[int], kill_after: float | None = None) -> bool:
+def run_script(repo_dir, keep: list[int], kill_after: float | None = None
+               ) -> tuple[bool, float]:
     """Run a prune in its own process; with ``kill_after``, SIGKILL it that many seconds
-    after it starts pruning. True if it ran to its end."""
+    after it starts pruning. (True if it ran to its end, seconds it pruned)."""
     import subprocess
     import sys
     import time
@@ -155,12 +156,13 @@ def run_script(repo_dir, keep: list[int], kill_after: float | None = None) -> bo
     p = subprocess.Popen([sys.executable, "-c", PRUNE_SCRIPT, str(repo_dir),
                           ",".join(map(str, keep))], stdout=subprocess.PIPE)
     assert p.stdout.readline() == b"start\n"
+    t0 = time.monotonic()
     if kill_after is not None:
         time.sleep(kill_after)
         p.kill()
     out = p.stdout.read()
     p.wait()
-    return b"done" in out
+    return b"done" in out, time.monotonic() - t0
 
 
 def test_a_prune_killed_at_any_point_keeps_every_kept_instant_exact(anytime, tmp_path):
@@ -178,17 +180,14 @@ def test_a_prune_killed_at_any_point_keeps_every_kept_instant_exact(anytime, tmp
     keep = [instants[i] for i in (2, 6, 9)]
     pristine = tmp_path / "pristine"
     shutil.copytree(repo_dir, pristine)
-    import time
-
-    t0 = time.monotonic()
-    assert run_script(repo_dir, keep)
-    took = time.monotonic() - t0
+    done, took = run_script(repo_dir, keep)
+    assert done
     finished = picture(repo_dir)["src"]["at"]
     killed_before_end = 0
     for n in range(8):
         shutil.rmtree(repo_dir)
         shutil.copytree(pristine, repo_dir)
-        if not run_script(repo_dir, keep, kill_after=took * n / 8):
+        if not run_script(repo_dir, keep, kill_after=took * n / 8)[0]:
             killed_before_end += 1
         # every kept instant reads exactly as before, killed or not
         now = picture(repo_dir)["src"]["at"]
@@ -196,7 +195,7 @@ def test_a_prune_killed_at_any_point_keeps_every_kept_instant_exact(anytime, tmp
             assert now[t] == before[t], f"kill {n}: kept commit {t} changed"
         r = anytime("check")
         assert r.returncode == 0, (n, r.stdout, r.stderr)
-        assert run_script(repo_dir, keep)  # a re-run completes
+        assert run_script(repo_dir, keep)[0]  # a re-run completes
         assert picture(repo_dir)["src"]["at"] == finished
         assert b"no problems found" in anytime("check", "--read-data", check=0).stdout
     assert killed_before_end >= 3, "the kills came too late to test anything"
@@ -405,3 +404,48 @@ def test_protect_prunes_by_itself_every_prune_every_seconds(anytime, tmp_path):
     finally:
         assert pr.stop() == 0, "".join(pr.lines)
     assert any("pruned:" in ln for ln in pr.lines), "".join(pr.lines)
+
+
+def history_text(repo_dir) -> bytes:
+    """Every history record of every pack, decoded, joined (names are in there)."""
+    from anytime.store.format import HISTORY_MAGIC
+    from anytime.store.history import decode_payload
+    from anytime.store.packs import walk_records
+    from anytime.store.packstore import LocalDirPackStore
+
+    store = LocalDirPackStore(str(repo_dir))
+    out = []
+    for pack_id in store.list():
+        for magic, _off, _rid, codec, raw, _slen, _ok, data in walk_records(store, pack_id,
+                                                                           payload=True):
+            if magic == HISTORY_MAGIC:
+                out.append(decode_payload(codec, raw, data))
+    return b"\n".join(out)
+
+
+def test_max_age_removes_old_data_from_the_packs_and_check_proves_it(anytime, tmp_path):
+    import json
+    import time
+
+    repo_dir, src = tmp_path / "repo", tmp_path / "src"
+    secrets = grow_history(anytime, src)
+    (src / "regulated-name.txt").write_text("personal data\n")
+    snap(anytime, src)
+    (src / "regulated-name.txt").unlink()
+    snap(anytime, src)
+    assert b"regulated-name.txt" in history_text(repo_dir)
+    time.sleep(2.2)
+    (src / "log.txt").write_text("today\n")
+    snap(anytime, src)
+    set_policy(repo_dir, "src", max_age="2s")
+    rep = json.loads(anytime("prune", "--json", check=0).stdout)
+    assert rep["commits_dropped"] == 8, rep
+    assert len(picture(repo_dir)["src"]["commits"]) == 1, "only the newest commit stays"
+    assert not in_packs(repo_dir, secrets["only"][1000:1100])
+    assert b"regulated-name.txt" not in history_text(repo_dir), "a name outlived max-age"
+    r = anytime("check", "--json", "--read-data")
+    report = json.loads(r.stdout)
+    assert report["ok"] and report["unused_records"] == 0, report
+    assert anytime("cat", src / "log.txt", check=0).stdout == b"today\n"
+    assert b"nothing in the packs that no kept instant uses" in anytime("check",
+                                                                         check=0).stdout

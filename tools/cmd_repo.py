@@ -305,6 +305,9 @@ def cmd_check(args) -> int:
           f"checked; {plural(rep.leftover_packs, 'uncommitted pack file')} (reclaimed by "
           f"the next snapshot); {rep.reclaimable} damaged copies or records superseded by "
           f"good copies (reclaimable)")
+    print(f"{rep.unused_bytes / 1e6:.1f} MB in {plural(rep.unused_records, 'record')} of "
+          f"the packs that no kept instant uses ('anytime prune' removes them)"
+          if rep.unused_records else "nothing in the packs that no kept instant uses")
     if rep.problems:
         raise DamagedData(damage_text(rep))
     if repaired is not None and repaired.lost:
