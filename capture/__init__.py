@@ -78,23 +78,26 @@ def schedule_prune(repo, session, vol_ids: list[int], every: float = PRUNE_EVERY
     if not every:
         return
 
-    def run() -> None:
+    def run() -> None:  # in a thread of its own, beside the commits
         from anytime.store import policies, prune
 
         with repo.read_txn() as txn:
             if not any(policies.get_policy(repo, txn, v) for v in vol_ids):
                 return  # nothing to thin: keep everything, and leave the packs alone
         try:
-            rep = prune.apply_policies(repo, vol_ids)
-        except AnytimeError as e:
-            if report:
+            with session.prune_lock:
+                rep = prune.apply_policies(repo, vol_ids, run_gc=session.run_between,
+                                           stop=session.stopping)
+        except (AnytimeError, RuntimeError) as e:
+            if report and not session.stopping.is_set():
                 report(f"prune failed, tried again in {every:.0f} s: {e}")
             return
         if report and (rep.commits_dropped or rep.chunks_deleted):
             report(f"pruned: {rep.commits_dropped} commits dropped, "
                    f"{rep.bytes_freed / 1e6:.1f} MB freed")
 
-    session.every(every, run, min(PRUNE_FIRST, every) if first is None else first)
+    session.every(every, lambda: session.background(run),
+                  min(PRUNE_FIRST, every) if first is None else first)
 
 
 @contextmanager

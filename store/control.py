@@ -162,13 +162,13 @@ class ControlServer:
 
         if self.session is None:
             return {"ok": False, "error": "this process cannot prune", "exit_code": 1}
-        fut = self.session.submit(lambda: prune.apply_policies(
-            self.repo, req.get("vols"), bool(req.get("dry_run"))))
-        try:
-            return {"ok": True, "report": fut.result(timeout=PRUNE_TIMEOUT).to_json()}
-        except AnytimeError:
-            raise
-        except RuntimeError as e:
+        session = self.session
+        try:  # thinning here, beside the commits; the garbage between two of them
+            with session.prune_lock:
+                rep = prune.apply_policies(self.repo, req.get("vols"), bool(req.get("dry_run")),
+                                           run_gc=session.run_between, stop=session.stopping)
+            return {"ok": True, "report": rep.to_json()}
+        except RuntimeError as e:  # the capture stopped meanwhile
             return {"ok": False, "error": str(e), "exit_code": 1}
 
 

@@ -37,6 +37,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from . import clock, history, timeline
+from .errors import AnytimeError
 from .format import (
     BLOCK_LOC,
     DB_BLOCKS,
@@ -172,7 +173,7 @@ def unfinished_in(repo, txn) -> list[VolumePlan]:
 
 
 def thin(repo, plan: VolumePlan, rep: PruneReport, dry_run: bool = False,
-         refs: set | None = None) -> None:
+         refs: set | None = None, stop=None) -> None:
     """Apply ``plan`` to its volume (its marker is in place unless ``dry_run``): the walk,
     the generations and the tombstone, and the commit point. With ``refs``, the chunk ids
     (8-byte prefixes, as ints) the volume's remaining block versions name are added.
@@ -205,7 +206,7 @@ def thin(repo, plan: VolumePlan, rep: PruneReport, dry_run: bool = False,
                 _decided(plan, rep, ops, spill, changed, DB_ENTRIES, HIST_ENTRIES, prefix,
                          t, val, to, dry_run)
             if len(ops) >= repo.options.stage_records:
-                _apply(repo, ops)
+                _apply(repo, ops, stop)
                 ops = []
         life_iter = iter(lives.items())
         pending = next(life_iter, None)
@@ -232,7 +233,7 @@ def thin(repo, plan: VolumePlan, rep: PruneReport, dry_run: bool = False,
                 if refs is not None and to is not None:
                     _add_refs(refs, val)
             if len(ops) >= repo.options.stage_records:
-                _apply(repo, ops)
+                _apply(repo, ops, stop)
                 ops = []
         if ops:
             _apply(repo, ops)
@@ -298,7 +299,10 @@ def _groups(repo, db: bytes, vol: int):
             yield group, versions
 
 
-def _apply(repo, ops) -> None:
+def _apply(repo, ops, stop=None) -> None:
+    if stop is not None and stop.is_set():
+        raise PruneStopped("the prune stopped before its end (the capture is stopping); "
+                           "the next prune finishes it")
     with repo.write_txn("thinning history") as txn:
         for db, old, new, val in ops:
             handle = repo.dbs[db]
@@ -522,18 +526,26 @@ def _rewrite(repo, pack_ids: list[bytes], doomed: set[bytes], rep: PruneReport) 
 
 # --- the whole prune ---------------------------------------------------------------------
 def prune(repo, keeps: dict[int, dict[int, bool]], dry_run: bool = False,
-          everything: bool = False) -> PruneReport:
+          everything: bool = False, run_gc=None, stop=None) -> PruneReport:
     """Thin each volume of ``keeps`` (volume id -> the commits to keep, instant -> whole,
     as :func:`make_plan` takes) and collect the garbage, under the writer lock (taken
     here unless held). An interrupted prune is finished first. ``everything``: rewrite
     every pack holding garbage or dead history (a ``--max-age`` drop: the data must be
     gone from the packs, not only from the index). ``dry_run``: nothing is written; the
-    report says what would go."""
+    report says what would go.
+
+    Beside a writer session's captures (store/session.py): the thinning may run in any
+    thread while the captures commit (it changes only records at or before the horizon
+    of its plan, and no kept view, the newest included); the garbage collection must not
+    run while a commit is being built, so ``run_gc(fn)`` runs it where none is (the
+    session's owner, between two commits) and returns what ``fn()`` returns. ``stop``: a
+    ``threading.Event`` checked between transactions; once set, the prune stops with
+    :class:`PruneStopped`, its marker kept for the next prune to finish."""
     rep = PruneReport(dry_run=dry_run)
     with repo.writer_lock():
         if not dry_run:
             for plan in unfinished(repo):
-                thin(repo, plan, rep)
+                thin(repo, plan, rep, stop=stop)
         plans = []
         with repo.read_txn() as txn:
             for vid, keep in sorted(keeps.items()):
@@ -544,24 +556,37 @@ def prune(repo, keeps: dict[int, dict[int, bool]], dry_run: bool = False,
                 continue
             if not dry_run:
                 start(repo, plan)
-            thin(repo, plan, rep, dry_run, refs=refs)
-        if refs is None:
-            refs = referenced(repo)
+            thin(repo, plan, rep, dry_run, refs=refs, stop=stop)
+
+        def gc() -> None:
+            nonlocal refs
+            if refs is None:
+                refs = referenced(repo)
+            else:
+                refs |= referenced(repo, skip=[p.vol for p in plans if not p.empty])
+            collect(repo, refs, rep, everything, dry_run)
+
+        if dry_run or run_gc is None:
+            gc()
         else:
-            refs |= referenced(repo, skip=[p.vol for p in plans if not p.empty])
-        collect(repo, refs, rep, everything, dry_run)
+            run_gc(gc)
     return rep
+
+
+class PruneStopped(AnytimeError):
+    """A prune stopped on request (its capture is stopping); the next one finishes it."""
 
 
 # --- policies ------------------------------------------------------------------------------
 def apply_policies(repo, vols: list[int] | None = None, dry_run: bool = False,
-                   now_ns: int | None = None, tz=None) -> PruneReport:
+                   now_ns: int | None = None, tz=None, run_gc=None, stop=None) -> PruneReport:
     """Prune every volume (or those of ``vols``) by its retention policy and holds
     (store/retention.py, store/policies.py): what the plan keeps is kept, the rest
     dropped; a volume without a policy keeps everything (its garbage is still
     collected). Under a capacity cap (``max_size``), while the repository is larger, the
     kept commits the plan lets a cap remove go too, finest and oldest first, a quarter
-    of what is left at a time; the report says which (``volumes[NAME]["capped"]``)."""
+    of what is left at a time; the report says which (``volumes[NAME]["capped"]``).
+    ``run_gc``, ``stop``: as for :func:`prune`."""
     from . import policies, retention
 
     now = clock.now_ns() if now_ns is None else now_ns
@@ -583,7 +608,8 @@ def apply_policies(repo, vols: list[int] | None = None, dry_run: bool = False,
                 if pol is not None and pol.max_size and plan.cap_order:
                     caps[vol.id] = (pol.max_size, list(plan.cap_order))
         names = {v.id: v.name for v in chosen}
-        rep = prune(repo, keeps, dry_run=dry_run, everything=everything)
+        rep = prune(repo, keeps, dry_run=dry_run, everything=everything, run_gc=run_gc,
+                    stop=stop)
         for vid, keep in keeps.items():
             rep.volumes[names[vid]] = {"kept": len(keep), "dropped": drops[vid], "capped": []}
         while caps and not dry_run:
@@ -598,7 +624,8 @@ def apply_policies(repo, vols: list[int] | None = None, dry_run: bool = False,
                     keeps[vid].pop(t, None)
                 rep.volumes[names[vid]]["capped"] += gone
                 rep.volumes[names[vid]]["kept"] -= len(gone)
-            more = prune(repo, {vid: keeps[vid] for vid, _ in over})
+            more = prune(repo, {vid: keeps[vid] for vid, _ in over}, run_gc=run_gc,
+                         stop=stop)
             for f in ("commits_dropped", "commits_coarsened", "versions_deleted",
                       "versions_moved", "chunks_deleted", "bytes_freed", "packs_rewritten",
                       "packs_deleted", "history_dropped"):

@@ -31,7 +31,9 @@ process's ``anytime prune``), :meth:`WriterSession.every` makes one periodic (pr
 prune), and the thread that owns the session runs them at a point where no builder is in
 use, by calling :meth:`WriterSession.run_due` (the watcher after each pass of its loop,
 the shim's recorder between group commits). Captures pause meanwhile; what changes is
-queued and committed right after.
+queued and committed right after. Longer work that may run beside commits (a prune's
+thinning) runs in a thread of its own (:meth:`WriterSession.background`) and hands the
+part that may not to the owner (:meth:`WriterSession.run_between`).
 
 Thread-safety: as :class:`~anytime.store.writer.CommitBuilder`: one builder at a time,
 from the thread that owns the session. The control server's thread writes labels
@@ -76,8 +78,15 @@ class WriterSession:
         #: called (from any thread) when a task is submitted: wakes the owner's loop
         self.on_task = None
         self._closed = False
+        self._owner: int | None = None  # the thread that entered the session
+        #: set when the session ends: background work stops at its next safe point
+        self.stopping = threading.Event()
+        self._background: list[threading.Thread] = []
+        #: held by a prune (one at a time, whoever asked for it)
+        self.prune_lock = threading.Lock()
 
     def __enter__(self) -> WriterSession:
+        self._owner = threading.get_ident()
         self._stack.enter_context(self.repo.writer_lock(wait=self.wait))
         if self.repo.pack_store.can_flush:
             self.repo.require_feature(FEATURE_OPEN_PACKS)
@@ -89,6 +98,11 @@ class WriterSession:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.stopping.set()
+        for t in self._background:  # they stop at their next transaction
+            while t.is_alive():
+                self._run_tasks()  # one may wait for a task meanwhile
+                t.join(0.05)
         with self._tasks_lock:
             self._closed = True
             left, self._tasks = self._tasks, []
@@ -128,9 +142,36 @@ class WriterSession:
             return None
         return max(0.0, min(p[1] for p in self._periodic) - time.monotonic())
 
+    def run_between(self, fn):
+        """Run ``fn()`` where no commit is being built and return what it returns: at
+        once in the owner's thread, else as a task the owner runs between two commits
+        (this thread waits for it)."""
+        if threading.get_ident() == self._owner:
+            return fn()
+        return self.submit(fn).result()
+
+    def background(self, fn) -> bool:
+        """Run ``fn()`` in a thread of its own unless one started here still runs (False
+        then); the session's end waits for it (it should watch :attr:`stopping`)."""
+        self._background = [t for t in self._background if t.is_alive()]
+        if self._background:
+            return False
+        t = threading.Thread(target=fn, name="anytime-session-background", daemon=True)
+        self._background.append(t)
+        t.start()
+        return True
+
     def run_due(self) -> None:
         """Run the submitted tasks and the periodic ones that are due. The owner calls it
         with no builder in use."""
+        self._run_tasks()
+        now = time.monotonic()
+        for p in self._periodic:
+            if now >= p[1]:
+                p[1] = now + p[0]
+                p[2]()
+
+    def _run_tasks(self) -> None:
         with self._tasks_lock:
             tasks, self._tasks = self._tasks, []
         for fut, fn in tasks:
@@ -139,11 +180,6 @@ class WriterSession:
                     fut.set_result(fn())
                 except BaseException as e:  # noqa: BLE001 - the submitter's to report
                     fut.set_exception(e)
-        now = time.monotonic()
-        for p in self._periodic:
-            if now >= p[1]:
-                p[1] = now + p[0]
-                p[2]()
 
     def builder(self, vol: Volume):
         """A :class:`~anytime.store.writer.CommitBuilder` for one commit of ``vol``

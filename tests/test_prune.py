@@ -449,3 +449,63 @@ def test_max_age_removes_old_data_from_the_packs_and_check_proves_it(anytime, tm
     assert anytime("cat", src / "log.txt", check=0).stdout == b"today\n"
     assert b"nothing in the packs that no kept instant uses" in anytime("check",
                                                                          check=0).stdout
+
+
+def test_commits_land_while_a_prune_thins_and_its_gc_waits_for_a_gap(anytime, tmp_path,
+                                                                      monkeypatch):
+    """Beside a writer session, a prune's thinning runs while the session commits (it is
+    held here half way, after its first transaction), and its garbage collection runs
+    only when the session's owner lets it, between two commits."""
+    import threading
+
+    from anytime.store import clock
+    from anytime.store.format import KIND_FILE, Entry
+    from anytime.store.session import WriterSession
+
+    repo_dir, src = tmp_path / "repo", tmp_path / "src"
+    grow_history(anytime, src)
+    before = picture(repo_dir)["src"]["at"]
+    instants = sorted(before)
+    keep = {instants[i]: True for i in (0, 3, 5)}
+    half_way, go_on, gc_ran = threading.Event(), threading.Event(), threading.Event()
+    real_apply, real_collect = prune_mod._apply, prune_mod.collect
+
+    def held_apply(repo, ops, stop=None):
+        real_apply(repo, ops, stop)
+        half_way.set()
+        assert go_on.wait(30)
+
+    def noted_collect(*a, **kw):
+        gc_ran.set()
+        out["gc_thread"] = threading.get_ident()
+        return real_collect(*a, **kw)
+
+    out: dict = {}
+    monkeypatch.setattr(prune_mod, "_apply", held_apply)
+    monkeypatch.setattr(prune_mod, "collect", noted_collect)
+    with Repository.open(str(repo_dir), TEST_OPTIONS.__class__(
+            pack_target=TEST_OPTIONS.pack_target, stage_records=5)) as repo, \
+            WriterSession(repo) as session:
+        with repo.read_txn() as txn:
+            vol = get_volume(repo, txn, "src")
+        th = threading.Thread(target=lambda: out.setdefault("rep", prune_mod.prune(
+            repo, {vol.id: keep}, run_gc=session.run_between, stop=session.stopping)))
+        th.start()
+        assert half_way.wait(30)
+        b = session.builder(vol)  # a commit while the prune is half way
+        fid = b.new_file_id()
+        b.put_block_version(fid, 0, b.store_chunk(b"made during the prune\n"))
+        b.put_entry(b"during.txt", Entry(KIND_FILE, mode=0o100644, size=22, file_id=fid))
+        during = b.commit({"kind": "test"}, instant=clock.now_ns())
+        go_on.set()
+        while th.is_alive():  # the owner's loop: tasks run between commits
+            session.run_due()
+            th.join(0.05)
+        assert gc_ran.is_set() and out["rep"].commits_dropped == 3
+        assert out["gc_thread"] == threading.get_ident(), "the GC ran beside a commit"
+    after = picture(repo_dir)["src"]
+    for t in keep:
+        assert after["at"][t] == before[t]
+    assert after["at"][during][b"during.txt"][-1] == \
+        __import__("hashlib").sha256(b"made during the prune\n").hexdigest()
+    assert b"no problems found" in anytime("check", "--read-data", check=0).stdout
