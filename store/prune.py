@@ -588,8 +588,10 @@ def apply_policies(repo, vols: list[int] | None = None, dry_run: bool = False,
     of what is left at a time; the report says which (``volumes[NAME]["capped"]``).
     ``run_gc``, ``stop``: as for :func:`prune`."""
     from . import policies, retention
+    from .pins import pinned as pinned_by_readers
 
     now = clock.now_ns() if now_ns is None else now_ns
+    pinned = pinned_by_readers(repo)
     with repo.writer_lock():
         keeps, drops, caps, everything = {}, {}, {}, False
         with repo.read_txn() as txn:
@@ -599,8 +601,11 @@ def apply_policies(repo, vols: list[int] | None = None, dry_run: bool = False,
             for vol in chosen:
                 commits = interiors(commits_of(repo, txn, vol.id))
                 pol = policies.get_policy(repo, txn, vol.id)
+                holds = policies.list_holds(repo, txn, vol.id) + [  # what readers show now
+                    retention.Hold(id="mounted", from_ns=t, to_ns=t)
+                    for t in sorted(pinned.get(vol.id, ()))]
                 plan = retention.plan(commits, dict(timeline.labels(repo, txn, vol.id)),
-                                      policies.list_holds(repo, txn, vol.id), pol, now, tz)
+                                      holds, pol, now, tz)
                 keeps[vol.id] = {t: k.whole for t, k in plan.keep.items()}
                 drops[vol.id] = list(plan.drop)
                 cut = plan.max_age_cutoff

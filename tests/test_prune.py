@@ -509,3 +509,33 @@ def test_commits_land_while_a_prune_thins_and_its_gc_waits_for_a_gap(anytime, tm
     assert after["at"][during][b"during.txt"][-1] == \
         __import__("hashlib").sha256(b"made during the prune\n").hexdigest()
     assert b"no problems found" in anytime("check", "--read-data", check=0).stdout
+
+
+def test_a_mount_at_an_instant_keeps_it_from_being_thinned_until_unmounted(anytime,
+                                                                          tmp_path):
+    import json
+    import time
+
+    from test_mount import mounted
+    from treeutil import at_epoch
+
+    repo_dir, src = tmp_path / "repo", tmp_path / "src"
+    grow_history(anytime, src)
+    instants = sorted(picture(repo_dir)["src"]["at"])
+    time.sleep(2.2)
+    (src / "log.txt").write_text("newest\n")
+    snap(anytime, src)
+    set_policy(repo_dir, "src", keep_all="2s")
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    with mounted(anytime, src, mp, "--at", at_epoch(instants[2])):
+        with open(mp / "log.txt", "rb") as f:
+            assert f.read() == b"version 2\n" * 3
+            rep = json.loads(anytime("prune", "--json", check=0).stdout)
+            assert rep["commits_dropped"] == 5, rep  # all but the mounted one and the newest
+            f.seek(0)
+            assert f.read() == b"version 2\n" * 3
+        assert (mp / "sub" / "late.txt").read_text() == "from the third commit on\n"
+    rep = json.loads(anytime("prune", "--json", check=0).stdout)
+    assert rep["commits_dropped"] == 1, "unmounted, its instant goes"
+    assert not list((repo_dir / "run").glob("pin-*")), "the dead mount's pin stays"

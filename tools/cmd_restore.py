@@ -59,6 +59,9 @@ def cmd_restore(args) -> int:
 
     with open_repo(args) as repo:
         target, view, entry = lookup_at(repo, args)
+        from anytime.store.pins import Pins
+
+        Pins(repo).add(target.vol.id, view.instant)  # no prune thins it under the restore
         dest, root = destination(target, args)
         progress = Progress(enabled=None if not (args.json or args.dry_run) else False)
         r = Restorer(view, policy=args.policy, delete=args.delete, progress=progress)

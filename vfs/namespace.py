@@ -63,6 +63,7 @@ from anytime.store.format import (
     Entry,
     join_path,
 )
+from anytime.store.pins import Pins
 from anytime.store.volumes import Volume, get_volume_by_id
 
 from .access import ACL_XATTR, Caller, R, W, X, permits
@@ -140,6 +141,9 @@ class Namespace:
         self._blocks_cache: dict[tuple[int, int, int], int] = {}
         self._search_cache: dict[tuple[Caller, int, bytes], bool] = {}
         self._root_time = clock.now_ns()
+        self._pins = Pins(repo)
+        if at is not None:
+            self._pins.add(vol.id, at)
 
     # --- the volume and its horizon --------------------------------------------------
     @property
@@ -164,6 +168,8 @@ class Namespace:
             return s
 
     def view(self, instant: int) -> View:
+        if instant < self.vol.horizon:  # a past view, shown for as long as we are mounted:
+            self._pins.add(self._vol.id, instant)  # no prune thins it meanwhile
         return View(self.repo, self.vol, instant)
 
     def kernel_cacheable(self) -> bool:
