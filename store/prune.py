@@ -34,7 +34,7 @@ import json
 import os
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import clock, history, timeline
 from .errors import AnytimeError
@@ -78,7 +78,7 @@ OPS_PER_TXN = 20_000
 REWRITE_RATIO = 0.2
 PRUNE_PREFIX = b"prune/"
 _KEY = struct.Struct(">QB")  # a generation spill key: owner commit instant, db code
-_END = struct.Struct(">Q")
+_LIFE = struct.Struct(">QI")  # a file version's life: until, the class of its path
 _BLOCKVER_PREFIX = struct.Struct(">IQQ")  # volume, file id, block number
 
 
@@ -173,44 +173,58 @@ def unfinished_in(repo, txn) -> list[VolumePlan]:
 
 
 def thin(repo, plan: VolumePlan, rep: PruneReport, dry_run: bool = False,
-         refs: set | None = None, stop=None) -> None:
+         refs: set | None = None, stop=None, classes=None, resumed: bool = False) -> None:
     """Apply ``plan`` to its volume (its marker is in place unless ``dry_run``): the walk,
     the generations and the tombstone, and the commit point. With ``refs``, the chunk ids
     (8-byte prefixes, as ints) the volume's remaining block versions name are added.
 
-    Path versions are decided first; each file version's life (file id, from, to) goes
-    to a spill sorted by file id, and a block version is needed only where a view point
-    lies both in its own life and in the life of a path version naming its file: the
-    blocks of a file deleted before every kept instant go, even though no later block
-    version replaced them."""
-    changed = plan.changed()
+    Path versions are decided first; each file version's life (file id, from, to, and
+    the class of its path) goes to a spill sorted by file id, and a block version is
+    needed only where a view point lies both in its own life and in the life of a path
+    version naming its file: the blocks of a file deleted before every kept instant go,
+    even though no later block version replaced them.
+
+    ``classes``: per-path rules, as (plans, class_of): ``class_of(path)`` is the index in
+    ``plans`` of the plan a path's versions are decided by (``plan`` itself for paths no
+    rule changes: it keeps the commits any class keeps, so every target is a kept
+    commit); a block version follows the plan of the path versions that name its file
+    (``plan`` when paths of several classes do). ``resumed``: finishing an interrupted
+    prune, whose walk may have moved or deleted versions already: every kept commit's
+    records are written again, as the walk cannot tell which changed."""
+    plans, class_of = classes if classes is not None else ([plan], None)
+    changed: dict[int, int | None] = dict(plan.changed())
+    if resumed:
+        for k in plan.kept:
+            changed.setdefault(k, None)
     tmp = os.path.join(repo.root, "tmp")
-    spill = None if dry_run or not changed else SortedSpill(tmp)
     lives = SortedSpill(tmp)
     try:
         ops: list[tuple[bytes, bytes, bytes | None, bytes]] = []  # (db, old key, new key, val)
+        paths = _PathNames(repo, plan.vol) if class_of is not None else None
         for prefix, versions in _groups(repo, DB_ENTRIES, plan.vol):
+            cls = class_of(paths.of(prefix)) if paths is not None else 0
+            p = plans[cls]
             instants = [t for t, _ in versions]
-            dest = decide(plan, instants)
+            dest = decide(p, instants)
             there = False  # whether a version kept so far shows the path (not a deletion)
             for i, ((t, val), to) in enumerate(zip(versions, dest, strict=True)):
                 fixed = ENTRY_FIXED.unpack_from(val)
                 if fixed[0] == KIND_FILE:
                     end = instants[i + 1] if i + 1 < len(instants) else FOREVER
-                    lives.add(U64.pack(fixed[10]) + U64.pack(t), _END.pack(min(end, FOREVER - 1)))
-                if to is not None and to <= plan.horizon and fixed[0] == KIND_DELETED \
+                    lives.add(U64.pack(fixed[10]) + U64.pack(t),
+                              _LIFE.pack(min(end, FOREVER - 1), cls))
+                if to is not None and t <= plan.horizon and fixed[0] == KIND_DELETED \
                         and not there:
                     to = None  # a deletion of what no kept view shows: it says nothing
                 if to is not None:
                     there = fixed[0] != KIND_DELETED
-                _decided(plan, rep, ops, spill, changed, DB_ENTRIES, HIST_ENTRIES, prefix,
-                         t, val, to, dry_run)
+                _decided(plan, rep, ops, changed, DB_ENTRIES, prefix, t, val, to, dry_run)
             if len(ops) >= repo.options.stage_records:
                 _apply(repo, ops, stop)
                 ops = []
         life_iter = iter(lives.items())
         pending = next(life_iter, None)
-        fid_now, spans = -1, []
+        fid_now, spans, p = -1, [], plan
         for prefix, versions in _groups(repo, DB_BLOCKVERS, plan.vol):
             fid = _BLOCKVER_PREFIX.unpack(prefix)[1]
             if fid != fid_now:
@@ -218,63 +232,107 @@ def thin(repo, plan: VolumePlan, rep: PruneReport, dry_run: bool = False,
                 while pending is not None and U64.unpack_from(pending[0])[0] < fid:
                     pending = next(life_iter, None)
                 while pending is not None and U64.unpack_from(pending[0])[0] == fid:
-                    spans.append((U64.unpack_from(pending[0], 8)[0],
-                                  _END.unpack(pending[1])[0]))
+                    end, cls = _LIFE.unpack(pending[1])
+                    spans.append((U64.unpack_from(pending[0], 8)[0], end, plans[cls]))
                     pending = next(life_iter, None)
+                one = {id(sp[2]) for sp in spans}
+                p = spans[0][2] if len(one) == 1 else plan
             instants = [t for t, _ in versions]
-            dest = decide(plan, instants)
+            dest = decide(p, instants)
             for i, ((t, val), to) in enumerate(zip(versions, dest, strict=True)):
                 if to is not None and t <= plan.horizon:
                     end = instants[i + 1] if i + 1 < len(instants) else FOREVER
-                    if not _seen_in(plan, spans, t, end):
+                    if not _seen_in(spans, t, end):
                         to = None  # no kept view shows a file that reads it
-                _decided(plan, rep, ops, spill, changed, DB_BLOCKVERS, HIST_BLOCKVERS,
-                         prefix, t, val, to, dry_run)
+                _decided(plan, rep, ops, changed, DB_BLOCKVERS, prefix, t, val, to, dry_run)
                 if refs is not None and to is not None:
                     _add_refs(refs, val)
             if len(ops) >= repo.options.stage_records:
                 _apply(repo, ops, stop)
                 ops = []
         if ops:
-            _apply(repo, ops)
+            _apply(repo, ops, stop)
         rep.commits_dropped += len(plan.dropped)
         rep.commits_coarsened += len(plan.coarsened)
         if dry_run:
             return
-        _commit(repo, plan, changed, spill)
+        if not changed and not plan.dropped:  # nothing to write again: only the marker goes
+            with repo.write_txn("ending a prune") as txn:
+                txn.delete(prune_key(plan.vol), db=repo.dbs[DB_META])
+            return
+        gens = _generations(repo, plan, changed)
+        try:
+            _commit(repo, plan, changed, gens)
+        finally:
+            gens.close()
     finally:
         lives.close()
-        if spill is not None:
-            spill.close()
 
 
-def _seen_in(plan: VolumePlan, spans: list[tuple[int, int]], t: int, end: int) -> bool:
-    """True if a view point lies in [t, end) and in one of the file's ``spans``."""
-    for s, e in spans:
+def _generations(repo, plan: VolumePlan, changed: dict) -> SortedSpill:
+    """The records of the changed commits, as the index holds them once thinned, sorted
+    by (commit, database, key): a second walk, read-only."""
+    spill = SortedSpill(os.path.join(repo.root, "tmp"))
+    if not changed:
+        return spill
+    for db, code in ((DB_ENTRIES, HIST_ENTRIES), (DB_BLOCKVERS, HIST_BLOCKVERS)):
+        for prefix, versions in _groups(repo, db, plan.vol):
+            for t, val in versions:
+                if t <= plan.horizon:
+                    owner = plan.owner(t)
+                    if owner in changed:
+                        spill.add(_KEY.pack(owner, code) + prefix + U64.pack(t), val)
+    return spill
+
+
+class _PathNames:
+    """The path of an ``entries`` key prefix (volume, directory hash, name, 00), from the
+    directory's ``dirs`` record (read once per directory)."""
+
+    def __init__(self, repo, vol: int):
+        self.repo, self.vol = repo, vol
+        self._dh, self._dir = None, b""
+
+    def of(self, prefix: bytes) -> bytes:
+        from .format import DIR_HASH_LEN, join_path
+
+        dh = prefix[4:4 + DIR_HASH_LEN]
+        if dh != self._dh:
+            with self.repo.read_txn() as txn:
+                got = txn.get(prefix[:4 + DIR_HASH_LEN], db=self.repo.dbs[DB_DIRS])
+            self._dh, self._dir = dh, bytes(got) if got is not None else b""
+        return join_path(self._dir, prefix[4 + DIR_HASH_LEN:-1])
+
+
+def _seen_in(spans: list[tuple[int, int, VolumePlan]], t: int, end: int) -> bool:
+    """True if, in one of the file's ``spans`` (from, to, the plan of its path), a view
+    point of that plan lies in [t, end) and in the span."""
+    for s, e, p in spans:
         lo, hi = max(t, s), min(end, e)
         if lo < hi:
-            p = plan.target(lo)
-            if p is not None and p < hi:
+            v = p.target(lo)
+            if v is not None and v < hi:
                 return True
     return False
 
 
-def _decided(plan, rep, ops, spill, changed, db, code, prefix, t, val, to, dry_run) -> None:
-    """Count and queue what :func:`decide` said of one version (``to`` None: deleted), and
-    spill it for its owner's new generation if that commit changes."""
+def _decided(plan, rep, ops, changed, db, prefix, t, val, to, dry_run) -> None:
+    """Count and queue what :func:`decide` said of one version (``to`` None: deleted),
+    and note its commit as changed when a kept commit's records change by it."""
+    if to == t:
+        return
+    if t <= plan.horizon:  # the commit that held it, and the one it moves to, change
+        changed.setdefault(plan.owner(t), None)
+        if to is not None:
+            changed.setdefault(plan.owner(to), None)
     if to is None:
         rep.versions_deleted += 1
         if not dry_run:
             ops.append((db, prefix + U64.pack(t), None, val))
         return
-    if to != t:
-        rep.versions_moved += 1
-        if not dry_run:
-            ops.append((db, prefix + U64.pack(t), prefix + U64.pack(to), val))
-    if spill is not None and to <= plan.horizon:
-        owner = plan.owner(to)
-        if owner in changed:
-            spill.add(_KEY.pack(owner, code) + prefix + U64.pack(to), val)
+    rep.versions_moved += 1
+    if not dry_run:
+        ops.append((db, prefix + U64.pack(t), prefix + U64.pack(to), val))
 
 
 def _groups(repo, db: bytes, vol: int):
@@ -356,7 +414,8 @@ def _commit(repo, plan: VolumePlan, changed: dict[int, int], spill) -> None:
             rec = dict(records.get(k, {"kind": "scan"}))
             rec["nonce"] = nonce.hex()
             rec["rewritten_ns"] = now
-            rec["thinned_from"] = min(changed[k], int(rec.get("thinned_from", changed[k])))
+            if changed[k] is not None:
+                rec["thinned_from"] = min(changed[k], int(rec.get("thinned_from", changed[k])))
             if k in plan.coarsened:
                 rec.pop("timed", None)
                 rec.pop("timed_from", None)
@@ -526,7 +585,7 @@ def _rewrite(repo, pack_ids: list[bytes], doomed: set[bytes], rep: PruneReport) 
 
 # --- the whole prune ---------------------------------------------------------------------
 def prune(repo, keeps: dict[int, dict[int, bool]], dry_run: bool = False,
-          everything: bool = False, run_gc=None, stop=None) -> PruneReport:
+          everything: bool = False, run_gc=None, stop=None, rules=None) -> PruneReport:
     """Thin each volume of ``keeps`` (volume id -> the commits to keep, instant -> whole,
     as :func:`make_plan` takes) and collect the garbage, under the writer lock (taken
     here unless held). An interrupted prune is finished first. ``everything``: rewrite
@@ -540,30 +599,42 @@ def prune(repo, keeps: dict[int, dict[int, bool]], dry_run: bool = False,
     run while a commit is being built, so ``run_gc(fn)`` runs it where none is (the
     session's owner, between two commits) and returns what ``fn()`` returns. ``stop``: a
     ``threading.Event`` checked between transactions; once set, the prune stops with
-    :class:`PruneStopped`, its marker kept for the next prune to finish."""
+    :class:`PruneStopped`, its marker kept for the next prune to finish.
+
+    ``rules``: per-path rules, volume id -> (the commits each class of paths keeps, a
+    list of dicts as ``keeps`` holds; ``class_of(path)``: the index in that list of the
+    class of a path, or None for paths no rule names). ``keeps`` then holds, for that
+    volume, every commit some class keeps (see :func:`thin`)."""
     rep = PruneReport(dry_run=dry_run)
     with repo.writer_lock():
         if not dry_run:
             for plan in unfinished(repo):
-                thin(repo, plan, rep, stop=stop)
-        plans = []
+                thin(repo, plan, rep, stop=stop, resumed=True)
+        plans, classes = [], {}
         with repo.read_txn() as txn:
             for vid, keep in sorted(keeps.items()):
-                plans.append(make_plan(vid, interiors(commits_of(repo, txn, vid)), keep))
+                commits = interiors(commits_of(repo, txn, vid))
+                plans.append(make_plan(vid, commits, keep))
+                if rules and vid in rules:
+                    class_keeps, class_of = rules[vid]
+                    each = [plans[-1]] + [make_plan(vid, commits, k) for k in class_keeps]
+                    classes[vid] = (each, lambda path, f=class_of: 0 if (c := f(path)) is None
+                                    else c + 1)
         refs: set[int] | None = set() if dry_run else None
         for plan in plans:
-            if plan.empty:
+            if plan.empty and plan.vol not in classes:
                 continue
             if not dry_run:
                 start(repo, plan)
-            thin(repo, plan, rep, dry_run, refs=refs, stop=stop)
+            thin(repo, plan, rep, dry_run, refs=refs, stop=stop, classes=classes.get(plan.vol))
 
         def gc() -> None:
             nonlocal refs
             if refs is None:
                 refs = referenced(repo)
             else:
-                refs |= referenced(repo, skip=[p.vol for p in plans if not p.empty])
+                refs |= referenced(repo, skip=[p.vol for p in plans
+                                           if not p.empty or p.vol in classes])
             collect(repo, refs, rep, everything, dry_run)
 
         if dry_run or run_gc is None:
@@ -593,7 +664,7 @@ def apply_policies(repo, vols: list[int] | None = None, dry_run: bool = False,
     now = clock.now_ns() if now_ns is None else now_ns
     pinned = pinned_by_readers(repo)
     with repo.writer_lock():
-        keeps, drops, caps, everything = {}, {}, {}, False
+        keeps, drops, caps, rules, everything = {}, {}, {}, {}, False
         with repo.read_txn() as txn:
             from .volumes import list_volumes
 
@@ -604,17 +675,22 @@ def apply_policies(repo, vols: list[int] | None = None, dry_run: bool = False,
                 holds = policies.list_holds(repo, txn, vol.id) + [  # what readers show now
                     retention.Hold(id="mounted", from_ns=t, to_ns=t)
                     for t in sorted(pinned.get(vol.id, ()))]
-                plan = retention.plan(commits, dict(timeline.labels(repo, txn, vol.id)),
-                                      holds, pol, now, tz)
+                labels = dict(timeline.labels(repo, txn, vol.id))
+                plan = retention.plan(commits, labels, holds, pol, now, tz)
                 keeps[vol.id] = {t: k.whole for t, k in plan.keep.items()}
-                drops[vol.id] = list(plan.drop)
+                if pol is not None and pol.rules:
+                    class_keeps, class_of, regulated = _path_classes(
+                        repo, vol.id, pol, commits, labels, holds, now, tz, keeps[vol.id])
+                    rules[vol.id] = (class_keeps, class_of)
+                    everything |= regulated
+                drops[vol.id] = [t for t, _ in commits if t not in keeps[vol.id]]
                 cut = plan.max_age_cutoff
                 everything |= cut is not None and any(t < cut for t in plan.drop)
                 if pol is not None and pol.max_size and plan.cap_order:
                     caps[vol.id] = (pol.max_size, list(plan.cap_order))
         names = {v.id: v.name for v in chosen}
         rep = prune(repo, keeps, dry_run=dry_run, everything=everything, run_gc=run_gc,
-                    stop=stop)
+                    stop=stop, rules=rules)
         for vid, keep in keeps.items():
             rep.volumes[names[vid]] = {"kept": len(keep), "dropped": drops[vid], "capped": []}
         while caps and not dry_run:
@@ -627,12 +703,62 @@ def apply_policies(repo, vols: list[int] | None = None, dry_run: bool = False,
                 gone, order[:] = order[:n], order[n:]
                 for t in gone:
                     keeps[vid].pop(t, None)
+                    for k in rules.get(vid, ([], None))[0]:  # no class keeps it either
+                        k.pop(t, None)
                 rep.volumes[names[vid]]["capped"] += gone
                 rep.volumes[names[vid]]["kept"] -= len(gone)
             more = prune(repo, {vid: keeps[vid] for vid, _ in over}, run_gc=run_gc,
-                         stop=stop)
+                         stop=stop, rules=rules)
             for f in ("commits_dropped", "commits_coarsened", "versions_deleted",
                       "versions_moved", "chunks_deleted", "bytes_freed", "packs_rewritten",
                       "packs_deleted", "history_dropped"):
                 setattr(rep, f, getattr(rep, f) + getattr(more, f))
     return rep
+
+
+def _path_classes(repo, vol: int, pol, commits, labels, holds, now: int, tz, keep: dict
+                  ) -> tuple[list[dict], object, bool]:
+    """Per-path rules of ``pol``: (the commits each class of paths keeps, class_of), as
+    :func:`prune` takes them, and whether a class's ``max_age`` drops something; a class is the set of rules a path matches, one for each
+    set some path of the volume has (found by a walk of its path names). ``keep``, the
+    volume's, grows by every commit a class keeps."""
+    from . import retention
+
+    names = _PathNames(repo, vol)
+    matchers = [r.matches for r in pol.rules]
+    # a directory holding paths a rule keeps is kept as long as they are (else they
+    # could not be reached at the instants only the rule keeps)
+    above: dict[bytes, set[int]] = {}
+    for prefix, _versions in _groups(repo, DB_ENTRIES, vol):
+        path = names.of(prefix)
+        direct = {i for i, m in enumerate(matchers) if m(path)}
+        while direct and path:
+            path = path.rpartition(b"/")[0]
+            above.setdefault(path, set()).update(direct)
+
+    def subset_of(path: bytes) -> tuple:
+        """The rules ``path`` matches (i), and those only paths under it match, whose
+        keeps it gets but not their max_age (-1 - i)."""
+        direct = {i for i, m in enumerate(matchers) if m(path)}
+        return tuple(sorted(direct | {-1 - i for i in above.get(path, set()) - direct}))
+
+    seen: dict[tuple, int] = {}
+    for prefix, _versions in _groups(repo, DB_ENTRIES, vol):
+        seen.setdefault(subset_of(names.of(prefix)), len(seen))
+    class_keeps, regulated = [], False
+    for subset in seen:
+        eff = pol.merged_with([pol.rules[i] if i >= 0 else
+                               replace(pol.rules[-1 - i], max_age=None)
+                               for i in subset])
+        got = retention.plan(commits, labels, holds, eff, now, tz)
+        class_keeps.append({t: k.whole for t, k in got.keep.items()})
+        for t, whole in class_keeps[-1].items():
+            keep[t] = keep.get(t, False) or whole
+        cut = got.max_age_cutoff  # data that must be gone: out of the packs too
+        regulated |= cut is not None and any(t < cut for t in got.drop)
+    index = {subset: i for subset, i in seen.items()}
+
+    def class_of(path: bytes) -> int:
+        return index.get(subset_of(path), 0)
+
+    return class_keeps, class_of, regulated

@@ -293,10 +293,13 @@ class Policy:
         strictest keep winning (per tier the longer duration, the shortest
         ``max_age``); without rules (``rules`` is empty). A policy without tiers keeps
         every commit, so rules' tiers add nothing to it."""
+        return self.merged_with([r for r in self.rules if r.matches(path)])
+
+    def merged_with(self, rules) -> Policy:
+        """This policy merged with ``rules`` (as :meth:`effective` merges the rules a
+        path matches), without rules."""
         merged = {f: getattr(self, f) for f in (*TIERS, "max_age")}
-        for r in self.rules:
-            if not r.matches(path):
-                continue
+        for r in rules:
             if self.has_tiers:
                 for t in TIERS:
                     merged[t] = _longer(merged[t], getattr(r, t))

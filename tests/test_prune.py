@@ -539,3 +539,86 @@ def test_a_mount_at_an_instant_keeps_it_from_being_thinned_until_unmounted(anyti
     rep = json.loads(anytime("prune", "--json", check=0).stdout)
     assert rep["commits_dropped"] == 1, "unmounted, its instant goes"
     assert not list((repo_dir / "run").glob("pin-*")), "the dead mount's pin stays"
+
+
+def set_rules(repo_dir, volume: str, base: dict, rules: list[tuple[str, dict]]) -> None:
+    from anytime.store import policies
+    from anytime.store.retention import PathRule, Policy, parse_duration
+
+    def durs(d):
+        return {k: parse_duration(v) for k, v in d.items()}
+
+    with Repository.open(str(repo_dir), TEST_OPTIONS) as repo:
+        with repo.read_txn() as txn:
+            vol = get_volume(repo, txn, volume)
+        policies.set_policy(repo, vol.id, Policy(**durs(base), rules=tuple(
+            PathRule(pattern, **durs(d)) for pattern, d in rules)))
+
+
+def per_path_history(anytime, src) -> bytes:
+    """Four commits of a tree with finance/, hr/ and other/, each file changed every
+    time; the old hr file holds a secret. Then a pause, and a fifth commit."""
+    import time
+
+    anytime("init", check=0)
+    for d in ("finance", "hr", "other"):
+        (src / d).mkdir(parents=True)
+    secret = os.urandom(150_000)
+    for i in range(4):
+        for d in ("finance", "hr", "other"):
+            (src / d / "f.txt").write_text(f"{d} {i}\n")
+        (src / "hr" / "old.bin").write_bytes(secret if i < 2 else b"nothing\n")
+        snap(anytime, src)
+    time.sleep(2.2)
+    (src / "other" / "f.txt").write_text("other now\n")
+    snap(anytime, src)
+    return secret
+
+
+def test_a_path_rule_keeps_more_of_its_paths_than_the_volume_policy(anytime, tmp_path):
+    repo_dir, src = tmp_path / "repo", tmp_path / "src"
+    per_path_history(anytime, src)
+    before = picture(repo_dir)["src"]["at"]
+    instants = sorted(before)
+    set_rules(repo_dir, "src", {"keep_all": "2s"}, [("finance/**", {"keep_all": "1d"})])
+    anytime("prune", check=0)
+    after = picture(repo_dir)["src"]["at"]
+    assert sorted(after) == instants, "finance keeps every commit"
+    for t in instants:
+        fin = {p: v for p, v in before[t].items() if p.startswith(b"finance/")}
+        assert {p: v for p, v in after[t].items() if p.startswith(b"finance/")} == fin
+    assert after[instants[-1]] == before[instants[-1]], "the newest commit is whole"
+    old = after[instants[1]]
+    assert b"other/f.txt" not in old and b"hr/f.txt" not in old, \
+        "paths no rule keeps are thinned at instants only finance keeps"
+    assert b"no problems found" in anytime("check", "--read-data", check=0).stdout
+    shutil.rmtree(repo_dir / "index")
+    anytime("check", "--repair", check=0)
+    assert picture(repo_dir)["src"]["at"] == after
+
+
+def test_a_path_max_age_removes_its_paths_old_data_whatever_the_volume_keeps(anytime,
+                                                                              tmp_path):
+    import json
+
+    repo_dir, src = tmp_path / "repo", tmp_path / "src"
+    secret = per_path_history(anytime, src)
+    before = picture(repo_dir)["src"]["at"]
+    instants = sorted(before)
+    assert in_packs(repo_dir, secret[5000:5100])
+    set_rules(repo_dir, "src", {"keep_all": "1d"}, [("hr/**", {"max_age": "2s"})])
+    anytime("prune", check=0)
+    after = picture(repo_dir)["src"]["at"]
+    assert sorted(after) == instants, "the volume keeps every commit"
+    for t in instants[:-1]:
+        assert not any(p.startswith(b"hr/") for p in after[t]), "hr data outlived max-age"
+        assert {p: v for p, v in after[t].items() if not p.startswith(b"hr")} == \
+            {p: v for p, v in before[t].items() if not p.startswith(b"hr")}
+    assert after[instants[-1]] == before[instants[-1]]
+    with Repository.open(str(repo_dir), TEST_OPTIONS) as repo:
+        with repo.read_txn() as txn:
+            vol = get_volume(repo, txn, "src")
+        assert View(repo, vol, instants[0]).lookup(b"") is not None, "the root went too"
+    assert not in_packs(repo_dir, secret[5000:5100]), "hr content stays in the packs"
+    report = json.loads(anytime("check", "--json", "--read-data").stdout)
+    assert report["ok"] and report["unused_records"] == 0, report
