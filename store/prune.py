@@ -713,6 +713,12 @@ def apply_policies(repo, vols: list[int] | None = None, dry_run: bool = False,
                       "versions_moved", "chunks_deleted", "bytes_freed", "packs_rewritten",
                       "packs_deleted", "history_dropped"):
                 setattr(rep, f, getattr(rep, f) + getattr(more, f))
+        if not dry_run:
+            from . import status
+
+            status.publish_prune(repo, {"at_ns": now, "volumes": {
+                name: {"dropped": len(v["dropped"]) + len(v["capped"]),
+                       "capped": len(v["capped"])} for name, v in rep.volumes.items()}})
     return rep
 
 

@@ -23,6 +23,8 @@ import os
 from . import modes
 
 RUN_DIR = "run"
+#: what the last prune did (not a volume's status file: it has no ``volume`` key)
+PRUNE_FILE = "prune.json"
 
 
 def _dir(repo) -> str:
@@ -32,16 +34,35 @@ def _dir(repo) -> str:
 def publish(repo, volume: str, state: dict) -> None:
     """Write the status file of ``volume`` (best effort: a full disk or a read-only
     repository leaves the old one, as a status is only a view of the capture)."""
+    _write(repo, volume.encode().hex() + ".json",  # any volume name, as a file name
+           dict(state, volume=volume))
+
+
+def publish_prune(repo, result: dict) -> None:
+    """Write ``run/prune.json``: what the last prune did per volume (``status`` says when
+    a capacity cap thinned beyond the policy). Best effort, as :func:`publish`."""
+    _write(repo, PRUNE_FILE, result)
+
+
+def last_prune(repo) -> dict:
+    try:
+        with open(os.path.join(_dir(repo), PRUNE_FILE)) as f:
+            got = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return got if isinstance(got, dict) else {}
+
+
+def _write(repo, name: str, obj: dict) -> None:
     d = _dir(repo)
-    name = volume.encode().hex()  # any volume name, as a file name
     tmp = os.path.join(d, f".{name}.{os.getpid()}.tmp")
     try:
         modes.make_dir(d)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
                      modes.FILE_MODE)
         with os.fdopen(fd, "w") as f:
-            json.dump(dict(state, volume=volume), f)
-        os.rename(tmp, os.path.join(d, name + ".json"))
+            json.dump(obj, f)
+        os.rename(tmp, os.path.join(d, name))
     except OSError:
         try:
             os.unlink(tmp)

@@ -622,3 +622,41 @@ def test_a_path_max_age_removes_its_paths_old_data_whatever_the_volume_keeps(any
     assert not in_packs(repo_dir, secret[5000:5100]), "hr content stays in the packs"
     report = json.loads(anytime("check", "--json", "--read-data").stdout)
     assert report["ok"] and report["unused_records"] == 0, report
+
+
+def test_a_capacity_cap_thins_oldest_detail_first_never_a_hold(anytime, tmp_path):
+    import json
+
+    from anytime.store import policies
+    from anytime.store.retention import Hold, Policy, parse_duration
+
+    repo_dir, src = tmp_path / "repo", tmp_path / "src"
+    anytime("init", check=0)
+    src.mkdir()
+    for i in range(6):
+        (src / f"data{i}.bin").write_bytes(os.urandom(400_000))
+        if i:
+            (src / f"data{i - 1}.bin").unlink()  # each commit's data lives in it alone
+        snap(anytime, src)
+    before = picture(repo_dir)["src"]["at"]
+    instants = sorted(before)
+    with Repository.open(str(repo_dir), TEST_OPTIONS) as repo:
+        used = repo.space_used()
+        with repo.read_txn() as txn:
+            vol = get_volume(repo, txn, "src")
+        policies.add_hold(repo, vol.id, Hold(id="keep1", from_ns=instants[0],
+                                             to_ns=instants[0]))
+        cap = used - 1_000_000  # about two or three commits' data too much
+        policies.set_policy(repo, vol.id, Policy(keep_all=parse_duration("1d"),
+                                                 max_size=cap))
+    rep = json.loads(anytime("prune", "--json", check=0).stdout)
+    capped = rep["volumes"]["src"]["capped"]
+    assert capped and capped == instants[1:1 + len(capped)], "not the oldest first"
+    after = picture(repo_dir)["src"]["at"]
+    assert instants[0] in after and after[instants[0]] == before[instants[0]], "a hold went"
+    assert instants[-1] in after and after[instants[-1]] == before[instants[-1]]
+    with Repository.open(str(repo_dir), TEST_OPTIONS) as repo:
+        assert repo.space_used() <= cap
+    status = anytime("status", check=0).stdout.decode()
+    assert "the capacity cap (--max-size) thinned beyond the policy" in status, status
+    assert f"dropped {len(capped)} commit" in status

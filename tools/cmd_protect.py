@@ -239,6 +239,7 @@ def volume_states(repo) -> tuple[list[dict], int]:
     with repo.read_txn() as txn:
         vols = list_volumes(repo, txn)
     published = status.published(repo)
+    pruned = status.last_prune(repo)
     now = clock.now_ns()
     out = []
     for v in vols:
@@ -263,6 +264,11 @@ def volume_states(repo) -> tuple[list[dict], int]:
             # a shim's writes not recorded since the repository filled up
             "gap_since": format_instant(st["gap_since_ns"])
             if running and st.get("gap_since_ns") else None,
+            # the last prune: commits it dropped, of them beyond the policy (--max-size)
+            "last_prune": format_instant(pruned["at_ns"])
+            if v.name in pruned.get("volumes", {}) else None,
+            "pruned": pruned.get("volumes", {}).get(v.name, {}).get("dropped", 0),
+            "capped": pruned.get("volumes", {}).get(v.name, {}).get("capped", 0),
         })
     return out, repo.space_used()
 
@@ -293,4 +299,9 @@ def cmd_status(args) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    for s in states:
+        if s["capped"]:
+            print(f"{s['volume']}: the capacity cap (--max-size) thinned beyond the policy: "
+                  f"the prune of {s['last_prune']} dropped "
+                  f"{plural(s['capped'], 'commit')} the policy keeps, to stay under it")
     return 0
