@@ -99,6 +99,7 @@ from conftest import TEST_OPTIONS  # noqa: E402
 
 from anytime.capture import snapshot  # noqa: E402
 from anytime.store import check as check_mod  # noqa: E402
+from anytime.store import policies  # noqa: E402
 from anytime.store.check import check  # noqa: E402
 from anytime.store.format import (  # noqa: E402
     BLOCK_LOC,
@@ -123,6 +124,7 @@ from anytime.store.format import (  # noqa: E402
     U32,
     U64,
     ZDICT_CURRENT,
+    hold_key,
     label_key,
     pending_key,
     split_blockver_key,
@@ -133,6 +135,7 @@ from anytime.store.history import split_history_id  # noqa: E402
 from anytime.store.packs import walk_records  # noqa: E402
 from anytime.store.packstore import LocalDirPackStore  # noqa: E402
 from anytime.store.repo import Repository  # noqa: E402
+from anytime.store.retention import Hold, Policy, parse_duration  # noqa: E402
 from anytime.store.timeline import set_label  # noqa: E402
 from anytime.store.volumes import Volume  # noqa: E402
 
@@ -156,6 +159,10 @@ def made(tmp_path, src_dir):
     snapshot(repo, str(src_dir), label="second")
     vol = volume(repo)
     set_label(repo, vol.id, "marked", vol.horizon - 1)  # a pack of label changes only
+    # packs of setting changes only (I7), a policy and a hold in the history (I26)
+    policies.set_policy(repo, vol.id, Policy(daily=parse_duration("30d")))
+    policies.add_hold(repo, vol.id, Hold("h1", vol.horizon - 1, vol.horizon - 1,
+                                         label="marked"))
     yield repo
     repo.close()
 
@@ -425,6 +432,9 @@ def test_I26_index_records_the_packs_do_not_hold(made):
     vid, _name = split_label_key(key)
     put(made, DB_LABELS, label_key(vid, b"sneaked-in"), val)
     found(made, "I26", "label 'sneaked-in' is in no history record")
+    vid = volume(made).id
+    put(made, DB_META, hold_key(vid, "h9"), Hold("h9", 1, 2).to_json().encode())
+    found(made, "I26", "its hold h9 is in no history record")
     # the history of the last commit, as if its packs were never listed
     t = volume(made).horizon
     with made.read_txn() as txn:

@@ -41,6 +41,9 @@ COMMANDS = {
     "mark": ("cmd_labels", "name an instant of a volume"),
     "unmark": ("cmd_labels", "remove a label"),
     "find": ("cmd_labels", "search names across the whole history (where did my file go?)"),
+    "policy": ("cmd_policy", "show or set a volume's retention policy (what prune keeps)"),
+    "hold": ("cmd_policy", "keep instants whatever the policy or the space; list holds"),
+    "release": ("cmd_policy", "release a hold"),
     "prune": ("cmd_prune", "apply the retention policies: thin history, reclaim space"),
     "mount": ("cmd_mount", "mount a volume read-only: at an instant (--at), or the "
                            "time-travel view (latest/, any instant, labels/, versions/)"),
