@@ -420,11 +420,18 @@ class Plan:
     cap_order: list[int]
 
 
-def _bucket_keys(instant: int, tz) -> dict[str, object]:
-    wall = _wall(instant // NS, tz)
+def _hour_span(secs: int, tz) -> tuple[int, dict[str, object]]:
+    """(first second, bucket keys) of the local hour holding second ``secs``: every
+    second from the first to ``secs`` has these keys. One local-time conversion per
+    hour of history instead of one per commit; where the zone's offset changes inside
+    the hour, the span is ``secs`` alone."""
+    wall = _wall(secs, tz)
+    start = secs - wall.minute * 60 - wall.second
+    if _wall(start, tz) != wall.replace(minute=0, second=0):
+        start = secs
     day = wall.toordinal()
-    return {"hourly": (day, wall.hour), "daily": day, "weekly": day - wall.weekday(),
-            "monthly": (wall.year, wall.month), "yearly": wall.year}
+    return start, {"hourly": (day, wall.hour), "daily": day, "weekly": day - wall.weekday(),
+                   "monthly": (wall.year, wall.month), "yearly": wall.year}
 
 
 class _Marks:
@@ -461,8 +468,10 @@ def _keep_tiers(m: _Marks, policy: Policy, now_ns: int, tz) -> None:
     if not cuts:
         return
     seen: dict[str, set] = {t: set() for t in cuts}
+    span_start, keys = None, {}
     for t in reversed(m.instants[bisect_right(m.instants, min(cuts.values())):]):
-        keys = _bucket_keys(t, tz)
+        if span_start is None or t // NS < span_start:
+            span_start, keys = _hour_span(t // NS, tz)
         for tier, cut in cuts.items():
             if t > cut and keys[tier] not in seen[tier]:
                 seen[tier].add(keys[tier])

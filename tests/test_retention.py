@@ -336,3 +336,29 @@ def test_cap_order_finest_oldest_first():
     assert order[-1] == ts[0]  # the label's commit goes last
     only_keep_all = [t for t in order if p.keep[t].reasons == ("keep-all",)]
     assert order[:len(only_keep_all)] == only_keep_all
+
+
+@pytest.mark.parametrize("zone", ["Europe/Berlin", "Asia/Kathmandu", "Australia/Lord_Howe",
+                                  "America/Santiago", "UTC"])
+def test_buckets_across_changes_of_offset(zone):
+    """Commits every 13 minutes for 400 days (every change of summer time in a year, the
+    half-hour one of Lord Howe included): each bucket tier keeps exactly the newest
+    commit of each local hour, day, week, month, year, as datetime says per commit."""
+    tz = ZoneInfo(zone)
+    now = at("2026-06-15T12:00:00+00:00")
+    ts = list(range(now - 400 * D, now + 1, 13 * 60 * NS))
+    pol = Policy(hourly=d("400d"), daily=d("400d"), weekly=d("400d"), monthly=d("400d"),
+                 yearly=d("400d"))
+    p = plan([(t, None) for t in ts], {}, [], pol, now, tz)
+
+    walls = {t: datetime.fromtimestamp(t // NS, tz) for t in ts}
+    wall = walls.__getitem__
+    cut = d("400d").before(now, tz)
+    assert reasons_of(p, "hourly") == newest_per_bucket(
+        ts, cut, lambda t: (wall(t).date(), wall(t).hour))
+    assert reasons_of(p, "daily") == newest_per_bucket(ts, cut, lambda t: wall(t).date())
+    assert reasons_of(p, "weekly") == newest_per_bucket(
+        ts, cut, lambda t: wall(t).isocalendar()[:2])
+    assert reasons_of(p, "monthly") == newest_per_bucket(
+        ts, cut, lambda t: (wall(t).year, wall(t).month))
+    assert reasons_of(p, "yearly") == newest_per_bucket(ts, cut, lambda t: wall(t).year)
