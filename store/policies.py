@@ -33,7 +33,7 @@ from .format import (
     split_hold_key,
     vol_key,
 )
-from .retention import Hold, Policy
+from .retention import Hold, Plan, Policy, plan
 
 
 def get_policy(repo, txn, vol: int) -> Policy | None:
@@ -68,6 +68,24 @@ def new_hold_id(repo, txn, vol: int) -> str:
         hid = "h" + secrets.token_hex(3)
         if hid not in taken:
             return hid
+
+
+def plan_commits(repo, txn, vol: int) -> list[tuple[int, int | None]]:
+    """The commits of volume ``vol`` as :func:`retention.plan` takes them: (instant,
+    interior_from), oldest first; a timed commit's interior starts after the previous
+    commit (I15: its records are after it), an ordinary one has none."""
+    out, prev = [], 0
+    for t, rec in timeline.commits(repo, txn, vol):
+        out.append((t, prev if rec.get("timed") else None))
+        prev = t
+    return out
+
+
+def plan_volume(repo, txn, vol: int, now_ns: int, tz=None) -> Plan:
+    """The retention plan of volume ``vol`` at ``now_ns``, from its commits, labels,
+    holds and policy as ``txn`` sees them (store/retention.py decides)."""
+    return plan(plan_commits(repo, txn, vol), dict(timeline.labels(repo, txn, vol)),
+                list_holds(repo, txn, vol), get_policy(repo, txn, vol), now_ns, tz)
 
 
 def _write(repo, vol: int, change: dict, apply) -> None:

@@ -9,12 +9,15 @@ import shutil
 import signal
 
 import pytest
+from conftest import TEST_OPTIONS
 from treeutil import Protecting
 
-from anytime.store import policies
+from anytime.capture import snapshot
+from anytime.store import clock, policies
 from anytime.store.errors import UsageError
 from anytime.store.repo import Repository
 from anytime.store.retention import Hold, PathRule, Policy, parse_duration
+from anytime.store.timeline import set_label
 from anytime.store.volumes import get_volume
 
 
@@ -204,3 +207,36 @@ def test_the_store_api_round_trips(vol, repo_dir):
         with repo.read_txn() as txn:
             assert policies.get_policy(repo, txn, v.id) is None
             assert [h.id for h in policies.list_holds(repo, txn, v.id)] == ["h2"]
+
+
+def test_the_plan_of_a_real_volume(src_dir, tmp_path):
+    """A history made with a driven clock (a commit every 6 hours for 8 days), a label and
+    a hold in the index: plan_volume plans what retention.plan says of them."""
+    ns, day = 1_000_000_000, 86400 * 1_000_000_000
+    now = 1_796_212_800 * ns  # 2026-12-02T12:00:00Z
+    repo = Repository.init(str(tmp_path / "r"), options=TEST_OPTIONS)
+    try:
+        instants = []
+        for k in range(32):
+            t = now - 8 * day + k * day // 4 + 1
+            clock.set_clock(lambda t=t: t)
+            (src_dir / "f").write_text(f"version {k}\n")
+            snapshot(repo, str(src_dir))
+            instants.append(t)
+        clock.set_clock(None)
+        with repo.read_txn() as txn:
+            v = get_volume(repo, txn, "src")
+        set_label(repo, v.id, "old", instants[1] + 5)
+        policies.add_hold(repo, v.id, Hold("h1", instants[2], instants[3]))
+        policies.set_policy(repo, v.id, Policy(daily=parse_duration("3d")))
+        with repo.read_txn() as txn:
+            assert policies.plan_commits(repo, txn, v.id) == [(t, None) for t in instants]
+            p = policies.plan_volume(repo, txn, v.id, now, tz=None)
+        daily = {t for t in instants if t > now - 3 * day and
+                 (t // day != (t + day // 4) // day or t == instants[-1])}
+        assert set(p.keep) == daily | {instants[1], instants[2], instants[3]}
+        assert p.keep[instants[1]].reasons == ("label:old",)
+        assert p.keep[instants[2]].reasons == ("hold:h1",)
+        assert p.drop == [t for t in instants if t not in p.keep]
+    finally:
+        repo.close()
