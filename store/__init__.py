@@ -22,6 +22,9 @@ Vocabulary:
               :class:`~anytime.store.packstore.PackStore` (its contract: durability,
               torn tails, errors); the local directory ``packs/`` by default.
   view        the state of a volume after every commit at or before an instant.
+  policy      what history of a volume to keep (tiers, max age, capacity cap, per-path
+              rules) and hold: instants kept whatever the policy; defined in
+              :mod:`anytime.store.retention`, stored by :mod:`anytime.store.policies`.
 
 Contracts: readers never block the writer (LMDB MVCC); one writer at a time (writer
 lock); pack bytes are durable before the index references them. Errors users meet

@@ -15,7 +15,7 @@ from treeutil import Protecting
 from anytime.capture import snapshot
 from anytime.store import clock, policies
 from anytime.store.errors import UsageError
-from anytime.store.repo import Repository
+from anytime.store.repo import Repository, hold_writer_lock
 from anytime.store.retention import Hold, PathRule, Policy, parse_duration
 from anytime.store.timeline import set_label
 from anytime.store.volumes import get_volume
@@ -139,7 +139,7 @@ def test_an_expired_hold_no_longer_protects_its_label(anytime, vol, repo_dir):
         with pytest.raises(UsageError, match="already has a hold hx"):
             policies.add_hold(repo, v.id, Hold("hx", 1, 1))
     anytime("unmark", vol, "first", check=0)
-    assert "until 1970-01-01" in anytime("hold", vol, check=0).stdout.decode()
+    assert "ended 1970-01-01" in anytime("hold", vol, check=0).stdout.decode()
 
 
 def settings_everywhere(anytime, path) -> dict:
@@ -207,6 +207,16 @@ def test_the_store_api_round_trips(vol, repo_dir):
         with repo.read_txn() as txn:
             assert policies.get_policy(repo, txn, v.id) is None
             assert [h.id for h in policies.list_holds(repo, txn, v.id)] == ["h2"]
+
+
+def test_settings_wait_for_no_snapshot(anytime, vol, repo_dir):
+    """Another writer holding the lock without serving requests (a snapshot): exit 11,
+    nothing changed; showing goes on."""
+    with hold_writer_lock(str(repo_dir)):
+        r = anytime("policy", vol, "--daily", "1d", check=11)
+        assert b"writer lock" in r.stderr or b"pid" in r.stderr
+        anytime("hold", vol, "first", check=11)
+        assert shown(anytime, vol) == {"volume": "src", "policy": None, "holds": []}
 
 
 def test_the_plan_of_a_real_volume(src_dir, tmp_path):

@@ -176,16 +176,18 @@ def _size(n: int) -> str:
 
 
 def _hold_lines(holds) -> list[str]:
+    from anytime.store import clock
     from anytime.vfs.instants import format_instant
 
     if not holds:
         return ["holds: none"]
-    lines = ["holds:"]
+    lines, now = ["holds:"], clock.now_ns()
     for h in holds:
         what = (f"label '{h.label}' ({format_instant(h.from_ns)})" if h.label else
                 f"{format_instant(h.from_ns)} to {format_instant(h.to_ns)}")
-        until = "until released" if h.until_ns is None else \
-            f"until {format_instant(h.until_ns)}"
+        until = ("until released" if h.until_ns is None else
+                 f"until {format_instant(h.until_ns)}" if h.active(now) else
+                 f"ended {format_instant(h.until_ns)} (no longer in force)")
         lines.append(f"  {h.id}  {what}, {until}")
     return lines
 
