@@ -116,11 +116,16 @@ def set_policy(repo, vol: int, policy: Policy | None) -> bool:
 
 
 def add_hold(repo, vol: int, hold: Hold) -> bool:
-    """Add ``hold`` to volume ``vol``; UsageError if the volume has a hold of its id."""
+    """Add ``hold`` to volume ``vol``; UsageError if the volume has a hold of its id, or
+    the hold names a label that does not name its instant (moved meanwhile)."""
     def write():
         with repo.read_txn() as txn:
             if txn.get(hold_key(vol, hold.id), db=repo.dbs[DB_META]) is not None:
                 raise UsageError(f"the volume already has a hold {hold.id}")
+            if hold.label is not None and timeline.label_instant(
+                    repo, txn, vol, hold.label) != hold.from_ns:
+                raise UsageError(f"label '{hold.label}' does not name the instant the hold "
+                                 f"was made for (it was moved or removed); hold it again")
         _write(repo, vol, {"hold": hold.to_dict()}, lambda txn: txn.put(
             hold_key(vol, hold.id), hold.to_json().encode(), db=repo.dbs[DB_META]))
         return True

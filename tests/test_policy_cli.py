@@ -17,7 +17,7 @@ from anytime.store import clock, policies
 from anytime.store.errors import UsageError
 from anytime.store.repo import Repository, hold_writer_lock
 from anytime.store.retention import Hold, PathRule, Policy, parse_duration
-from anytime.store.timeline import set_label
+from anytime.store.timeline import label_instant, set_label
 from anytime.store.volumes import get_volume
 
 
@@ -135,9 +135,12 @@ def test_an_expired_hold_no_longer_protects_its_label(anytime, vol, repo_dir):
     with Repository.open(str(repo_dir)) as repo:
         with repo.read_txn() as txn:
             v = get_volume(repo, txn, "src")
-        policies.add_hold(repo, v.id, Hold("hx", 1, 1, label="first", until_ns=2))
+            t = label_instant(repo, txn, v.id, "first")
+        policies.add_hold(repo, v.id, Hold("hx", t, t, label="first", until_ns=2))
         with pytest.raises(UsageError, match="already has a hold hx"):
             policies.add_hold(repo, v.id, Hold("hx", 1, 1))
+        with pytest.raises(UsageError, match="label 'first' does not name the instant"):
+            policies.add_hold(repo, v.id, Hold("hy", t - 1, t - 1, label="first"))
     anytime("unmark", vol, "first", check=0)
     assert "ended 1970-01-01" in anytime("hold", vol, check=0).stdout.decode()
 
@@ -192,13 +195,14 @@ def test_the_store_api_round_trips(vol, repo_dir):
         with repo.read_txn() as txn:
             v = get_volume(repo, txn, "src")
             assert policies.get_policy(repo, txn, v.id) is None
+            t = label_instant(repo, txn, v.id, "first")
         policies.set_policy(repo, v.id, pol)
         policies.add_hold(repo, v.id, Hold("h1", 5, 9, created_ns=3))
-        policies.add_hold(repo, v.id, Hold("h2", 7, 7, label="first"))
+        policies.add_hold(repo, v.id, Hold("h2", t, t, label="first"))
         with repo.read_txn() as txn:
             assert policies.get_policy(repo, txn, v.id) == pol
             assert policies.list_holds(repo, txn, v.id) == [Hold("h1", 5, 9, created_ns=3),
-                                                           Hold("h2", 7, 7, label="first")]
+                                                           Hold("h2", t, t, label="first")]
             assert policies.hold_of_label(repo, txn, v.id, "first", 0).id == "h2"
             assert policies.new_hold_id(repo, txn, v.id) not in ("h1", "h2")
         assert policies.release_hold(repo, v.id, "h1")
