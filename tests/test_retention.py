@@ -8,9 +8,12 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from anytime.store.errors import RepositoryFormatError, UsageError
 from anytime.store.retention import (
+    TIERS,
     Duration,
     Hold,
     PathRule,
@@ -362,3 +365,82 @@ def test_buckets_across_changes_of_offset(zone):
     assert reasons_of(p, "monthly") == newest_per_bucket(
         ts, cut, lambda t: (wall(t).year, wall(t).month))
     assert reasons_of(p, "yearly") == newest_per_bucket(ts, cut, lambda t: wall(t).year)
+
+
+# --- what every plan keeps, whatever the history (hypothesis) ------------------------
+SPANS = [None, d("30m"), d("6h"), d("2d"), d("1w"), d("1M")]
+
+
+@st.composite
+def histories(draw):
+    """(commits, labels, holds, policy): up to 80 commits, some timed, over weeks."""
+    gaps = draw(st.lists(st.integers(1, 18 * H), min_size=1, max_size=80))
+    timed = draw(st.lists(st.booleans(), min_size=len(gaps), max_size=len(gaps)))
+    commits, t, prev = [], NOW - sum(gaps), 0
+    for gap, is_timed in zip(gaps, timed, strict=True):
+        t += gap
+        commits.append((t, prev if is_timed and prev else None))
+        prev = t
+    first = commits[0][0] - 2 * H
+    instant = st.integers(first, NOW)
+    labels = draw(st.dictionaries(st.sampled_from("abcde"), instant, max_size=4))
+    holds = []
+    for k, (a, b) in enumerate(draw(st.lists(st.tuples(instant, instant), max_size=3))):
+        until = draw(st.sampled_from([None, NOW - 1, NOW + 1]))
+        holds.append(Hold(f"h{k}", min(a, b), max(a, b), until_ns=until))
+    policy = draw(st.none() | st.builds(
+        Policy, **{f: st.sampled_from(SPANS) for f in (*TIERS, "max_age")},
+        keep_labels=st.booleans()))
+    return commits, labels, holds, policy
+
+
+def f_before_cut(commits, t, p) -> bool:
+    """True if timed commit ``t``'s interior starts before the max-age cutoff (it is
+    then kept as a point)."""
+    f = dict(commits)[t]
+    return p.max_age_cutoff is not None and f < p.max_age_cutoff
+
+
+@settings(max_examples=300, deadline=None)
+@given(histories())
+def test_every_plan_keeps_what_it_must(h):
+    commits, labels, holds, policy = h
+    p = plan(commits, labels, holds, policy, NOW, UTC)
+    ts = [t for t, _ in commits]
+    timed = {t for t, f in commits if f is not None}
+    assert sorted(set(p.keep) | set(p.drop)) == ts and not set(p.keep) & set(p.drop)
+    assert p.drop == sorted(p.drop) and ts[-1] in p.keep
+    held = set()
+    for hold in holds:
+        mine = {t for t, k in p.keep.items() if f"hold:{hold.id}" in k.reasons}
+        if not hold.active(NOW):
+            assert not mine
+            continue
+        want = {t for t in ts if hold.from_ns <= t <= hold.to_ns}
+        before = [t for t in ts if t <= hold.from_ns]
+        want |= set(before[-1:])
+        assert want <= mine
+        for t, f in commits:  # a timed commit whose interior overlaps the range: whole
+            if f is not None and f < hold.to_ns and t > hold.from_ns:
+                assert p.keep[t].whole
+        held |= mine
+    assert all(not k.whole for t, k in p.keep.items() if t not in timed)
+    if policy is None:
+        assert p.drop == []
+    if p.max_age_cutoff is not None:
+        assert all(t >= p.max_age_cutoff or t in held or t == ts[-1] for t in p.keep)
+    if policy is None or policy.keep_labels:
+        for at_ in labels.values():
+            shown = [t for t in ts if t <= at_][-1:]
+            for t in shown:
+                assert t in p.keep or t < (p.max_age_cutoff or 0)
+            inside = [t for t, f in commits if f is not None and f < at_ < t]
+            for t in inside:  # the label shows an instant of its interior: whole
+                if t in p.keep:
+                    assert p.keep[t].whole or f_before_cut(commits, t, p)
+                else:
+                    assert t < (p.max_age_cutoff or 0)
+    assert sorted(p.cap_order) == sorted(set(p.keep) - held - {ts[-1]})
+    # a hold never makes the plan keep less
+    without = plan(commits, labels, [], policy, NOW, UTC)
+    assert set(without.keep) <= set(p.keep)
