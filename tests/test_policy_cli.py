@@ -5,6 +5,7 @@ writer lock, and kept by a rebuild of the index (``check --repair``)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 
@@ -254,3 +255,42 @@ def test_the_plan_of_a_real_volume(src_dir, tmp_path):
         assert p.drop == [t for t in instants if t not in p.keep]
     finally:
         repo.close()
+
+
+def test_a_timed_commit_is_planned_with_its_interior(tmp_path):
+    """A timed commit (as the shim makes: records at their operations' instants) is
+    planned with its interior after the commit before it; a label inside the interior
+    keeps it whole, and without one a tier keeps it as a point."""
+    from anytime.capture.scan import Scanner
+    from anytime.store.format import KIND_FILE, Entry
+    from anytime.store.session import WriterSession
+    from anytime.store.volumes import volume_for_source
+
+    src = tmp_path / "src"
+    src.mkdir()
+    Repository.init(str(tmp_path / "repo"), options=TEST_OPTIONS)
+    with Repository.open(str(tmp_path / "repo"), TEST_OPTIONS) as repo:
+        with WriterSession(repo) as session:
+            vol = volume_for_source(repo, str(src), "v", clock.now_ns())
+            Scanner(repo, vol, os.fsencode(src), session=session).run({"kind": "test"})
+            b = session.builder(vol)
+            scan_t = vol.horizon
+            for i, name in enumerate([b"a", b"b"]):
+                e = Entry(KIND_FILE, mode=0o100644)
+                e.file_id, e.size = b.new_file_id(), 1
+                b.put_block_version(e.file_id, 0, b.store_chunk(name), at=scan_t + 10 + i)
+                b.put_entry(name, e, at=scan_t + 10 + i)
+            timed_t = b.commit({"kind": "test"})
+        with repo.read_txn() as txn:
+            assert policies.plan_commits(repo, txn, vol.id) == [(scan_t, None),
+                                                                 (timed_t, scan_t)]
+        policies.set_policy(repo, vol.id, Policy(daily=parse_duration("1d")))
+        now = timed_t + 1
+        with repo.read_txn() as txn:
+            p = policies.plan_volume(repo, txn, vol.id, now)
+        assert p.keep[timed_t].reasons == ("latest", "daily") and not p.keep[timed_t].whole
+        set_label(repo, vol.id, "between", scan_t + 10)  # after a, before b
+        with repo.read_txn() as txn:
+            p = policies.plan_volume(repo, txn, vol.id, now)
+        assert p.keep[timed_t].whole and "label:between" in p.keep[timed_t].reasons
+        assert "label:between" in p.keep[scan_t].reasons
