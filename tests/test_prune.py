@@ -660,3 +660,32 @@ def test_a_capacity_cap_thins_oldest_detail_first_never_a_hold(anytime, tmp_path
     status = anytime("status", check=0).stdout.decode()
     assert "the capacity cap (--max-size) thinned beyond the policy" in status, status
     assert f"dropped {len(capped)} commit" in status
+
+
+def test_policy_hold_and_label_commands_decide_what_prune_keeps(anytime, tmp_path):
+    """The commands as people type them: a policy, a label, a hold on another instant;
+    prune keeps the held and labelled commits and the newest, drops the rest, and once
+    the hold is released and labels are no longer kept, the next prune drops those."""
+    import json
+    import time
+
+    from treeutil import at_epoch
+
+    repo_dir, src = tmp_path / "repo", tmp_path / "src"
+    grow_history(anytime, src)
+    instants = sorted(picture(repo_dir)["src"]["at"])
+    anytime("mark", src, "release-1", "--at", at_epoch(instants[1]), check=0)
+    hold = anytime("hold", src, "--from", at_epoch(instants[3]), "--to",
+                   at_epoch(instants[3]), check=0).stdout.decode()
+    time.sleep(2.2)
+    anytime("policy", src, "--keep-all", "2s", check=0)
+    rep = json.loads(anytime("prune", "--json", check=0).stdout)
+    kept = [t for t, _ in picture(repo_dir)["src"]["commits"]]
+    assert kept == [instants[1], instants[3], instants[5]], (kept, rep)
+    hold_id = next(w for w in hold.split() if w.startswith("h") and len(w) == 7)
+    anytime("release", src, hold_id, check=0)
+    anytime("policy", src, "--keep-labels", "no", check=0)
+    anytime("prune", check=0)
+    assert [t for t, _ in picture(repo_dir)["src"]["commits"]] == [instants[5]]
+    r = anytime("cat", src / "log.txt", "--at", "release-1", check=14)
+    assert b"thinned by 'anytime prune'" in r.stderr, "a label whose commit went says so"
