@@ -689,3 +689,45 @@ def test_policy_hold_and_label_commands_decide_what_prune_keeps(anytime, tmp_pat
     assert [t for t, _ in picture(repo_dir)["src"]["commits"]] == [instants[5]]
     r = anytime("cat", src / "log.txt", "--at", "release-1", check=14)
     assert b"thinned by 'anytime prune'" in r.stderr, "a label whose commit went says so"
+
+
+def test_a_reader_whose_chunk_moved_under_it_reads_the_new_copy(anytime, tmp_path):
+    """A reader (another process's view: here a second Repository) that looked a chunk
+    up before a prune rewrote its pack reads the copy the index names now, and records
+    no damage."""
+    from anytime.store.format import ref_chunk_ids, split_blockver_key
+
+    repo_dir, src = tmp_path / "repo", tmp_path / "src"
+    anytime("init", check=0)
+    src.mkdir()
+    keep = os.urandom(300_000)
+    (src / "keep.bin").write_bytes(keep)
+    (src / "gone.bin").write_bytes(os.urandom(900_000))  # the same pack, garbage later
+    one_pack = {"ANYTIME_PACK_TARGET": str(64 << 20)}
+    anytime("snapshot", src, env=one_pack, check=0)
+    (src / "gone.bin").unlink()
+    anytime("snapshot", src, env=one_pack, check=0)
+    instants = sorted(picture(repo_dir)["src"]["at"])
+    reader = Repository.open(str(repo_dir), TEST_OPTIONS)
+    try:
+        txn_cm = reader.read_txn()
+        txn = txn_cm.__enter__()  # a read begun before the prune
+        with reader.read_txn() as t2:
+            vol = get_volume(reader, t2, "src")
+            e = View(reader, vol, instants[1]).lookup(b"keep.bin")
+        refs = [bytes(v) for k, v in txn.cursor(db=reader.dbs[b"blockvers"])
+                if split_blockver_key(bytes(k))[1] == e.file_id]
+        cids = {c for r in refs for c in ref_chunk_ids(r)}
+        assert e is not None and cids
+        before = {c: reader.block_location(txn, c) for c in cids}
+        rep = prune_mod.prune(reader, {vol.id: {instants[1]: True}})  # one env a process
+        assert rep.packs_rewritten >= 1
+        got = {reader.read_block(txn, c) for c in cids}
+        assert b"".join(sorted(got, key=keep.find)) == keep, "not the file's chunks"
+        with reader.read_txn() as t3:
+            assert any(reader.block_location(t3, c) != before[c] for c in cids), \
+                "the prune moved nothing: this tests nothing"
+        txn_cm.__exit__(None, None, None)
+    finally:
+        reader.close()
+    assert not (repo_dir / "damaged").exists(), "a moved chunk was taken for damage"
