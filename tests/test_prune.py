@@ -731,3 +731,25 @@ def test_a_reader_whose_chunk_moved_under_it_reads_the_new_copy(anytime, tmp_pat
     finally:
         reader.close()
     assert not (repo_dir / "damaged").exists(), "a moved chunk was taken for damage"
+
+
+def test_the_mount_shows_a_thinned_instant_as_a_link_to_the_kept_one(anytime, tmp_path):
+    from test_mount import mounted
+    from treeutil import at_epoch
+
+    repo_dir, src = tmp_path / "repo", tmp_path / "src"
+    grow_history(anytime, src)
+    instants = sorted(picture(repo_dir)["src"]["at"])
+    run_prune(repo_dir, [instants[i] for i in (0, 3, 5)])
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    with mounted(anytime, src, mp):
+        listed = sorted(os.listdir(mp))
+        thinned = mp / at_epoch(instants[2])
+        target = os.readlink(thinned)  # names the kept instant it shows
+        assert target in listed and (mp / target).is_dir()
+        assert (thinned / "log.txt").read_bytes() == b"version 0\n", "not the kept state"
+        kept = mp / at_epoch(instants[3])
+        assert kept.is_dir() and not kept.is_symlink(), "a kept instant is no link"
+        assert (kept / "log.txt").read_bytes() == b"version 3\n" * 4
+        assert sum(1 for n in listed if n[:1].isdigit()) == 3, listed

@@ -102,7 +102,9 @@ class Node:
     """A resolved mount path.
 
     ``kind`` is one of ``"entry"`` (a path of a volume view: ``view``, ``inner``,
-    ``entry``), ``"synthetic"`` (a directory of the namespace itself), ``"vdir"`` (a
+    ``entry``), ``"synthetic"`` (a directory of the namespace itself), ``"alias"`` (a
+    typed instant a prune thinned away: a symbolic link to the name of the kept instant
+    it shows, in ``inner``), ``"vdir"`` (a
     directory of versions/ mirroring a volume directory) or ``"vfile"`` (a file of
     versions/ shown as the directory of its versions). ``hidden_parents`` says the node's
     ancestors in its view are not the directories on its mount path (the nodes of
@@ -197,7 +199,13 @@ class Namespace:
             return self._in_view(path, t, rest[1:])
         if head == VERSIONS:
             return self._versions(path, rest)
-        return self._in_view(path, self._named_instant(head)[0], rest)
+        t = self._named_instant(head)[0]
+        if not rest:
+            with self.repo.read_txn() as txn:
+                shown = timeline.thinned(self.repo, txn, self._vol.id, t)
+            if shown:  # a prune dropped it: a link to the kept instant it shows, by name
+                return Node("alias", path, inner=self._instant_name(shown))
+        return self._in_view(path, t, rest)
 
     def _in_view(self, path: bytes, instant: int, rest: list[bytes],
                  slot: int | None = None) -> Node:
@@ -398,6 +406,9 @@ class Namespace:
             return self._entry_attrs(node.view, node.slot, node.inner, node.entry)
         if node.kind == "synthetic":
             return self._synthetic_attrs(node.path)
+        if node.kind == "alias":
+            return dict(self._synthetic_attrs(node.path), st_mode=st.S_IFLNK | 0o777,
+                        st_nlink=1, st_size=len(node.inner))
         e = node.entry  # vdir / vfile: the newest live version of the dir or file
         # a file's versions are listed to everyone, each caller seeing those they may read
         mode = 0o555 if node.kind == "vfile" else st.S_IMODE(e.mode)
@@ -482,7 +493,7 @@ class Namespace:
         shows. Nothing may be written (a caller asking for W is refused)."""
         if mask & W:
             return False
-        if node.kind in ("synthetic", "vfile"):
+        if node.kind in ("synthetic", "vfile", "alias"):
             return True
         if not self.reachable(node, caller):
             return False
@@ -534,6 +545,8 @@ class Namespace:
         return key + (node.view.at,) if e.nlink > 1 else key
 
     def readlink(self, node: Node) -> bytes:
+        if node.kind == "alias":
+            return node.inner
         if node.kind != "entry" or node.entry.kind != KIND_SYMLINK:
             raise OSError(errno.EINVAL, "not a symbolic link")
         return node.entry.target
