@@ -137,7 +137,7 @@ def protecting(repo, paths: list[str], name: str | None = None, excludes: list[s
 
 def protect_shim(repo, path: str, name: str | None = None, sync: bool = False, progress=None,
                  on_ready=None, warn=None, strict: bool = False,
-                 prune_every: float = PRUNE_EVERY):
+                 prune_every: float = PRUNE_EVERY, report=None):
     """Every-write capture of the tree at ``path`` (capture/shim.py): its volume (created
     on first use) is scanned whole, then a passthrough filesystem is mounted over
     ``path`` and every operation through it recorded with its instant, until it is
@@ -164,7 +164,7 @@ def protect_shim(repo, path: str, name: str | None = None, sync: bool = False, p
             for pid, p in shim_.open_elsewhere(os.fsencode(source))[:20]:
                 warn(f"{os.fsdecode(p)} is open in process {pid}: its writes through that "
                      f"descriptor bypass the shim (reopen it)")
-        schedule_prune(repo, session, [vol.id], prune_every, report=warn)
+        schedule_prune(repo, session, [vol.id], prune_every, report=report)
         if stop.signum is not None:  # stopped during the scan: nothing to mount
             return shim_.Recorder(repo, session, vol, os.fsencode(source))
         return shim_.serve(repo, session, vol, os.fsencode(source), sync=sync,

@@ -223,7 +223,7 @@ def _protect_shim(args) -> int:
               f"stop with Ctrl-C or SIGTERM", file=sys.stderr, flush=True)
         rec = protect_shim(repo, args.paths[0], name=args.name, sync=args.sync,
                            progress=Progress(), on_ready=mounted, warn=warn,
-                           strict=args.strict, **_prune_kw(args))
+                           strict=args.strict, report=_note, **_prune_kw(args))
     print(f"anytime: stopped; {rec.ops} operations recorded in {rec.commits} commits, "
           f"the tree left as the applications last wrote it", file=sys.stderr)
     return 0
