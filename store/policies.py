@@ -72,11 +72,12 @@ def new_hold_id(repo, txn, vol: int) -> str:
 
 def plan_commits(repo, txn, vol: int) -> list[tuple[int, int | None]]:
     """The commits of volume ``vol`` as :func:`retention.plan` takes them: (instant,
-    interior_from), oldest first; a timed commit's interior starts after the previous
-    commit (I15: its records are after it), an ordinary one has none."""
+    interior_from), oldest first; a timed commit's interior starts after its
+    ``timed_from`` (put by a prune that dropped the commit before it), else after the
+    previous commit (I15: its records are after it); an ordinary one has none."""
     out, prev = [], 0
     for t, rec in timeline.commits(repo, txn, vol):
-        out.append((t, prev if rec.get("timed") else None))
+        out.append((t, int(rec.get("timed_from", prev)) if rec.get("timed") else None))
         prev = t
     return out
 

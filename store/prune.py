@@ -47,6 +47,7 @@ from .format import (
     DB_ENTRIES,
     DB_META,
     DB_PACKS,
+    DIR_HASH_LEN,
     ENTRY_FIXED,
     HIST_BATCH,
     HIST_BLOCKVERS,
@@ -63,6 +64,7 @@ from .format import (
     RECORD_MAGIC,
     U64,
     commit_key,
+    join_path,
     ref_chunk_ids,
     split_commit_key,
     vol_key,
@@ -110,16 +112,6 @@ class PruneReport:
 def commits_of(repo, txn, vol: int) -> list[tuple[int, dict]]:
     """Every commit of volume ``vol``, oldest first: (instant, record)."""
     return list(timeline.commits(repo, txn, vol))
-
-
-def interiors(commits: list[tuple[int, dict]]) -> list[tuple[int, int | None]]:
-    """(instant, interior start) of each commit: None for an ordinary commit; for a timed
-    one, the instant its interior starts after (``timed_from``, else the commit before)."""
-    out, prev = [], 0
-    for t, rec in commits:
-        out.append((t, int(rec.get("timed_from", prev)) if rec.get("timed") else None))
-        prev = t
-    return out
 
 
 def make_plan(vol: int, commits: list[tuple[int, int | None]], keep: dict[int, bool]
@@ -294,8 +286,6 @@ class _PathNames:
         self._dh, self._dir = None, b""
 
     def of(self, prefix: bytes) -> bytes:
-        from .format import DIR_HASH_LEN, join_path
-
         dh = prefix[4:4 + DIR_HASH_LEN]
         if dh != self._dh:
             with self.repo.read_txn() as txn:
@@ -456,13 +446,20 @@ def referenced(repo, skip: Iterable[int] = ()) -> set[int]:
     return refs
 
 
-def live_commits(repo) -> dict[tuple[int, int], str | None]:
+def live_commits(repo, txn=None) -> dict[tuple[int, int], str | None]:
     """(volume, instant) -> the nonce (hex) of the generation the index holds (None:
-    a commit made before nonces were recorded: any generation is live)."""
+    a commit made before nonces were recorded: any generation is live); in ``txn``, or
+    a read transaction of its own. A record that does not decode is left out (check's
+    I23 reports it)."""
+    if txn is None:
+        with repo.read_txn() as own:
+            return live_commits(repo, own)
     out = {}
-    with repo.read_txn() as txn:
-        for key, val in txn.cursor(db=repo.dbs[DB_COMMITS]):
+    for key, val in txn.cursor(db=repo.dbs[DB_COMMITS]):
+        try:
             out[split_commit_key(bytes(key))] = json.loads(bytes(val)).get("nonce")
+        except (ValueError, AttributeError):
+            continue
     return out
 
 
@@ -605,6 +602,8 @@ def prune(repo, keeps: dict[int, dict[int, bool]], dry_run: bool = False,
     list of dicts as ``keeps`` holds; ``class_of(path)``: the index in that list of the
     class of a path, or None for paths no rule names). ``keeps`` then holds, for that
     volume, every commit some class keeps (see :func:`thin`)."""
+    from . import policies
+
     rep = PruneReport(dry_run=dry_run)
     with repo.writer_lock():
         if not dry_run:
@@ -613,7 +612,7 @@ def prune(repo, keeps: dict[int, dict[int, bool]], dry_run: bool = False,
         plans, classes = [], {}
         with repo.read_txn() as txn:
             for vid, keep in sorted(keeps.items()):
-                commits = interiors(commits_of(repo, txn, vid))
+                commits = policies.plan_commits(repo, txn, vid)
                 plans.append(make_plan(vid, commits, keep))
                 if rules and vid in rules:
                     class_keeps, class_of = rules[vid]
@@ -670,7 +669,7 @@ def apply_policies(repo, vols: list[int] | None = None, dry_run: bool = False,
 
             chosen = [v for v in list_volumes(repo, txn) if vols is None or v.id in vols]
             for vol in chosen:
-                commits = interiors(commits_of(repo, txn, vol.id))
+                commits = policies.plan_commits(repo, txn, vol.id)
                 pol = policies.get_policy(repo, txn, vol.id)
                 holds = policies.list_holds(repo, txn, vol.id) + [  # what readers show now
                     retention.Hold(id="mounted", from_ns=t, to_ns=t)
