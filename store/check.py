@@ -198,6 +198,7 @@ class _Checker:
         #: volume id -> instant of its pending marker
         self.pending: dict[int, int] = {}
         self.referenced: set[bytes] = set()  # chunks some block version names
+        self.indexed: dict[bytes, tuple[bytes, int]] = {}  # chunk -> (pack, offset)
         self._commit_seen: set[tuple[int, int]] = set()
         self._timed: dict[tuple[int, int], bool] = {}  # (volume, commit instant) -> timed
 
@@ -344,6 +345,7 @@ class _Checker:
             bid = bytes(bid)
             self.rep.blocks += 1
             where = BLOCK_LOC.unpack(val)
+            self.indexed[bid] = where[:2]  # the copy the index uses (count_unused)
             if bid == HOLE_ID or self.check_block_locations(bid, where):
                 self.check_chunk_ids(bid, where)
         # a bad copy the index no longer uses (its chunk was stored again): reclaimable
@@ -929,19 +931,11 @@ class _Checker:
         names, and history records of dropped commits or of replaced generations. Zero
         after a prune with ``--max-age`` proves that what it dropped is gone from the
         packs."""
-        from .prune import history_live
+        from .prune import history_live, live_commits
 
-        live = {}
-        for key, val in self.txn.cursor(db=self.dbs[DB_COMMITS]):
-            try:
-                live[split_commit_key(bytes(key))] = json.loads(bytes(val)).get("nonce")
-            except (ValueError, AttributeError):
-                continue  # check_commit_records reports it
-        indexed = {}
-        for bid, val in self.txn.cursor(db=self.dbs[DB_BLOCKS]):
-            indexed[bytes(bid)] = BLOCK_LOC.unpack(val)[:2]
+        live = live_commits(self.repo, self.txn)
         for (pack_id, offset), (rid, _ok, _codec, _raw, slen) in self.records.items():
-            if indexed.get(rid) != (pack_id, offset) or rid not in self.referenced:
+            if self.indexed.get(rid) != (pack_id, offset) or rid not in self.referenced:
                 self.rep.unused_records += 1
                 self.rep.unused_bytes += RECORD_HEADER.size + slen
         for _pack_id, _offset, rid, _codec, _raw, slen in self.history:
