@@ -711,7 +711,7 @@ def apply_policies(repo, vols: list[int] | None = None, dry_run: bool = False,
         for vid, keep in keeps.items():
             rep.volumes[names[vid]] = {"kept": len(keep), "dropped": drops[vid], "capped": []}
         while caps and not dry_run:
-            used = repo.space_used()
+            used = repo.space_kept()
             over = [(vid, cap) for vid, cap in caps.items() if used > cap[0] and cap[1]]
             if not over:
                 break

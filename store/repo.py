@@ -354,29 +354,10 @@ class Repository:
         self.chunker = Chunker(c["seed"], c["min"], c["avg"], c["max"], c["nc"])
         self.pack_target = int(options.pack_target
                                or config.get("pack_target", DEFAULT_PACK_TARGET))
-        # mode: the index directory 0700, data.mdb and lock.mdb 0600 (py-lmdb drops the
-        # execute bits for the files; the umask can only narrow them)
-        try:
-            self.env = lmdb.open(os.path.join(root, "index"), map_size=MAP_SIZE,
-                                 max_dbs=len(ALL_DBS) + 2, max_readers=MAX_READERS,
-                                 readahead=False, subdir=True, mode=modes.DIR_MODE)
-        except lmdb.Error as e:
-            raise index_error(e, root) from None
         self._lock_fd = -1  # see _allocate: closed only after self.env
-        try:
-            self._lock_fd = _allocate(os.path.join(root, "index", "lock.mdb"))
-            with self.env.begin(write=True) as txn:
-                self.dbs = {name: self.env.open_db(name, txn=txn) for name in ALL_DBS}
-        except (OSError, lmdb.Error) as e:
-            self._close_env()
-            if isinstance(e, OSError):
-                space.check(e, root, "allocating the index's lock file")
-                raise
-            raise index_error(e, root) from None
+        self._open_index()
         self.packs = PackReader(self.pack_store)
         self.cache = BlockCache()
-        #: index accesses are counted here (read_txn, writers, scans; store/mapping.py)
-        self.map_trimmer = MapTrimmer(os.path.join(root, "index", "data.mdb"))
         # decompressors by dictionary id (0: none), and the dictionaries read so far
         # (zstandard.ZstdDecompressor, zstandard.ZstdCompressionDict)
         self._dctx_pools: dict[int, list] = {0: []}
@@ -497,6 +478,43 @@ class Repository:
             if next(iter(store.list()), None) is not None:
                 raise index_missing(root)
         return cls(root, config, options, packs)
+
+    def _open_index(self) -> None:
+        """Open the LMDB index (``self.env``, ``self.dbs``, ``self.map_trimmer``)."""
+        root = self.root
+        # mode: the index directory 0700, data.mdb and lock.mdb 0600 (py-lmdb drops the
+        # execute bits for the files; the umask can only narrow them)
+        try:
+            self.env = lmdb.open(os.path.join(root, "index"), map_size=MAP_SIZE,
+                                 max_dbs=len(ALL_DBS) + 2, max_readers=MAX_READERS,
+                                 readahead=False, subdir=True, mode=modes.DIR_MODE)
+        except lmdb.Error as e:
+            raise index_error(e, root) from None
+        try:
+            self._lock_fd = _allocate(os.path.join(root, "index", "lock.mdb"))
+            with self.env.begin(write=True) as txn:
+                self.dbs = {name: self.env.open_db(name, txn=txn) for name in ALL_DBS}
+        except (OSError, lmdb.Error) as e:
+            self._close_env()
+            if isinstance(e, OSError):
+                space.check(e, root, "allocating the index's lock file")
+                raise
+            raise index_error(e, root) from None
+        #: index accesses are counted here (read_txn, writers, scans; store/mapping.py)
+        self.map_trimmer = MapTrimmer(os.path.join(root, "index", "data.mdb"))
+
+    def compact_index(self, min_free: float | None = None):
+        """Give the index's free pages back to the disk when this process alone has the
+        repository open (store/compaction.py); returns a :class:`compaction.Compaction`."""
+        from . import compaction
+
+        return compaction.compact(self, min_free)
+
+    def index_usage(self):
+        """The index's file size and the bytes of it in use (store/compaction.py)."""
+        from . import compaction
+
+        return compaction.usage(self)
 
     def close(self) -> None:
         self.packs.close()
@@ -717,6 +735,13 @@ class Repository:
                 except OSError:
                     pass
         return total
+
+    def space_kept(self) -> int:
+        """:meth:`space_used` less the index's free pages, which LMDB reuses for later
+        writes and a compaction gives back (store/compaction.py): what the capacity cap
+        (``--max-size``) counts."""
+        top, used = self.index_usage()
+        return self.space_used() - max(0, top - used)
 
     def committed_packs(self, txn) -> set[bytes]:
         return {bytes(k) for k in txn.cursor(db=self.dbs[DB_PACKS]).iternext(values=False)}

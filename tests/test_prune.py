@@ -656,7 +656,7 @@ def test_a_capacity_cap_thins_oldest_detail_first_never_a_hold(anytime, tmp_path
     assert instants[0] in after and after[instants[0]] == before[instants[0]], "a hold went"
     assert instants[-1] in after and after[instants[-1]] == before[instants[-1]]
     with Repository.open(str(repo_dir), TEST_OPTIONS) as repo:
-        assert repo.space_used() <= cap
+        assert repo.space_kept() <= cap
     status = anytime("status", check=0).stdout.decode()
     assert "the capacity cap (--max-size) thinned beyond the policy" in status, status
     assert f"dropped {len(capped)} commit" in status

@@ -29,6 +29,8 @@ def cmd_prune(args) -> int:
         try:
             with repo.writer_lock():
                 rep = prune.apply_policies(repo, vols, args.dry_run).to_json()
+                if not args.dry_run:  # protect's prunes leave the free pages for reuse
+                    rep["index"] = repo.compact_index().to_json()
         except RepositoryLocked as locked:  # protect runs: it prunes between two commits
             from anytime.store import control
 
@@ -68,4 +70,10 @@ def summary_lines(rep: dict) -> list[str]:
         f"{plural(rep['versions_deleted'], 'version')} {would}removed, "
         f"{plural(rep['chunks_deleted'], 'chunk')} ({rep['bytes_freed'] / 1e6:.1f} MB) "
         f"{would}freed; {plural(rep['packs_rewritten'], 'pack')} {would}rewritten")
+    index = rep.get("index")
+    if index and index["skipped"] is None:
+        lines.append(f"index compacted: {index['before_bytes'] / 1e6:.1f} MB -> "
+                     f"{index['after_bytes'] / 1e6:.1f} MB")
+    elif index and index["skipped"].startswith("another"):
+        lines.append(f"index not compacted: {index['skipped']}")
     return lines
