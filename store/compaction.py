@@ -13,22 +13,27 @@ Terms:
   free bytes   the rest of the file up to LMDB's last page: pages LMDB will reuse.
 
 Only a process that alone has the index open may replace its file: another would go on
-reading (or, as a writer, writing) the old one. LMDB marks each process that has the
-environment open with a shared fcntl lock on the first byte of ``lock.mdb``.
-:func:`compact` takes that byte's lock exclusive without waiting, which succeeds only
-when no other process holds it, and keeps it while it copies and renames: a process
-that opens the index meanwhile waits in ``lmdb.open`` until this one closes its
-environment, and then opens the compacted file. It runs under the writer lock, so no
-write transaction runs during the copy (whose own read transaction is a consistent
-view). A crash leaves the old file in place and a partial copy
-(``data.mdb.compacting``, deleted by the next compaction), or the new file.
+reading (or, as a writer, writing) the old one, and LMDB's lock file, whose state the
+processes share, must be set up again from the new file, which LMDB does only for a
+process that opens the environment alone. So every :class:`Repository` holds a shared
+``flock`` on ``index/users`` while its index is open (taken before LMDB opens it), and
+:func:`compact` turns its own into an exclusive one without waiting: that succeeds only
+when no other process has the repository open, and while it is held, a process that
+opens the repository waits, before LMDB opens anything, until the compaction is over.
+It runs under the writer lock.
+
+The copy is not LMDB's compacting copy (``mdb_env_copy2``), which keeps each page as
+full as it was: pages emptied by a prune's deletes stay half empty. Each database's
+records are put into a new environment in key order with ``MDB_APPEND``, which fills
+every page: the index then takes no more than one written fresh (a fresh index, filled
+in commit order, splits its pages half full). A crash leaves the old file in place and a
+partial copy (``data.mdb.compacting``, deleted by the next compaction), or the new file.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
+from itertools import islice
 from typing import NamedTuple
 
 import lmdb
@@ -39,6 +44,8 @@ from . import modes, space
 COMPACT_FREE = 0.25
 #: ... and at least this many bytes: a small index is not worth a copy.
 COMPACT_MIN_BYTES = 8 << 20
+#: Records put per write transaction of the copy.
+COPY_BATCH = 50_000
 DATA = "data.mdb"
 PARTIAL = "data.mdb.compacting"
 
@@ -81,45 +88,51 @@ def compact(repo, min_free: float | None = None) -> Compaction:
         if free <= 0 or free < (COMPACT_FREE if min_free is None else min_free) * top \
                 or (min_free is None and free < COMPACT_MIN_BYTES):
             return Compaction(size, size, "little of the index is free")
-        fd = repo._lock_fd  # LMDB's own locks are this process's: see repo._allocate
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)
-        except OSError as e:
-            if e.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
+        if not repo.hold_index_alone():
             return Compaction(size, size, "another process has the repository open (a "
                                           "mount, a restore or protect); the next prune "
                                           "compacts the index when none has")
         try:
             after = _copy(repo, index)
-        except BaseException:
-            fcntl.lockf(fd, fcntl.LOCK_SH, 1, 0)  # as LMDB holds it
-            raise
-        # closing the environment drops this process's locks on lock.mdb: a process
-        # waiting to open the index goes on, and opens the new file
-        repo._close_env()
-        repo._open_index()
+            # LMDB sets its lock file up from the new file: this process opens it alone
+            repo.reopen_index()
+        finally:
+            repo.share_index()
         return Compaction(size, after, None)
 
 
 def _copy(repo, index: str) -> int:
     """Write the compacted copy and rename it over ``data.mdb``; its size."""
-    from .repo import _fsync_dir, index_error
+    from .repo import MAP_SIZE, _fsync_dir, index_error
 
     tmp = os.path.join(index, PARTIAL)
-    try:
-        os.unlink(tmp)  # a crashed compaction's
-    except FileNotFoundError:
-        pass
-    try:
-        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                      modes.FILE_MODE)
+    for leftover in (tmp, tmp + "-lock"):
         try:
-            repo.env.copyfd(out, compact=True)
-            os.fsync(out)
-            after = os.fstat(out).st_size
+            os.unlink(leftover)  # a crashed compaction's
+        except FileNotFoundError:
+            pass
+    try:
+        out = lmdb.open(tmp, subdir=False, lock=False, map_size=MAP_SIZE,
+                        max_dbs=len(repo.dbs) + 2, sync=False, metasync=False,
+                        readahead=False, mode=modes.FILE_MODE)
+        try:
+            with repo.read_txn() as src:
+                for name, db in repo.dbs.items():
+                    dst = out.open_db(name)
+                    records = src.cursor(db=db).iternext()
+                    while batch := list(islice(records, COPY_BATCH)):
+                        repo.map_trimmer.touched(len(batch))
+                        with out.begin(write=True, db=dst) as txn:
+                            txn.cursor().putmulti(batch, append=True)
+            out.sync(True)
         finally:
-            os.close(out)
+            out.close()
+        fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+            after = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
         os.rename(tmp, os.path.join(index, DATA))
         _fsync_dir(index)
     except (OSError, lmdb.Error) as e:

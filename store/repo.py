@@ -230,6 +230,23 @@ def _allocate(path: str) -> int:
     return fd
 
 
+def _users_lock(index: str) -> int:
+    """Open ``index/users`` and lock it shared (waiting while a compaction holds it,
+    store/compaction.py); the descriptor, or -1 where it cannot be opened (a read-only
+    repository, which no compaction can change either)."""
+    try:
+        modes.make_dir(index)
+        fd = os.open(os.path.join(index, "users"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                     modes.FILE_MODE)
+    except OSError:
+        try:
+            fd = os.open(os.path.join(index, "users"), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return -1
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
+
+
 def index_error(err: Exception, root: str, what: str = "writing the index") -> AnytimeError:
     """What to tell the user about LMDB failure ``err`` on the index of the repository
     at ``root`` (``what``: the write that failed, if the disk is full). Every LMDB error
@@ -355,6 +372,7 @@ class Repository:
         self.pack_target = int(options.pack_target
                                or config.get("pack_target", DEFAULT_PACK_TARGET))
         self._lock_fd = -1  # see _allocate: closed only after self.env
+        self._users_fd = -1  # index/users, locked shared while the index is open
         self._open_index()
         self.packs = PackReader(self.pack_store)
         self.cache = BlockCache()
@@ -482,6 +500,8 @@ class Repository:
     def _open_index(self) -> None:
         """Open the LMDB index (``self.env``, ``self.dbs``, ``self.map_trimmer``)."""
         root = self.root
+        if self._users_fd < 0:  # before LMDB opens anything: a compaction may be running
+            self._users_fd = _users_lock(os.path.join(root, "index"))
         # mode: the index directory 0700, data.mdb and lock.mdb 0600 (py-lmdb drops the
         # execute bits for the files; the umask can only narrow them)
         try:
@@ -503,6 +523,35 @@ class Repository:
         #: index accesses are counted here (read_txn, writers, scans; store/mapping.py)
         self.map_trimmer = MapTrimmer(os.path.join(root, "index", "data.mdb"))
 
+    def hold_index_alone(self) -> bool:
+        """Make this process's shared lock on ``index/users`` exclusive, without waiting:
+        True when no other process has the repository open; other processes opening it
+        then wait until :meth:`share_index` (store/compaction.py)."""
+        if self._users_fd < 0:
+            return False
+        try:
+            fcntl.flock(self._users_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # the conversion may have dropped the shared lock
+            fcntl.flock(self._users_fd, fcntl.LOCK_SH)
+            return False
+        try:  # and LMDB's own mark of the processes that have the environment open
+            fcntl.lockf(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)
+        except OSError:
+            self.share_index()
+            return False
+        fcntl.lockf(self._lock_fd, fcntl.LOCK_SH, 1, 0)  # as LMDB holds it
+        return True
+
+    def share_index(self) -> None:
+        """Back to the shared lock on ``index/users`` after :meth:`hold_index_alone`."""
+        fcntl.flock(self._users_fd, fcntl.LOCK_SH)
+
+    def reopen_index(self) -> None:
+        """Close the index and open it again (its file was replaced: compaction),
+        keeping the lock on ``index/users``."""
+        self._close_env(keep_users=True)
+        self._open_index()
+
     def compact_index(self, min_free: float | None = None):
         """Give the index's free pages back to the disk when this process alone has the
         repository open (store/compaction.py); returns a :class:`compaction.Compaction`."""
@@ -520,13 +569,17 @@ class Repository:
         self.packs.close()
         self._close_env()
 
-    def _close_env(self) -> None:
+    def _close_env(self, keep_users: bool = False) -> None:
         """Close the index, then the lock file's descriptor kept by _allocate (in this
-        order: closing the descriptor first would drop LMDB's lock while it is open)."""
+        order: closing the descriptor first would drop LMDB's lock while it is open),
+        then (unless ``keep_users``) the lock on ``index/users``."""
         self.env.close()
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
+        if self._users_fd >= 0 and not keep_users:
+            os.close(self._users_fd)
+            self._users_fd = -1
 
     def __enter__(self) -> Repository:
         return self
