@@ -249,6 +249,8 @@ HIST_DBS = {HIST_ENTRIES: DB_ENTRIES, HIST_BLOCKVERS: DB_BLOCKVERS, HIST_INODES:
 ALL_DBS = (DB_META, DB_BLOCKS, DB_PACKS, DB_VOLUMES, DB_VOLNAMES, DB_COMMITS, DB_ENTRIES,
            DB_BLOCKVERS, DB_LABELS, DB_INODES, DB_DIRS)
 
+#: Bytes of a pack id (random).
+PACK_ID_LEN = 16
 #: blocks value: pack id(16) | offset u64 | stored length u32 | raw length u32 | codec u8
 BLOCK_LOC = struct.Struct("<16sQIIB")
 #: packs value: size u64 | record count u32 | commit instant u64

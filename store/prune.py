@@ -59,6 +59,7 @@ from .format import (
     KIND_DELETED,
     KIND_FILE,
     OPEN_PACK_PREFIX,
+    PACK_ID_LEN,
     PACK_INFO,
     RECORD_HEADER,
     RECORD_MAGIC,
@@ -78,6 +79,10 @@ from .volumes import get_volume_by_id
 OPS_PER_TXN = 20_000
 #: A pack is rewritten when at least this share of its bytes is garbage.
 REWRITE_RATIO = 0.2
+#: Live chunks copied per group of rewritten packs (one index transaction each).
+REWRITE_GROUP = 8_000
+#: ``meta`` key of the packs a garbage collection is rewriting (pack ids end to end).
+GC_KEY = b"gc/rewrite"
 PRUNE_PREFIX = b"prune/"
 _KEY = struct.Struct(">QB")  # a generation spill key: owner commit instant, db code
 _LIFE = struct.Struct(">QI")  # a file version's life: until, the class of its path
@@ -361,6 +366,7 @@ def _groups(repo, db: bytes, vol: int):
                 n += 1
             if versions:
                 batch.append((group, versions))
+            repo.map_trimmer.touched(n)  # the pages the batch mapped, unmapped
         yield from batch
         start = resume
 
@@ -457,8 +463,10 @@ def referenced(repo, skip: Iterable[int] = ()) -> set[int]:
     never lose data) every block version of every volume but ``skip`` names."""
     refs: set[int] = set()
     skip = {vol_key(v) for v in skip}
+    trim = repo.map_trimmer.touched
     with repo.read_txn() as txn:
         for key, val in txn.cursor(db=repo.dbs[DB_BLOCKVERS]):
+            trim()
             if bytes(key[:4]) not in skip:
                 _add_refs(refs, bytes(val))
     return refs
@@ -485,9 +493,16 @@ def collect(repo, refs: set[int], rep: PruneReport, everything: bool = False,
             dry_run: bool = False) -> None:
     """Delete garbage chunks and rewrite or delete the packs that hold them (see the
     module docstring); ``refs``: what :func:`referenced` returns for the index as it is
-    (or will be, dry)."""
-    garbage: dict[bytes, list[tuple[bytes, int]]] = {}  # pack -> [(chunk id, stored+hdr)]
+    (or will be, dry).
+
+    Memory stays small whatever the number of garbage chunks: the first walk keeps only
+    bytes per pack; the garbage chunks' records are then deleted in key order, a batch
+    per transaction (so each transaction dirties few pages), after the packs to rewrite
+    are put in ``meta`` (``GC_KEY``): a prune killed after those deletes, whose index no
+    longer shows the garbage those packs hold, still rewrites them next time."""
+    dead: dict[bytes, int] = {}  # pack -> bytes of its garbage chunks
     live_bytes: dict[bytes, int] = {}
+    garbage = 0
     with repo.read_txn() as txn:
         sizes = {bytes(k): PACK_INFO.unpack(v)[0]
                  for k, v in txn.cursor(db=repo.dbs[DB_PACKS])}
@@ -498,36 +513,69 @@ def collect(repo, refs: set[int], rep: PruneReport, everything: bool = False,
                 if not bytes(key).startswith(OPEN_PACK_PREFIX):
                     break
                 open_packs.add(bytes(key[len(OPEN_PACK_PREFIX):]))
+        pending = txn.get(GC_KEY, db=repo.dbs[DB_META])
+        pending = _pack_ids(bytes(pending)) if pending is not None else []
+        trim = repo.map_trimmer.touched
         for cid, loc in txn.cursor(db=repo.dbs[DB_BLOCKS]):
+            trim()
             pack_id, _off, slen, _raw, _codec = BLOCK_LOC.unpack(loc)
             n = RECORD_HEADER.size + slen
             if int.from_bytes(cid[:8], "big") in refs:
                 live_bytes[pack_id] = live_bytes.get(pack_id, 0) + n
             else:
-                garbage.setdefault(pack_id, []).append((bytes(cid), n))
-    doomed = [cid for chunks in garbage.values() for cid, _ in chunks]
-    rewrite = []
-    for pack_id, chunks in garbage.items():
+                garbage += 1
+                dead[pack_id] = dead.get(pack_id, 0) + n
+    rewrite = {p for p in pending if p in sizes}  # an interrupted collection's
+    for pack_id, n in dead.items():
         if pack_id in open_packs or pack_id not in sizes:
             continue
-        dead = sum(n for _, n in chunks)
-        rep.bytes_freed += dead
-        if everything or dead >= REWRITE_RATIO * sizes[pack_id] or not live_bytes.get(pack_id):
-            rewrite.append(pack_id)
-    rep.chunks_deleted += len(doomed)
+        rep.bytes_freed += n
+        if everything or n >= REWRITE_RATIO * sizes[pack_id] or not live_bytes.get(pack_id):
+            rewrite.add(pack_id)
+    del live_bytes, dead
+    rep.chunks_deleted += garbage
     if dry_run:
         rep.packs_rewritten += len(rewrite)
         return
     if everything:  # dead history records must go too, wherever they are
-        rewrite = sorted(set(rewrite) | _packs_with_dead_history(repo, sizes, open_packs))
-    _rewrite(repo, rewrite, set(doomed), rep)
-    # chunks of packs not rewritten: their index records go; the bytes stay until the
-    # pack is rewritten by a later prune
-    rest = [cid for pid, chunks in garbage.items() if pid not in rewrite for cid, _ in chunks]
-    for i in range(0, len(rest), OPS_PER_TXN):
+        rewrite |= _packs_with_dead_history(repo, sizes, open_packs)
+    rewrite = sorted(rewrite)
+    if rewrite:
+        with repo.write_txn("planning a pack rewrite") as txn:
+            txn.put(GC_KEY, b"".join(rewrite), db=repo.dbs[DB_META])
+    _delete_garbage(repo, refs)
+    _rewrite(repo, rewrite, refs, rep)
+    if rewrite or pending:
+        with repo.write_txn("ending a pack rewrite") as txn:
+            txn.delete(GC_KEY, db=repo.dbs[DB_META])
+
+
+def _pack_ids(raw: bytes) -> list[bytes]:
+    n = PACK_ID_LEN
+    return [raw[i:i + n] for i in range(0, len(raw) - n + 1, n)]
+
+
+def _delete_garbage(repo, refs: set[int]) -> None:
+    """Delete every chunk record whose id's prefix is not in ``refs``, in key order,
+    ``OPS_PER_TXN`` records visited per write transaction. Their bytes stay in the packs
+    until a rewrite drops them."""
+    start = b""
+    while start is not None:
         with repo.write_txn("pruning chunks") as txn:
-            for cid in rest[i:i + OPS_PER_TXN]:
-                txn.delete(cid, db=repo.dbs[DB_BLOCKS])
+            cur = txn.cursor(db=repo.dbs[DB_BLOCKS])
+            if not cur.set_range(start):
+                return
+            start, seen = None, 0
+            repo.map_trimmer.touched(OPS_PER_TXN)
+            while key := cur.key():  # empty once past the last record
+                if seen >= OPS_PER_TXN:
+                    start = bytes(key)
+                    break
+                seen += 1
+                if int.from_bytes(key[:8], "big") in refs:
+                    cur.next()
+                else:
+                    cur.delete()  # and on to the next record
 
 
 def history_live(live: dict, rid: bytes) -> bool:
@@ -555,47 +603,52 @@ def _packs_with_dead_history(repo, sizes: dict, open_packs: set) -> set[bytes]:
     return out
 
 
-def _rewrite(repo, pack_ids: list[bytes], doomed: set[bytes], rep: PruneReport) -> None:
-    """Copy the live records of ``pack_ids`` to new packs and drop the old ones."""
-    if not pack_ids:
-        return
+def _rewrite(repo, pack_ids: list[bytes], refs: set[int], rep: PruneReport) -> None:
+    """Copy the live records of ``pack_ids`` to new packs and drop the old ones (their
+    garbage chunks' records are gone already: a chunk record is live when the index
+    locates it in this pack). Packs go a group at a time, each ending in one transaction
+    that points the index at the copies and drops the old packs' records: a group's
+    copies are at most ``REWRITE_GROUP`` chunks, so that transaction dirties few pages
+    and ``moved`` stays small."""
     live = live_commits(repo)
-    packw = PackWriter(repo.pack_store, repo.pack_target)
-    moved: dict[bytes, tuple] = {}
-    with repo.read_txn() as txn:
-        for pack_id in pack_ids:
-            for magic, off, rid, codec, raw, slen, ok, data in walk_records(
-                    repo.pack_store, pack_id, payload=True):
-                if magic == RECORD_MAGIC:
-                    loc = txn.get(rid, db=repo.dbs[DB_BLOCKS])
-                    if rid in doomed or loc is None or not ok:
-                        continue
-                    if BLOCK_LOC.unpack(loc)[:2] != (pack_id, off):
-                        continue  # a second copy: the index uses another
-                    where = packw.append(rid, codec, raw, bytes(data))
-                    moved[rid] = (*where, slen, raw, codec)
-                elif ok and history_live(live, rid):
-                    packw.append(rid, codec, raw, bytes(data), magic=HISTORY_MAGIC)
-                else:
-                    rep.history_dropped += 1
-    packs = packw.sync()
-    with repo.write_txn("rewriting packs") as txn:
-        for pack_id, size, nrec in packs:
-            txn.put(pack_id, PACK_INFO.pack(size, nrec, 0), db=repo.dbs[DB_PACKS])
-        for cid, loc in moved.items():
-            txn.put(cid, BLOCK_LOC.pack(*loc), db=repo.dbs[DB_BLOCKS])
-        gone = set(pack_ids)
-        for cid in doomed:
-            got = txn.get(cid, db=repo.dbs[DB_BLOCKS])
-            if got is not None and BLOCK_LOC.unpack(got)[0] in gone:
-                txn.delete(cid, db=repo.dbs[DB_BLOCKS])
-        for pack_id in pack_ids:
-            txn.delete(pack_id, db=repo.dbs[DB_PACKS])
-    packw.committed()
-    for pack_id in pack_ids:
-        repo.pack_store.delete(pack_id)
-    rep.packs_rewritten += len(pack_ids)
-    rep.packs_deleted += len(pack_ids)
+    todo = list(pack_ids)
+    while todo:
+        packw = PackWriter(repo.pack_store, repo.pack_target)
+        moved: dict[bytes, bytes] = {}  # chunk id -> its new BLOCK_LOC record
+        group: list[bytes] = []
+        with repo.read_txn() as txn:
+            while todo and len(moved) < REWRITE_GROUP:
+                pack_id = todo.pop(0)
+                group.append(pack_id)
+                for magic, off, rid, codec, raw, slen, ok, data in walk_records(
+                        repo.pack_store, pack_id, payload=True):
+                    if magic == RECORD_MAGIC:
+                        if not ok or int.from_bytes(rid[:8], "big") not in refs:
+                            continue
+                        repo.map_trimmer.touched()
+                        loc = txn.get(rid, db=repo.dbs[DB_BLOCKS])
+                        if loc is None or BLOCK_LOC.unpack(loc)[:2] != (pack_id, off):
+                            continue  # not indexed, or a second copy: the index uses another
+                        where = packw.append(rid, codec, raw, bytes(data))
+                        moved[rid] = BLOCK_LOC.pack(*where, slen, raw, codec)
+                    elif ok and history_live(live, rid):
+                        packw.append(rid, codec, raw, bytes(data), magic=HISTORY_MAGIC)
+                    else:
+                        rep.history_dropped += 1
+        packs = packw.sync()
+        with repo.write_txn("rewriting packs") as txn:
+            blocks = repo.dbs[DB_BLOCKS]
+            for pack_id, size, nrec in packs:
+                txn.put(pack_id, PACK_INFO.pack(size, nrec, 0), db=repo.dbs[DB_PACKS])
+            for cid in sorted(moved):
+                txn.put(cid, moved[cid], db=blocks)
+            for pack_id in group:
+                txn.delete(pack_id, db=repo.dbs[DB_PACKS])
+        packw.committed()
+        for pack_id in group:
+            repo.pack_store.delete(pack_id)
+        rep.packs_rewritten += len(group)
+        rep.packs_deleted += len(group)
 
 
 # --- the whole prune ---------------------------------------------------------------------

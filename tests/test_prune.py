@@ -753,3 +753,36 @@ def test_the_mount_shows_a_thinned_instant_as_a_link_to_the_kept_one(anytime, tm
         assert kept.is_dir() and not kept.is_symlink(), "a kept instant is no link"
         assert (kept / "log.txt").read_bytes() == b"version 3\n" * 4
         assert sum(1 for n in listed if n[:1].isdigit()) == 3, listed
+
+
+def test_a_collection_killed_after_its_deletes_rewrites_its_packs_next_time(anytime, tmp_path,
+                                                                          monkeypatch):
+    """The garbage chunks' records go before their packs are rewritten: a prune killed
+    in between must not leave their bytes in the packs for good (the index no longer
+    shows them as garbage); the packs it meant to rewrite are in meta."""
+    repo_dir, src = tmp_path / "repo", tmp_path / "src"
+    secrets = grow_history(anytime, src)
+    instants = sorted(picture(repo_dir)["src"]["at"])
+
+    def killed(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prune_mod, "_rewrite", killed)
+    try:
+        run_prune(repo_dir, [instants[i] for i in (0, 3, 5)])
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError("the rewrite did not run")
+    monkeypatch.undo()
+    with Repository.open(str(repo_dir), TEST_OPTIONS) as repo, repo.read_txn() as txn:
+        from anytime.store.format import DB_META
+
+        assert txn.get(prune_mod.GC_KEY, db=repo.dbs[DB_META]), "no record of the rewrite"
+    assert in_packs(repo_dir, secrets["only"][1000:1100])
+    rep = run_prune(repo_dir, [instants[i] for i in (0, 3, 5)])
+    assert rep.chunks_deleted == 0 and rep.packs_rewritten >= 1, rep
+    assert not in_packs(repo_dir, secrets["only"][1000:1100]), "its bytes stayed in a pack"
+    with Repository.open(str(repo_dir), TEST_OPTIONS) as repo, repo.read_txn() as txn:
+        assert txn.get(prune_mod.GC_KEY, db=repo.dbs[DB_META]) is None
+    assert_clean(repo_dir)
