@@ -92,7 +92,10 @@ HEADS = {"anytime": "anytime", "restic": "restic", "borg": "borg (lz4)",
          "borg-zstd": "borg -C zstd,3"}
 #: Parts a tool takes part in (borg-zstd: capture and shifted content, for sizes).
 ALL_PARTS = ("capture", "startup", "mount", "restore", "versions", "shifted", "watch",
-             "shim")
+             "shim", "prune")
+#: The retention policy of the prune part (fig P), over PRUNE_COMMITS commits a minute
+#: apart that end ten minutes ago: every commit of the last 2 hours, then hourly for a day.
+PRUNE_POLICY = ("--keep-all", "2h", "--hourly", "1d")
 # The continuous-capture part (bench/README.md, fig W): a load generator changes files of
 # a watched tree at each rate of WATCH_PHASES (changes per second, seconds), spread over
 # WATCH_DIRS x WATCH_FILES files; every WATCH_NEW_EVERY-th change makes a new file.
@@ -1067,6 +1070,10 @@ class Row:
             if self.ref:
                 self.ratio = a / self.ref
                 self.met = self.ratio >= self.k
+        elif self.kind == "le_ref":  # a / ref <= k (e.g. space against a fresh copy)
+            if self.ref:
+                self.ratio = a / self.ref
+                self.met = self.ratio <= self.k
         elif self.kind == "ref_ratio":  # no goal: a / ref, for context
             if self.ref:
                 self.ratio = a / self.ref
@@ -1194,7 +1201,7 @@ class Bench:
         self.corpus.mkdir(parents=True, exist_ok=True)
         if "shifted" in parts:
             self.build_shifted()
-        if set(parts) - {"shifted", "watch", "shim"}:
+        if set(parts) - {"shifted", "watch", "shim", "prune"}:
             self.build_main_corpora()
 
     def build_main_corpora(self) -> None:
@@ -1857,8 +1864,10 @@ class Bench:
         self.add(Row("D", f"peak private memory, stdlib first capture into the {hist} repo",
                      "both", "MB", {"anytime": anon_v}, "<= 100 MB", "abs_le", 100e6))
 
-    def build_versions_repo(self, repo: Path, n_commits: int, n_files: int) -> dict:
-        """A volume with n_commits x n_files file versions, written with the store API."""
+    def build_versions_repo(self, repo: Path, n_commits: int, n_files: int,
+                            only: set[int] | None = None) -> dict:
+        """A volume with n_commits x n_files file versions, written with the store API;
+        with ``only``, just the commits of those numbers (the same instants and bytes)."""
         from anytime.store import clock
         from anytime.store.format import KIND_DIR, KIND_FILE, Entry
         from anytime.store.repo import Repository
@@ -1880,9 +1889,11 @@ class Bench:
                     vol = create_volume(r, txn, "versions", str(source), r.block_size, base)
                 fids: list[int] = []
                 for c in range(n_commits):
+                    if only is not None and c not in only:
+                        continue
                     t = base + (c + 1) * step
                     b = CommitBuilder(r, vol)
-                    if c == 0:
+                    if not fids:
                         dmeta = dict(mode=0o40755, nlink=2, atime_ns=t, mtime_ns=t, ctime_ns=t)
                         b.put_entry(b"", Entry(KIND_DIR, **dmeta))
                         for d in sorted({d for d, _ in names}):
@@ -1909,10 +1920,95 @@ class Bench:
         log(f"versions repository built in {secs:.1f} s, {size / 1e6:.0f} MB")
         return {"build_secs": secs, "commits": n_commits, "files": n_files,
                 "versions": n_commits * n_files, "volume": "versions", "source": str(source),
+                "base": base, "step": step, "names": names,
                 "target": f"versions:{(d + b'/' + f).decode()}",
                 "t_past": base + (pick_c + 1) * step + step // 2,
                 "expect": b"file %d version %d\n" % (pick_i, pick_c),
                 "repo_bytes": size}
+
+    # --- P: prune of 10^6 versions ---------------------------------------------------
+    def section_prune(self) -> None:
+        """Thin a 10^6-version history by PRUNE_POLICY with ``anytime prune``: its time
+        and peak memory, then the repository's size against the kept instants written
+        fresh into a new repository (the same builder, only the kept commits)."""
+        n_commits, n_files = self.args.prune_commits, self.args.prune_files
+        total = n_commits * n_files
+        log(f"== prune (P: {n_commits} commits x {n_files} files = {total:,} versions)")
+        at = self.tools["anytime"]
+        repo, fresh = self.repos / "anytime-prune", self.repos / "anytime-prune-fresh"
+        vals: dict = {}
+        try:
+            info = self.build_versions_repo(repo, n_commits, n_files)
+            before = du_bytes(repo)[0]
+            must(run([at.exe, "policy", "versions:", *PRUNE_POLICY], env=at.env(repo)),
+                 "anytime policy")
+            r = must(run([at.exe, "prune", "--json"], env=at.env(repo), rss=True,
+                         timeout=3600), "anytime prune")
+            rep = json.loads(r.out)
+            vals.update(secs=r.secs, rss=r.maxrss, anon=r.maxanon)
+            base, step = info["base"], info["step"]
+            dropped = set(rep["volumes"]["versions"]["dropped"])
+            kept = [c for c in range(n_commits) if base + (c + 1) * step not in dropped]
+            log(f"anytime: prune {r.secs:.1f} s, peak private {r.maxanon / 1e6:.0f} MB, "
+                f"rss {r.maxrss / 1e6:.0f} MB; kept {len(kept)} of {n_commits} commits, "
+                f"{rep['versions_deleted']:,} versions deleted, index "
+                f"{rep['index']['before_bytes'] / 1e6:.0f} -> "
+                f"{rep['index']['after_bytes'] / 1e6:.0f} MB")
+            self.check_pruned(at, repo, info, kept, dropped)
+            c = must(run([at.exe, "check", "--json"], env=at.env(repo), rss=True,
+                         timeout=3600), "anytime check after prune")
+            if json.loads(c.out).get("problems"):
+                self.note(f"check after prune found problems: {c.out[:300]}")
+            vals["check_secs"] = c.secs
+            self.build_versions_repo(fresh, n_commits, n_files, only=set(kept))
+            vals.update(pruned=du_bytes(repo)[0], fresh=du_bytes(fresh)[0],
+                        packs=du_bytes(repo / "packs")[0],
+                        fresh_packs=du_bytes(fresh / "packs")[0])
+            log(f"repository {before / 1e6:.0f} MB -> {vals['pruned'] / 1e6:.0f} MB after "
+                f"prune; the kept instants fresh: {vals['fresh'] / 1e6:.0f} MB")
+            self.extra["prune"] = {"commits": n_commits, "files": n_files, "kept": len(kept),
+                                   "before_bytes": before, "report": {
+                                       k: v for k, v in rep.items() if k != "volumes"},
+                                   **vals}
+        except (BenchError, OSError, ValueError, KeyError) as e:
+            self.note(f"anytime prune: {e}")
+        finally:
+            if not self.args.keep:
+                rmtree(repo)
+                rmtree(fresh)
+        hist = f"{total:,} versions"
+        self.add(Row("P", f"prune, {hist}", "prune", "s", {"anytime": vals.get("secs")},
+                     "(time)", "info"))
+        self.add(Row("P", f"peak private memory, prune of {hist}", "prune", "MB",
+                     {"anytime": vals.get("anon")}, "< 200 MB", "abs_lt", 200e6))
+        self.add(Row("P", f"peak RSS, prune of {hist}", "prune", "MB",
+                     {"anytime": vals.get("rss")}, "(mapped index pages included)", "info"))
+        self.add(Row("P", "repository after prune / kept instants captured fresh", "prune",
+                     "MB", {"anytime": vals.get("pruned")}, "<= 1.10x fresh", "le_ref", 1.10,
+                     ref=vals.get("fresh")))
+        self.add(Row("P", "packs after prune / packs of the fresh copy", "prune", "MB",
+                     {"anytime": vals.get("packs")}, "(context)", "ref_ratio",
+                     ref=vals.get("fresh_packs")))
+
+    def check_pruned(self, at, repo: Path, info: dict, kept: list[int], dropped) -> None:
+        """A kept instant reads its own version; an instant inside a dropped stretch reads
+        the version of the kept commit before it."""
+        base, step, names = info["base"], info["step"], info["names"]
+        i = len(names) // 3
+        target = f"versions:{(names[i][0] + b'/' + names[i][1]).decode()}"
+        gaps = [c for c in range(1, info["commits"]) if base + (c + 1) * step in dropped
+                and c - 1 in kept]
+        probes = [(kept[len(kept) // 2], kept[len(kept) // 2])]
+        if gaps:
+            probes.append((gaps[0], gaps[0] - 1))
+        for c, shown in probes:
+            t = base + (c + 1) * step + step // 2
+            r = must(run([at.exe, "cat", target, "--at", at_epoch(t)], env=at.env(repo)),
+                     "anytime cat after prune")
+            want = b"file %d version %d\n" % (i, shown)
+            if r.out.encode() != want:
+                self.note(f"after prune, {target} at commit {c} read {r.out!r:.60}, "
+                          f"want {want!r}")
 
     # --- W: continuous capture ----------------------------------------------------
     def watch_dir(self) -> Path:
@@ -2743,6 +2839,8 @@ def main(argv=None) -> int:
                          "vary by 10-30%% from run to run)")
     ap.add_argument("--versions-commits", type=int, default=1000, help=argparse.SUPPRESS)
     ap.add_argument("--versions-files", type=int, default=1000, help=argparse.SUPPRESS)
+    ap.add_argument("--prune-commits", type=int, default=1000, help=argparse.SUPPRESS)
+    ap.add_argument("--prune-files", type=int, default=1000, help=argparse.SUPPRESS)
     ap.add_argument("--watch-scale", type=float, default=1.0, help=argparse.SUPPRESS)
     ap.add_argument("--shim-scale", type=float, default=1.0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -2771,7 +2869,7 @@ def main(argv=None) -> int:
     try:
         b.build_corpora(parts)
         order = list(ALL_PARTS)
-        once = ("versions", "startup", "shifted", "watch", "shim")  # one run each
+        once = ("versions", "startup", "shifted", "watch", "shim", "prune")  # one run each
         runs: list[list[Row]] = []
         try:
             for i in range(max(1, args.runs)):
@@ -2792,7 +2890,7 @@ def main(argv=None) -> int:
             b.rows = median_rows(runs)
             if len(runs) > 1:
                 b.note(f"each figure is the median of {len(runs)} runs (the 10^6-version, "
-                       f"start-up, shifted-content and continuous-capture figures: one run)")
+                       f"start-up, shifted-content, continuous-capture and prune figures: one run)")
     except KeyboardInterrupt:
         b.note("interrupted")
     finally:
