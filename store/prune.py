@@ -83,6 +83,10 @@ REWRITE_RATIO = 0.2
 REWRITE_GROUP = 8_000
 #: ``meta`` key of the packs a garbage collection is rewriting (pack ids end to end).
 GC_KEY = b"gc/rewrite"
+#: ``meta`` key prefix (+ pack id) of the garbage bytes a pack holds that the index no
+#: longer shows (u64 BE): a pack left with less than ``REWRITE_RATIO`` garbage is
+#: rewritten once later collections bring it there.
+GC_DEAD_PREFIX = b"gc/dead/"
 PRUNE_PREFIX = b"prune/"
 _KEY = struct.Struct(">QB")  # a generation spill key: owner commit instant, db code
 _LIFE = struct.Struct(">QI")  # a file version's life: until, the class of its path
@@ -515,6 +519,12 @@ def collect(repo, refs: set[int], rep: PruneReport, everything: bool = False,
                 open_packs.add(bytes(key[len(OPEN_PACK_PREFIX):]))
         pending = txn.get(GC_KEY, db=repo.dbs[DB_META])
         pending = _pack_ids(bytes(pending)) if pending is not None else []
+        carried = {}  # pack -> garbage bytes earlier collections left in it
+        if cur.set_range(GC_DEAD_PREFIX):
+            for key, val in cur:
+                if not bytes(key).startswith(GC_DEAD_PREFIX):
+                    break
+                carried[bytes(key[len(GC_DEAD_PREFIX):])] = U64.unpack(val)[0]
         trim = repo.map_trimmer.touched
         for cid, loc in txn.cursor(db=repo.dbs[DB_BLOCKS]):
             trim()
@@ -526,13 +536,15 @@ def collect(repo, refs: set[int], rep: PruneReport, everything: bool = False,
                 garbage += 1
                 dead[pack_id] = dead.get(pack_id, 0) + n
     rewrite = {p for p in pending if p in sizes}  # an interrupted collection's
+    rep.bytes_freed += sum(n for p, n in dead.items() if p in sizes and p not in open_packs)
+    for pack_id, n in carried.items():
+        dead[pack_id] = dead.get(pack_id, 0) + n
     for pack_id, n in dead.items():
         if pack_id in open_packs or pack_id not in sizes:
             continue
-        rep.bytes_freed += n
         if everything or n >= REWRITE_RATIO * sizes[pack_id] or not live_bytes.get(pack_id):
             rewrite.add(pack_id)
-    del live_bytes, dead
+    del live_bytes
     rep.chunks_deleted += garbage
     if dry_run:
         rep.packs_rewritten += len(rewrite)
@@ -540,9 +552,20 @@ def collect(repo, refs: set[int], rep: PruneReport, everything: bool = False,
     if everything:  # dead history records must go too, wherever they are
         rewrite |= _packs_with_dead_history(repo, sizes, open_packs)
     rewrite = sorted(rewrite)
-    if rewrite:
-        with repo.write_txn("planning a pack rewrite") as txn:
-            txn.put(GC_KEY, b"".join(rewrite), db=repo.dbs[DB_META])
+    # before the garbage records go: a crash in between counts some garbage twice
+    # (a pack rewritten a little early), never not at all
+    with repo.write_txn("planning a pack rewrite") as txn:
+        meta = repo.dbs[DB_META]
+        if rewrite:
+            txn.put(GC_KEY, b"".join(rewrite), db=meta)
+        gone = set(rewrite)
+        for pack_id, n in dead.items():
+            key = GC_DEAD_PREFIX + pack_id
+            if pack_id in sizes and pack_id not in gone:
+                txn.put(key, U64.pack(n), db=meta)
+            elif pack_id in carried:
+                txn.delete(key, db=meta)
+    del dead, carried
     _delete_garbage(repo, refs)
     _rewrite(repo, rewrite, refs, rep)
     if rewrite or pending:
@@ -644,6 +667,7 @@ def _rewrite(repo, pack_ids: list[bytes], refs: set[int], rep: PruneReport) -> N
                 txn.put(cid, moved[cid], db=blocks)
             for pack_id in group:
                 txn.delete(pack_id, db=repo.dbs[DB_PACKS])
+                txn.delete(GC_DEAD_PREFIX + pack_id, db=repo.dbs[DB_META])
         packw.committed()
         for pack_id in group:
             repo.pack_store.delete(pack_id)

@@ -786,3 +786,60 @@ def test_a_collection_killed_after_its_deletes_rewrites_its_packs_next_time(anyt
     with Repository.open(str(repo_dir), TEST_OPTIONS) as repo, repo.read_txn() as txn:
         assert txn.get(prune_mod.GC_KEY, db=repo.dbs[DB_META]) is None
     assert_clean(repo_dir)
+
+
+def test_garbage_left_below_the_rewrite_ratio_is_counted_by_later_prunes(tmp_path):
+    """A pack a prune leaves with less than REWRITE_RATIO garbage is rewritten once later
+    prunes bring its garbage there, though the index no longer shows the first part."""
+    from anytime.store import clock
+    from anytime.store.format import KIND_DIR, KIND_FILE, Entry
+    from anytime.store.options import StoreOptions
+    from anytime.store.volumes import create_volume
+    from anytime.store.writer import CommitBuilder
+
+    root = tmp_path / "repo"
+    opts = StoreOptions(pack_target=1 << 22)
+    contents = [os.urandom(30_000) for _ in range(10)]  # incompressible, one pack
+    step = 60 * 10**9
+    base = clock.now_ns() - 10 * step
+    with Repository.init(str(root), options=opts) as repo, repo.writer_lock():
+        with repo.write_txn() as txn:
+            vol = create_volume(repo, txn, "src", str(tmp_path), repo.block_size, base)
+        fids = []
+
+        def commit(c: int, changed: range) -> int:
+            t = base + (c + 1) * step
+            b = CommitBuilder(repo, vol)
+            if not fids:
+                b.put_entry(b"", Entry(KIND_DIR, mode=0o40755, nlink=2, atime_ns=t,
+                                       mtime_ns=t, ctime_ns=t))
+                fids.extend(b.new_file_id() for _ in contents)
+            for i in changed:
+                data = contents[i] if c == 0 else os.urandom(30_000)
+                b.put_block_version(fids[i], 0, b.store_chunk(data))
+                b.put_entry(b"f%d" % i, Entry(KIND_FILE, mode=0o100644, size=len(data),
+                                              atime_ns=t, mtime_ns=t, ctime_ns=t,
+                                              file_id=fids[i]))
+            b.commit({"kind": "test"}, instant=t)
+            return t
+
+        t0 = commit(0, range(10))
+        first_packs = set(repo.pack_store.list())
+        t1 = commit(1, range(0, 1))  # the first pack: 10% garbage once t0 goes
+        rep = prune_mod.prune(repo, {vol.id: {t1: True}})
+        assert rep.chunks_deleted == 1 and rep.packs_rewritten == 0, rep
+        assert first_packs <= set(repo.pack_store.list())
+        for c in (2, 3):  # 10% more each time; no prune alone reaches REWRITE_RATIO
+            t = commit(c, range(c - 1, c))
+            rep = prune_mod.prune(repo, {vol.id: {t: True}})
+            assert rep.chunks_deleted == 1, rep
+        assert not first_packs & set(repo.pack_store.list()), "the first pack stayed"
+        with repo.read_txn() as txn:
+            from anytime.store.format import DB_META
+
+            cur = txn.cursor(db=repo.dbs[DB_META])
+            left = [bytes(k) for k, _ in cur if bytes(k).startswith(prune_mod.GC_DEAD_PREFIX)]
+        assert all(k[len(prune_mod.GC_DEAD_PREFIX):] in set(repo.pack_store.list())
+                   for k in left), left
+        assert t0 < t1
+    assert_clean(root)
