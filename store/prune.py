@@ -57,6 +57,7 @@ from .format import (
     HISTORY_MAGIC,
     HOLE_ID,
     KIND_DELETED,
+    KIND_DIR,
     KIND_FILE,
     OPEN_PACK_PREFIX,
     PACK_ID_LEN,
@@ -79,6 +80,8 @@ from .volumes import get_volume_by_id
 OPS_PER_TXN = 20_000
 #: A pack is rewritten when at least this share of its bytes is garbage.
 REWRITE_RATIO = 0.2
+#: Path versions a dry run lists (``PruneReport.gone``); it counts them all.
+LISTED = 1000
 #: Live chunks copied per group of rewritten packs (one index transaction each).
 REWRITE_GROUP = 8_000
 #: ``meta`` key of the packs a garbage collection is rewriting (pack ids end to end).
@@ -112,9 +115,16 @@ class PruneReport:
     packs_deleted: int = 0
     history_dropped: int = 0  # dead history records removed from packs
     volumes: dict[str, dict] = field(default_factory=dict)
+    #: dry: the first ``LISTED`` path versions that would go (not of directories, not
+    #: deletions), as
+    #: (volume id, path, instant); the volume's name replaces its id in apply_policies
+    gone: list[tuple] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        return dict(self.__dict__)
+        out = dict(self.__dict__)
+        out["gone"] = [{"volume": v, "path": os.fsdecode(p), "instant": t}
+                       for v, p, t in self.gone]
+        return out
 
 
 # --- planning input --------------------------------------------------------------------
@@ -201,9 +211,9 @@ def thin(repo, plan: VolumePlan, rep: PruneReport, dry_run: bool = False,
     lives = SortedSpill(tmp)
     try:
         ops: list[tuple[bytes, bytes, bytes | None, bytes]] = []  # (db, old key, new key, val)
-        paths = _PathNames(repo, plan.vol) if class_of is not None else None
+        paths = _PathNames(repo, plan.vol) if class_of is not None or dry_run else None
         for prefix, versions in _groups(repo, DB_ENTRIES, plan.vol):
-            cls = class_of(paths.of(prefix)) if paths is not None else 0
+            cls = class_of(paths.of(prefix)) if class_of is not None else 0
             p = plans[cls]
             instants = [t for t, _ in versions]
             dest = decide(p, instants)
@@ -219,6 +229,9 @@ def thin(repo, plan: VolumePlan, rep: PruneReport, dry_run: bool = False,
                     to = None  # a deletion of what no kept view shows: it says nothing
                 if to is not None:
                     there = fixed[0] != KIND_DELETED
+                elif dry_run and fixed[0] not in (KIND_DELETED, KIND_DIR) \
+                        and len(rep.gone) < LISTED:
+                    rep.gone.append((plan.vol, paths.of(prefix), t))
                 _decided(plan, rep, ops, changed, DB_ENTRIES, prefix, t, val, to, dry_run)
             if len(ops) >= repo.options.stage_records:
                 _apply(repo, ops, stop)
@@ -787,6 +800,7 @@ def apply_policies(repo, vols: list[int] | None = None, dry_run: bool = False,
                     stop=stop, rules=rules)
         for vid, keep in keeps.items():
             rep.volumes[names[vid]] = {"kept": len(keep), "dropped": drops[vid], "capped": []}
+        rep.gone = [(names.get(v, v), p, t) for v, p, t in rep.gone]
         while caps and not dry_run:
             used = repo.space_kept()
             over = [(vid, cap) for vid, cap in caps.items() if used > cap[0] and cap[1]]

@@ -121,6 +121,11 @@ def test_dry_run_changes_nothing_and_says_what_would_go(anytime, tmp_path):
     keep = [instants[i] for i in (0, 3, 5)]
     dry = run_prune(repo_dir, keep, dry_run=True)
     assert picture(repo_dir) == before
+    # it lists the path versions no kept instant shows
+    assert {(p, t) for _v, p, t in dry.gone} == {
+        (b"log.txt", instants[1]), (b"log.txt", instants[2]), (b"log.txt", instants[4]),
+        (b"brief.bin", instants[1])}, dry.gone
+    assert {g["path"] for g in dry.to_json()["gone"]} == {"log.txt", "brief.bin"}
     assert sorted(p.name for p in repo_dir.glob("packs/*/*.pack")) == packs
     wet = run_prune(repo_dir, keep)
     assert (dry.commits_dropped, dry.versions_deleted, dry.versions_moved,

@@ -65,6 +65,12 @@ def summary_lines(rep: dict) -> list[str]:
         if v.get("capped"):
             lines.append(f"  {plural(len(v['capped']), 'commit')} {would}dropped beyond the "
                          f"policy to stay under its --max-size")
+    gone = rep.get("gone", [])
+    for v in gone[:20]:
+        lines.append(f"  {would}removed: {v['volume']}:{v['path']} "
+                     f"@ {format_instant(v['instant'])}")
+    if len(gone) > 20:
+        lines.append(f"  ... and more path versions (--json lists the first {len(gone)})")
     lines.append(
         f"{plural(rep['commits_dropped'], 'commit')} and "
         f"{plural(rep['versions_deleted'], 'version')} {would}removed, "
