@@ -33,9 +33,7 @@ each file's block references are kept in memory once an operation touched it (th
 recorder may not have committed them yet); ``_File`` is that state.
 
 Limits of this first version (docs/shim.md): a directory renamed is recorded by walking
-it under the tree lock; ``fallocate`` is refused (EOPNOTSUPP); a write the repository
-cannot take (full disk) stops the shim's recording with an error, it does not record a
-gap yet.
+it under the tree lock; ``fallocate`` cannot collapse or insert a range (EOPNOTSUPP).
 """
 
 from __future__ import annotations
@@ -754,8 +752,11 @@ class ShimOps:
 
     def rename(self, old, new, flags: int = 0):
         """``flags``: renameat2's; RENAME_NOREPLACE is kept (never replacing what is
-        there), the others refused (EINVAL: callers fall back to a plain rename)."""
+        there), RENAME_EXCHANGE swaps the two names (:meth:`_exchange`), the others
+        (RENAME_WHITEOUT, for overlay filesystems) are refused (EINVAL)."""
         o, n = _rel(old), _rel(new)
+        if flags == RENAME_EXCHANGE:
+            return self._exchange(o, n)
         if flags & ~RENAME_NOREPLACE:
             raise OSError(errno.EINVAL, "")
         with self.tree_lock:
@@ -778,6 +779,56 @@ class ShimOps:
             self.rec.stamp_and_put(records)
         return 0
 
+    def _exchange(self, a: bytes, b: bytes) -> int:
+        """``RENAME_EXCHANGE``: swap ``a`` and ``b`` atomically (both must exist), and
+        record, as one operation, every path under both names as it is now (files with
+        the file ids they had in their old place) and the deletion of the paths that no
+        longer exist (a name under ``a`` that only the other tree had)."""
+        with self.tree_lock:
+            _renameat2(self.root, _at(a), self.root, _at(b), RENAME_EXCHANGE)
+            under = (a, b, a + b"/", b + b"/")
+            before = {p: self.fids.pop(p) for p in list(self.fids)
+                      if p in under[:2] or p.startswith(under[2:])}
+            entries, olds, fids = [], set(), {}
+            stack = [(b, a), (a, b)]  # (where it was, where it is now)
+            while stack:
+                was, now = stack.pop()
+                olds.add(was)
+                try:
+                    st = os.lstat(_at(now), dir_fd=self.root)
+                except OSError:
+                    continue
+                k = kind_of(st.st_mode)
+                fid = 0 if k == KIND_DIR else None
+                if k == KIND_FILE:
+                    fid = before.get(was) or self._fid(was)
+                    self.fids.pop(was, None)
+                    fids[now] = fid
+                try:
+                    entries.append(("entry", now, self._entry(now, fid=fid)))
+                except OSError:
+                    continue
+                if k == KIND_DIR:
+                    stack += [(join_path(was, x), join_path(now, x))
+                              for x in self._names(now)]
+            nows = {e[1] for e in entries}
+            gone = [("entry", p, Entry(KIND_DELETED)) for p in sorted(olds - nows)]
+            self.fids.update(fids)
+            self.rec.stamp_and_put(gone + entries)
+        return 0
+
+    def _names(self, rel: bytes) -> list[bytes]:
+        """The names in directory ``rel`` of the real tree (none if it cannot be read:
+        its children stay as they were recorded)."""
+        try:
+            fd = os.open(_at(rel), os.O_RDONLY | os.O_DIRECTORY, dir_fd=self.root)
+            try:
+                return [os.fsencode(x) for x in os.listdir(fd)]
+            finally:
+                os.close(fd)
+        except OSError:
+            return []
+
     def _moved_tree(self, old: bytes, new: bytes) -> list:
         """Records of directory ``old`` renamed to ``new``: every entry under ``new``,
         each file with the file id it had under ``old``."""
@@ -786,15 +837,7 @@ class ShimOps:
         while stack:
             o, n = stack.pop()
             records.append(("entry", n, self._entry(n, fid=0)))
-            try:
-                fd = os.open(_at(n), os.O_RDONLY | os.O_DIRECTORY, dir_fd=self.root)
-                try:
-                    names = [os.fsencode(x) for x in os.listdir(fd)]
-                finally:
-                    os.close(fd)
-            except OSError:
-                names = []  # unreadable: its children stay as they were recorded
-            for name in names:
+            for name in self._names(n):
                 co, cn = join_path(o, name), join_path(n, name)
                 records.append(("entry", co, Entry(KIND_DELETED)))  # gone from there
                 try:
@@ -878,7 +921,44 @@ class ShimOps:
                                                        follow_symlinks=False))
 
     def fallocate(self, path, mode, offset, length, fh):
-        raise OSError(errno.EOPNOTSUPP, "")
+        """Allocate (mode 0, or ``FALLOC_FL_KEEP_SIZE``), punch a hole
+        (``FALLOC_FL_PUNCH_HOLE``) or zero a range (``FALLOC_FL_ZERO_RANGE``) in the real
+        file, and record what a read now sees: the zeroed range's blocks (holes where a
+        whole block is zeroed), and the new size. Collapsing or inserting a range
+        (``FALLOC_FL_COLLAPSE_RANGE``, ``FALLOC_FL_INSERT_RANGE``) is refused
+        (EOPNOTSUPP, as a filesystem without them says)."""
+        if mode & ~(FALLOC_KEEP_SIZE | FALLOC_PUNCH_HOLE | FALLOC_ZERO_RANGE):
+            raise OSError(errno.EOPNOTSUPP, "")
+        rel = _rel(path)
+        fid = self._fid_for_new(rel)
+        f = self._file(fid)
+        with f.lock:
+            _fallocate(fh, mode, offset, length)
+            records = []
+            if mode & (FALLOC_PUNCH_HOLE | FALLOC_ZERO_RANGE):
+                records += self._zeroed(f, fh, offset, min(offset + length, f.size))
+            size = os.fstat(fh).st_size
+            if records or size != f.size:
+                f.size = size
+                records += self._entries_of(rel, fh, fid)
+            if records:
+                self.rec.stamp_and_put(records)
+        return 0
+
+    def _zeroed(self, f: _File, fh: int, lo: int, hi: int) -> list:
+        """Records of bytes [lo, hi) of file ``f`` now reading as zeros: a hole for each
+        whole block, a write of zeros (a hole slice) for the blocks partly in it."""
+        bs, records = self.bs, []
+        b = lo // bs
+        while b * bs < hi:
+            s, e = max(lo, b * bs), min(hi, (b + 1) * bs)
+            if s == b * bs and (e == (b + 1) * bs or e >= f.size):
+                f.blocks[b] = []
+                records.append(("block", f.fid, b, HOLE_ID))
+            else:
+                records += self._write_records(f, fh, s, bytes(e - s))
+            b += 1
+        return records
 
 
 def _pread(fd: int, n: int, offset: int) -> bytes:
@@ -897,20 +977,39 @@ def _pread(fd: int, n: int, offset: int) -> bytes:
 
 
 RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+FALLOC_KEEP_SIZE = 0x01
+FALLOC_PUNCH_HOLE = 0x02
+FALLOC_ZERO_RANGE = 0x10
 _libc = None
 
 
-def _renameat2(olddir: int, old: bytes, newdir: int, new: bytes, flags: int) -> None:
+def _c():
     global _libc
     if _libc is None:
         import ctypes
 
         _libc = ctypes.CDLL(None, use_errno=True)
-    if _libc.renameat2(olddir, old, newdir, new, flags) != 0:
-        import ctypes
+        _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64,
+                                    ctypes.c_int64]
+    return _libc
 
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
+
+def _raise_errno() -> None:
+    import ctypes
+
+    e = ctypes.get_errno()
+    raise OSError(e, os.strerror(e))
+
+
+def _fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    if _c().fallocate(fd, mode, offset, length) != 0:
+        _raise_errno()
+
+
+def _renameat2(olddir: int, old: bytes, newdir: int, new: bytes, flags: int) -> None:
+    if _c().renameat2(olddir, old, newdir, new, flags) != 0:
+        _raise_errno()
 
 
 def _merge(slices: list) -> list:

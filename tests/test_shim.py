@@ -393,3 +393,59 @@ def test_a_write_in_place_through_the_shim_records_the_new_mtime(anytime, shim, 
     r = anytime("ls", "-l", "--json", src, check=0)
     (row,) = [x for x in json.loads(r.stdout) if x["name"] == "page"]
     assert row["mtime_ns"] == mtime
+
+
+def test_fallocate_through_the_shim_is_applied_and_recorded(anytime, shim, src):
+    """Allocation that grows a file, a hole punched across blocks and in a whole block,
+    a zeroed range that grows it: each is applied to the real file and each instant
+    after one reads as the file did then; collapsing a range is refused."""
+    mib = 1 << 20
+    path = src / "falloc"
+    path.write_bytes(os.urandom(3 * mib))
+    s = shim(src)
+    steps = [["-l", "5M"], ["-p", "-o", str(mib + mib // 2), "-l", "1M"],
+             ["-z", "-o", "4M", "-l", "2M"], ["-p", "-o", "0", "-l", "1M"]]
+    seen = []
+    for args in steps:
+        subprocess.run(["fallocate", *args, str(path)], check=True, capture_output=True)
+        seen.append((path.read_bytes(), clock.now_ns()))
+        time.sleep(0.01)
+    r = subprocess.run(["fallocate", "-c", "-o", "0", "-l", "1M", str(path)],
+                       capture_output=True)
+    assert r.returncode != 0 and b"not supported" in r.stderr.lower(), r.stderr
+    assert path.stat().st_size == 6 * mib
+    assert seen[1][0][mib + mib // 2:2 * mib + mib // 2] == bytes(mib)
+    assert path.stat().st_blocks * 512 < 6 * mib  # holes underneath too
+    assert s.stop() == 0
+    for want, t in seen:
+        got = anytime("cat", path, "--at", at_epoch(t), check=0).stdout
+        assert len(got) == len(want) and got == want
+    assert anytime("cat", path, check=0).stdout == path.read_bytes()
+
+
+def test_rename_exchange_through_the_shim_swaps_both_names(anytime, shim, src):
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    (src / "p").write_text("was p\n")
+    (src / "q").write_text("was q\n")
+    for d, names in (("x", ("x1", "both")), ("y", ("y1", "both"))):
+        (src / d).mkdir()
+        for n in names:
+            (src / d / n).write_text(f"{d}/{n}\n")
+    s = shim(src)
+    for a, b in (("p", "q"), ("x", "y")):
+        rc = libc.renameat2(-100, str(src / a).encode(), -100, str(src / b).encode(), 2)
+        assert rc == 0, os.strerror(ctypes.get_errno())
+    assert (src / "p").read_text() == "was q\n"
+    (src / "p").write_text("was q, then written\n")  # its file id followed it
+    assert s.stop() == 0
+    tree = {}
+    for d in ("x", "y"):
+        r = anytime("ls", "--json", src / d, check=0)
+        tree[d] = sorted(row["name"] for row in json.loads(r.stdout))
+    assert tree == {"x": ["both", "y1"], "y": ["both", "x1"]}
+    assert anytime("cat", src / "x" / "both", check=0).stdout == b"y/both\n"
+    assert anytime("cat", src / "y" / "x1", check=0).stdout == b"x/x1\n"
+    assert anytime("cat", src / "p", check=0).stdout == b"was q, then written\n"
+    assert anytime("cat", src / "q", check=0).stdout == b"was p\n"
