@@ -560,6 +560,7 @@ class ShimOps:
             fd = os.open(_at(rel), flags, mode, dir_fd=self.root)
             try:
                 self._own(fd=fd)
+                self._as_asked(rel, mode, fd=fd)
                 fid = self.rec.vol.next_file_id
                 self.rec.vol.next_file_id += 1
                 self.fids[rel] = fid
@@ -580,6 +581,25 @@ class ShimOps:
             os.fchown(fd, uid, gid)
         else:
             os.chown(_at(rel), uid, gid, dir_fd=self.root, follow_symlinks=False)
+
+    def _as_asked(self, rel: bytes, mode: int, fd: int | None = None) -> None:
+        """Give what the caller created the permission bits it asked for: the kernel has
+        applied the caller's umask to ``mode`` already, and the shim's own would narrow
+        them again (a group-writable file made under umask 002 came out 0644). Where
+        the directory has a default ACL, it decides the bits, as on the real
+        filesystem, and they stay."""
+        try:
+            os.getxattr(self._abs(os.path.dirname(rel)), "system.posix_acl_default")
+            return
+        except OSError:
+            pass
+        st = os.fstat(fd) if fd is not None else os.lstat(_at(rel), dir_fd=self.root)
+        want = mode & 0o7777 | (st.st_mode & st_.S_ISGID if st_.S_ISDIR(st.st_mode) else 0)
+        if st.st_mode & 0o7777 != want:
+            if fd is not None:
+                os.fchmod(fd, want)
+            else:
+                os.chmod(_at(rel), want, dir_fd=self.root)
 
     def read(self, path, size, offset, fh):
         return os.pread(fh, size, offset)
@@ -707,6 +727,7 @@ class ShimOps:
         with self.tree_lock:
             os.mkdir(_at(rel), mode, dir_fd=self.root)
             self._own(rel=rel)
+            self._as_asked(rel, mode)
             self._record_path(rel)
         return 0
 
@@ -722,6 +743,7 @@ class ShimOps:
         with self.tree_lock:
             os.mknod(_at(rel), mode, dev, dir_fd=self.root)
             self._own(rel=rel)
+            self._as_asked(rel, mode)
             if st_.S_ISREG(mode):
                 self.fids.pop(rel, None)
             self._record_path(rel)

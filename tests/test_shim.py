@@ -449,3 +449,23 @@ def test_rename_exchange_through_the_shim_swaps_both_names(anytime, shim, src):
     assert anytime("cat", src / "y" / "x1", check=0).stdout == b"x/x1\n"
     assert anytime("cat", src / "p", check=0).stdout == b"was q, then written\n"
     assert anytime("cat", src / "q", check=0).stdout == b"was p\n"
+
+
+def test_modes_of_what_is_created_through_the_shim_follow_the_callers_umask(anytime, shim,
+                                                                           src):
+    """The kernel applies the caller's umask; the shim's own must not narrow the bits
+    again (the real tree gives 664/775 under umask 002)."""
+    (src / "dacl").mkdir()
+    subprocess.run(["setfacl", "-d", "-m", "g::rwx", str(src / "dacl")], check=True)
+    s = shim(src)
+    script = (f"umask {{}}; touch {src}/f{{}}; mkdir {src}/d{{}}; touch {src}/dacl/f{{}}; "
+              f"stat -c '%a' {src}/f{{}} {src}/d{{}} {src}/dacl/f{{}}")
+    got = {m: subprocess.run(["sh", "-c", script.format(m, *[m] * 6)], capture_output=True,
+                             text=True, check=True).stdout.split() for m in ("002", "077")}
+    assert s.stop() == 0
+    assert got["002"][:2] == ["664", "775"] and got["077"][:2] == ["600", "700"], got
+    # a default ACL decides, as on the real filesystem (umask 077 masked what it allows)
+    assert got["002"][2] == "664", got
+    rows = {r["name"]: r for r in json.loads(anytime("ls", "-l", "--json", src,
+                                                     check=0).stdout)}
+    assert oct(rows["f002"]["mode"] & 0o777) == "0o664"
