@@ -306,7 +306,8 @@ def cmd_check(args) -> int:
           f"the next snapshot); {rep.reclaimable} damaged copies or records superseded by "
           f"good copies (reclaimable)")
     print(f"{rep.unused_bytes / 1e6:.1f} MB in {plural(rep.unused_records, 'record')} of "
-          f"the packs that no kept instant uses ('anytime prune' removes them)"
+          f"the packs that no kept instant uses ('anytime prune' removes them as it "
+          f"rewrites their packs)"
           if rep.unused_records else "nothing in the packs that no kept instant uses")
     if rep.problems:
         raise DamagedData(damage_text(rep))
