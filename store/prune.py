@@ -73,7 +73,7 @@ from .format import (
 )
 from .packs import PackWriter, walk_records
 from .spill import SortedSpill
-from .thinning import FOREVER, VolumePlan, decide
+from .thinning import FOREVER, VolumePlan, decide_one
 from .volumes import get_volume_by_id
 
 #: Garbage chunks deleted from ``blocks`` per LMDB write transaction.
@@ -212,36 +212,34 @@ def thin(repo, plan: VolumePlan, rep: PruneReport, dry_run: bool = False,
     try:
         ops: list[tuple[bytes, bytes, bytes | None, bytes]] = []  # (db, old key, new key, val)
         paths = _PathNames(repo, plan.vol) if class_of is not None or dry_run else None
-        for prefix, versions in _groups(repo, DB_ENTRIES, plan.vol):
-            cls = class_of(paths.of(prefix)) if class_of is not None else 0
-            p = plans[cls]
-            instants = [t for t, _ in versions]
-            dest = decide(p, instants)
-            there = False  # whether a version kept so far shows the path (not a deletion)
-            for i, ((t, val), to) in enumerate(zip(versions, dest, strict=True)):
-                fixed = ENTRY_FIXED.unpack_from(val)
-                if fixed[0] == KIND_FILE:
-                    end = instants[i + 1] if i + 1 < len(instants) else FOREVER
-                    lives.add(U64.pack(fixed[10]) + U64.pack(t),
-                              _LIFE.pack(min(end, FOREVER - 1), cls))
-                if to is not None and t <= plan.horizon and fixed[0] == KIND_DELETED \
-                        and not there:
-                    to = None  # a deletion of what no kept view shows: it says nothing
-                if to is not None:
-                    there = fixed[0] != KIND_DELETED
-                elif dry_run and fixed[0] not in (KIND_DELETED, KIND_DIR) \
-                        and len(rep.gone) < LISTED:
-                    rep.gone.append((plan.vol, paths.of(prefix), t))
-                _decided(plan, rep, ops, changed, DB_ENTRIES, prefix, t, val, to, dry_run)
+        there = False  # whether a version kept so far shows the path (not a deletion)
+        for prefix, t, val, nxt, first in _versions(repo, DB_ENTRIES, plan.vol):
+            if first:
+                cls = class_of(paths.of(prefix)) if class_of is not None else 0
+                p, there = plans[cls], False
+            to = decide_one(p, t, nxt)
+            fixed = ENTRY_FIXED.unpack_from(val)
+            if fixed[0] == KIND_FILE:
+                lives.add(U64.pack(fixed[10]) + U64.pack(t),
+                          _LIFE.pack(min(nxt, FOREVER - 1), cls))
+            if to is not None and t <= plan.horizon and fixed[0] == KIND_DELETED \
+                    and not there:
+                to = None  # a deletion of what no kept view shows: it says nothing
+            if to is not None:
+                there = fixed[0] != KIND_DELETED
+            elif dry_run and fixed[0] not in (KIND_DELETED, KIND_DIR) \
+                    and len(rep.gone) < LISTED:
+                rep.gone.append((plan.vol, paths.of(prefix), t))
+            _decided(plan, rep, ops, changed, DB_ENTRIES, prefix, t, val, to, dry_run)
             if len(ops) >= repo.options.stage_records:
                 _apply(repo, ops, stop)
                 ops = []
         life_iter = iter(lives.items())
         pending = next(life_iter, None)
         fid_now, spans, p = -1, [], plan
-        for prefix, versions in _groups(repo, DB_BLOCKVERS, plan.vol):
+        for prefix, t, val, nxt, first in _versions(repo, DB_BLOCKVERS, plan.vol):
             fid = _BLOCKVER_PREFIX.unpack(prefix)[1]
-            if fid != fid_now:
+            if first and fid != fid_now:
                 fid_now, spans = fid, []
                 while pending is not None and U64.unpack_from(pending[0])[0] < fid:
                     pending = next(life_iter, None)
@@ -251,16 +249,12 @@ def thin(repo, plan: VolumePlan, rep: PruneReport, dry_run: bool = False,
                     pending = next(life_iter, None)
                 one = {id(sp[2]) for sp in spans}
                 p = spans[0][2] if len(one) == 1 else plan
-            instants = [t for t, _ in versions]
-            dest = decide(p, instants)
-            for i, ((t, val), to) in enumerate(zip(versions, dest, strict=True)):
-                if to is not None and t <= plan.horizon:
-                    end = instants[i + 1] if i + 1 < len(instants) else FOREVER
-                    if not _seen_in(spans, t, end):
-                        to = None  # no kept view shows a file that reads it
-                _decided(plan, rep, ops, changed, DB_BLOCKVERS, prefix, t, val, to, dry_run)
-                if refs is not None and to is not None:
-                    _add_refs(refs, val)
+            to = decide_one(p, t, nxt)
+            if to is not None and t <= plan.horizon and not _seen_in(spans, t, nxt):
+                to = None  # no kept view shows a file that reads it
+            _decided(plan, rep, ops, changed, DB_BLOCKVERS, prefix, t, val, to, dry_run)
+            if refs is not None and to is not None:
+                _add_refs(refs, val)
             if len(ops) >= repo.options.stage_records:
                 _apply(repo, ops, stop)
                 ops = []
@@ -290,12 +284,11 @@ def _generations(repo, plan: VolumePlan, changed: dict) -> SortedSpill:
     if not changed:
         return spill
     for db, code in ((DB_ENTRIES, HIST_ENTRIES), (DB_BLOCKVERS, HIST_BLOCKVERS)):
-        for prefix, versions in _groups(repo, db, plan.vol):
-            for t, val in versions:
-                if t <= plan.horizon:
-                    owner = plan.owner(t)
-                    if owner in changed:
-                        spill.add(_KEY.pack(owner, code) + prefix + U64.pack(t), val)
+        for prefix, t, val, _nxt, _first in _versions(repo, db, plan.vol):
+            if t <= plan.horizon:
+                owner = plan.owner(t)
+                if owner in changed:
+                    spill.add(_KEY.pack(owner, code) + prefix + U64.pack(t), val)
     return spill
 
 
@@ -347,45 +340,46 @@ def _decided(plan, rep, ops, changed, db, prefix, t, val, to, dry_run) -> None:
         ops.append((db, prefix + U64.pack(t), prefix + U64.pack(to), val))
 
 
-def _groups(repo, db: bytes, vol: int):
-    """(key prefix, [(instant, value), ...]) of each versioned key of ``vol`` in ``db``.
+def _versions(repo, db: bytes, vol: int):
+    """Each version of ``vol``'s versioned keys in ``db``, in key order, as (key prefix,
+    instant, value, the instant of the key's next version (FOREVER: none), whether it
+    is the key's first version).
 
-    Read a batch of about ``stage_records`` versions at a time, each batch in a read
-    transaction of its own that ends before its groups are yielded: a transaction held
-    for the whole walk would keep LMDB from reusing the pages the walk's own writes free
-    (the index grew by a third during a prune of 10^6 versions). A group is read whole
-    in one transaction, and the walk's writes change only groups already yielded, so it
-    never sees them; versions that captures add meanwhile are after the plan's horizon,
-    which :func:`decide` leaves alone."""
+    Read ``stage_records`` versions at a time, each batch in a read transaction of its
+    own that ends before they are yielded: a transaction held for the whole walk would
+    keep LMDB from reusing the pages the walk's own writes free (the index grew by a
+    third during a prune of 10^6 versions), and memory stays bounded however many
+    versions one key has (a database page the shim recorded 10^6 times). The walk's
+    writes never reach what is still to be read: a version is deleted, or moved to its
+    target, which lies before its next version, read already. Versions that captures
+    add meanwhile are after the plan's horizon, which :func:`decide` leaves alone."""
     prefix = vol_key(vol)
     per = repo.options.stage_records
-    start = prefix
+    start, held = prefix, None  # held: the last version read, waiting for its next
     while start is not None:
-        batch, n, resume = [], 0, None
+        batch = []
         with repo.read_txn() as txn:
             cur = txn.cursor(db=repo.dbs[db])
-            if not cur.set_range(start):
-                return
-            group, versions = None, []
-            for key, val in cur:
-                if not key.startswith(prefix):
-                    break
-                p = bytes(key[:-8])
-                if p != group:
-                    if versions:
-                        batch.append((group, versions))
-                        if n >= per:
-                            resume = p  # the next batch starts with this group
-                            versions = []
-                            break
-                    group, versions = p, []
-                versions.append((U64.unpack(key[-8:])[0], bytes(val)))
-                n += 1
-            if versions:
-                batch.append((group, versions))
-            repo.map_trimmer.touched(n)  # the pages the batch mapped, unmapped
+            start = None
+            if cur.set_range(held[4] + b"\0" if held else prefix):
+                for key, val in cur:
+                    if not key.startswith(prefix):
+                        break
+                    p, t = bytes(key[:-8]), U64.unpack(key[-8:])[0]
+                    if held is not None:
+                        same = held[0] == p
+                        batch.append((held[0], held[1], held[2], t if same else FOREVER,
+                                      held[3]))
+                        held = (p, t, bytes(val), not same, bytes(key))
+                    else:
+                        held = (p, t, bytes(val), True, bytes(key))
+                    if len(batch) >= per:
+                        start = held[4]
+                        break
+            repo.map_trimmer.touched(len(batch) + 1)  # the pages it mapped, unmapped
         yield from batch
-        start = resume
+    if held is not None:
+        yield held[0], held[1], held[2], FOREVER, held[3]
 
 
 def _apply(repo, ops, stop=None) -> None:
@@ -843,7 +837,9 @@ def _path_classes(repo, vol: int, pol, commits, labels, holds, now: int, tz, kee
     # a directory holding paths a rule keeps is kept as long as they are (else they
     # could not be reached at the instants only the rule keeps)
     above: dict[bytes, set[int]] = {}
-    for prefix, _versions in _groups(repo, DB_ENTRIES, vol):
+    for prefix, *_rest, first in _versions(repo, DB_ENTRIES, vol):
+        if not first:
+            continue
         path = names.of(prefix)
         direct = {i for i, m in enumerate(matchers) if m(path)}
         while direct and path:
@@ -857,8 +853,9 @@ def _path_classes(repo, vol: int, pol, commits, labels, holds, now: int, tz, kee
         return tuple(sorted(direct | {-1 - i for i in above.get(path, set()) - direct}))
 
     seen: dict[tuple, int] = {}
-    for prefix, _versions in _groups(repo, DB_ENTRIES, vol):
-        seen.setdefault(subset_of(names.of(prefix)), len(seen))
+    for prefix, *_rest, first in _versions(repo, DB_ENTRIES, vol):
+        if first:
+            seen.setdefault(subset_of(names.of(prefix)), len(seen))
     class_keeps, regulated = [], False
     for subset in seen:
         eff = pol.merged_with([pol.rules[i] if i >= 0 else

@@ -111,6 +111,15 @@ class VolumePlan:
         return out
 
 
+def decide_one(plan: VolumePlan, t: int, nxt: int) -> int | None:
+    """Where a version at ``t`` whose key's next version is at ``nxt`` (FOREVER: none)
+    goes: as :func:`decide`, for one version."""
+    if t > plan.horizon:
+        return t
+    tgt = plan.target(t)
+    return tgt if tgt is not None and tgt < nxt else None
+
+
 def decide(plan: VolumePlan, instants: list[int]) -> list[int | None]:
     """For the versions of one key at ``instants`` (ascending), where each goes: its
     target (its own instant: unchanged), or None (deleted). Versions after the plan's
