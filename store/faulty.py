@@ -174,6 +174,9 @@ class FaultyPackStore(PackStore):
             raise self.inner.read_error(_eio(), pack_id)
         return self.inner.read(pack_id, offset, length)
 
+    def will_read(self, pack_id: bytes, offset: int, length: int) -> None:
+        self.inner.will_read(pack_id, offset, length)
+
     def size(self, pack_id: bytes) -> int:
         with self._lock:
             failing = "read" in self._fail and self._fail["read"][0] == 0

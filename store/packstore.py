@@ -113,6 +113,10 @@ class PackStore:
     def read(self, pack_id: bytes, offset: int, length: int) -> bytes:
         raise NotImplementedError
 
+    def will_read(self, pack_id: bytes, offset: int, length: int) -> None:
+        """A hint: these bytes will be read soon, so the store may start fetching them.
+        Never fails; the default does nothing."""
+
     def size(self, pack_id: bytes) -> int:
         raise NotImplementedError
 
@@ -278,6 +282,16 @@ class LocalDirPackStore(PackStore):
             return os.pread(self._fd(pack_id), length, offset)
         except OSError as e:
             raise self.read_error(e, pack_id) from None
+
+    def will_read(self, pack_id: bytes, offset: int, length: int) -> None:
+        # the kernel starts reading them now, without waiting: packs are read out of
+        # order (a pack holds chunks as the writer's threads finished them), which its
+        # own readahead does not follow
+        if hasattr(os, "posix_fadvise"):
+            try:
+                os.posix_fadvise(self._fd(pack_id), offset, length, os.POSIX_FADV_WILLNEED)
+            except (OSError, AnytimeError):
+                pass
 
     def size(self, pack_id: bytes) -> int:
         try:
