@@ -61,6 +61,7 @@ from .format import (
     OPEN_PACK_PREFIX,
     PACK_INFO,
     PENDING_PREFIX,
+    RECORD_HEADER,
     U32,
     U64,
     ZDICT_CURRENT,
@@ -81,6 +82,7 @@ from .mapping import MapTrimmer
 from .options import DEFAULT_OPTIONS, StoreOptions
 from .packs import PackReader
 from .packstore import LocalDirPackStore, PackStore
+from .readahead import ReadAhead
 from .volumes import Volume
 
 #: Address space reserved for the index up front: growing it later would invalidate
@@ -376,6 +378,7 @@ class Repository:
         self._open_index()
         self.packs = PackReader(self.pack_store)
         self.cache = BlockCache()
+        self._read_ahead = ReadAhead(self)
         # decompressors by dictionary id (0: none), and the dictionaries read so far
         # (zstandard.ZstdDecompressor, zstandard.ZstdCompressionDict)
         self._dctx_pools: dict[int, list] = {0: []}
@@ -566,6 +569,7 @@ class Repository:
         return compaction.usage(self)
 
     def close(self) -> None:
+        self._read_ahead.close()
         self.packs.close()
         self._close_env()
 
@@ -722,6 +726,23 @@ class Repository:
                     pieces.append(memoryview(data)[off + a - pos:off + b - pos])
             pos += n
         return pieces
+
+    def read_ahead(self, refs) -> None:
+        """Load the chunks of block references ``refs`` into the cache in a worker
+        thread, for reads that will want them soon (store/readahead.py); returns at
+        once. ``HOLE_ID`` is the caller's to leave out."""
+        self._read_ahead.want(refs)
+
+    def will_read_ref(self, txn, ref: bytes) -> None:
+        """Tell the pack store which stored bytes the chunks of block reference ``ref``
+        not in the cache are (:meth:`PackStore.will_read`, a hint)."""
+        ids = [bytes(ref)] if len(ref) == BLOCK_ID_LEN else [c for c, _o, _n in decode_ref(ref)]
+        for cid in ids:
+            if cid == HOLE_ID or self.cache.get(cid) is not None:
+                continue
+            loc = self.block_location(txn, cid)
+            if loc is not None:
+                self.pack_store.will_read(loc[0], loc[1], RECORD_HEADER.size + loc[2])
 
     def file_refs(self, f, block_size: int) -> list[bytes]:
         """The block references a snapshot into this repository would record for the

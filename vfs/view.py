@@ -15,6 +15,8 @@ of a later instant made after that sees them.
 
 from __future__ import annotations
 
+import threading
+
 from anytime.store import timeline
 from anytime.store.errors import ContentUnavailable
 from anytime.store.format import FLAG_UNREADABLE, HOLE_ID, KIND_DIR, KIND_FILE, Entry
@@ -29,6 +31,11 @@ def norm(path: bytes | str) -> bytes:
     return b"/".join(parts)
 
 
+#: Blocks past a sequential read whose chunks are loaded ahead (store/readahead.py).
+READ_AHEAD = 2
+#: Files whose read position a view keeps, at most (then forgotten).
+SEQ_KEPT = 256
+
 #: Why a version recorded unreadable (``FLAG_UNREADABLE``) has no content.
 UNREADABLE = ("the file could not be read when this version was captured, so its content "
               "at this instant is unknown")
@@ -41,6 +48,9 @@ class View:
         self.instant = instant
         self.at = min(instant, vol.horizon)  # what lookups read: never past the horizon
         self.bs = vol.block_size
+        self._lock = threading.Lock()
+        #: file id -> (highest block read, highest block read ahead)
+        self._seq: dict[int, tuple[int, int]] = {}
 
     def lookup(self, path: bytes) -> Entry | None:
         with self.repo.read_txn() as txn:
@@ -74,10 +84,15 @@ class View:
             return b""
         bs = self.bs
         first, last = offset // bs, (end - 1) // bs
+        ahead_from, ahead_to = self._ahead(entry, first, last)
         parts = []
         with self.repo.read_txn() as txn:
             refs = timeline.blocks_at(self.repo, txn, self.vol.id, entry.file_id, first,
                                       last - first + 1, self.at)
+            if ahead_to > ahead_from:
+                later = timeline.blocks_at(self.repo, txn, self.vol.id, entry.file_id,
+                                           ahead_from, ahead_to - ahead_from, self.at)
+                self.repo.read_ahead([r for r in later if r != HOLE_ID])
             for i, ref in enumerate(refs):
                 bstart = (first + i) * bs
                 blen = min(bs, entry.size - bstart)
@@ -92,6 +107,28 @@ class View:
                 if short > 0:  # a block stored before the file grew past it
                     parts.append(bytes(short))
         return b"".join(parts)
+
+    def _ahead(self, entry: Entry, first: int, last: int) -> tuple[int, int]:
+        """Blocks [start, stop) to read ahead of a read of blocks first..last: the next
+        READ_AHEAD blocks not asked for yet, when the file is read in sequence (from its
+        start, or within READ_AHEAD blocks of where its reads got to: the kernel sends
+        a read and its readahead at once, and may serve the later first), never past
+        its last block."""
+        n_blocks = -(-entry.size // self.bs)
+        with self._lock:
+            hi, done = (-1, -1) if first == 0 else self._seq.get(entry.file_id, (-1, -1))
+            if hi - READ_AHEAD <= first <= hi + READ_AHEAD:
+                hi = max(hi, last)
+                start = max(last, done) + 1
+                stop = max(start, min(last + READ_AHEAD, n_blocks - 1) + 1)
+                done = max(done, stop - 1)
+            else:  # a jump: no read-ahead until reads follow on from here
+                hi = done = last
+                start = stop = last + 1
+            if entry.file_id not in self._seq and len(self._seq) >= SEQ_KEPT:
+                self._seq.clear()
+            self._seq[entry.file_id] = (hi, done)
+        return start, stop
 
     def iter_read(self, entry: Entry, chunk: int = 1 << 20):
         """The whole content of a file entry, in pieces."""
