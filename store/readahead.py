@@ -6,8 +6,10 @@ two at a time, so between them a core is often idle. A view that sees a file rea
 sequence (vfs/view.py) hands the block references of the next blocks to
 :meth:`ReadAhead.want`; one worker thread per repository reads and decompresses their
 chunks into the repository's :class:`~anytime.store.repo.BlockCache`, where the reads
-then find them (a read of a chunk the worker is loading waits for that load instead of
-decompressing it twice: ``BlockCache.get_or_load``).
+then find them. A read of a chunk the worker is loading waits for that load instead of
+decompressing it twice (``BlockCache.get_or_load``); the worker never waits for a
+chunk a read is loading, it moves on to the next one, so the two decompress different
+chunks at once (waiting, it made reads no faster than without it).
 
 Only references are handed over, looked up by the view at its own instant, so the
 worker reads nothing the view does not show. It holds the repository by a weak
@@ -111,7 +113,7 @@ class ReadAhead:
                     for ref in batch:
                         if self._closed:
                             break
-                        repo.read_ref(txn, ref)
+                        repo.load_ref(txn, ref)
                         self.loaded += 1
             except Exception:  # the read that needs the chunk reports it
                 pass

@@ -112,9 +112,10 @@ class BlockCache:
                 self._items.move_to_end(block_id)
             return data
 
-    def get_or_load(self, block_id: bytes, load) -> bytes:
+    def get_or_load(self, block_id: bytes, load, wait: bool = True) -> bytes | None:
         """The cached block, or ``load()``'s result; concurrent callers for one block wait
-        for a single load instead of decompressing it twice.
+        for a single load instead of decompressing it twice. With ``wait`` false, a
+        block another caller is loading is left to it: None at once (read-ahead).
 
         A load in flight is a held lock in ``_loading``; waiters block on it, then look
         in the cache again (a failed load leaves nothing, and the next caller tries)."""
@@ -132,6 +133,8 @@ class BlockCache:
                 else:
                     mine = False
             if not mine:
+                if not wait:
+                    return None
                 with busy:  # wait for the loader to finish
                     pass
                 continue
@@ -733,16 +736,26 @@ class Repository:
         once. ``HOLE_ID`` is the caller's to leave out."""
         self._read_ahead.want(refs)
 
+    def _chunks_of(self, ref: bytes) -> list[bytes]:
+        """The chunk ids block reference ``ref`` names (``HOLE_ID`` left out)."""
+        if len(ref) == BLOCK_ID_LEN:
+            return [] if ref == HOLE_ID else [bytes(ref)]
+        return [c for c, _o, _n in decode_ref(ref) if c != HOLE_ID]
+
     def will_read_ref(self, txn, ref: bytes) -> None:
         """Tell the pack store which stored bytes the chunks of block reference ``ref``
         not in the cache are (:meth:`PackStore.will_read`, a hint)."""
-        ids = [bytes(ref)] if len(ref) == BLOCK_ID_LEN else [c for c, _o, _n in decode_ref(ref)]
-        for cid in ids:
-            if cid == HOLE_ID or self.cache.get(cid) is not None:
-                continue
-            loc = self.block_location(txn, cid)
-            if loc is not None:
-                self.pack_store.will_read(loc[0], loc[1], RECORD_HEADER.size + loc[2])
+        for cid in self._chunks_of(ref):
+            if self.cache.get(cid) is None:
+                loc = self.block_location(txn, cid)
+                if loc is not None:
+                    self.pack_store.will_read(loc[0], loc[1], RECORD_HEADER.size + loc[2])
+
+    def load_ref(self, txn, ref: bytes) -> None:
+        """Load the chunks of block reference ``ref`` into the cache, but none another
+        thread is loading (it will have it; read-ahead moves on to the next)."""
+        for cid in self._chunks_of(ref):
+            self.cache.get_or_load(cid, lambda cid=cid: self._read_block(txn, cid), wait=False)
 
     def file_refs(self, f, block_size: int) -> list[bytes]:
         """The block references a snapshot into this repository would record for the

@@ -61,3 +61,25 @@ def test_failed_load_is_retried_by_a_waiter():
         c.get_or_load(b"k", load)
     t.join(5)
     assert out == [b"ok"] and len(attempts) == 2
+
+
+def test_a_load_in_flight_is_left_to_its_loader_without_wait():
+    c = BlockCache()
+    gate = threading.Event()
+    started = threading.Event()
+
+    def slow():
+        started.set()
+        gate.wait(5)
+        return b"slow"
+
+    t = threading.Thread(target=lambda: c.get_or_load(b"k", slow))
+    t.start()
+    assert started.wait(5)
+    t0 = time.monotonic()
+    assert c.get_or_load(b"k", lambda: b"again", wait=False) is None
+    assert time.monotonic() - t0 < 1, "returned at once, not after the load"
+    gate.set()
+    t.join(5)
+    assert c.get_or_load(b"k", lambda: b"again", wait=False) == b"slow"
+    assert c.get_or_load(b"new", lambda: b"loaded", wait=False) == b"loaded"
