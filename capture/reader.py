@@ -40,6 +40,10 @@ SEGMENT_BLOCKS = 8
 #: Chunks of a large file given to the reader's pool per thread of it, at most: the one
 #: it compresses and one waiting (:meth:`FileReader._submit`).
 POOL_AHEAD = 2
+#: Bytes of small files' chunks a batch holds read but not stored, at most: past them
+#: what it holds is stored (:meth:`FileReader.read_batch`), so a batch's memory does not
+#: grow with its number of files.
+BATCH_BYTES = 1 << 20
 #: Reads of a file before it is recorded as unstable (capture/scan.py).
 RETRIES = 3
 #: A file changed less than this before its read began is "recent" (capture/scan.py):
@@ -90,10 +94,12 @@ class FileReader:
     def read_batch(self, jobs: list[tuple]) -> list:
         """:meth:`read_small` for each (path, probe, tries, last refs); an OSError is
         returned in its place. The files that are one chunk and not recent are read
-        first and their chunks stored together at the end (``store_many``): one call
-        for the batch instead of one per file (each releases and takes back the GIL)."""
+        first and their chunks stored together (``store_many``), once ``BATCH_BYTES``
+        of them are held and at the end: one call for many files instead of one per
+        file (each releases and takes back the GIL)."""
         out: list = []
         unstored: list[int] = []  # where out holds an _Unstored chunk in place of refs
+        held = 0  # bytes of those chunks
         with self.batch():
             for job in jobs:
                 try:
@@ -102,12 +108,21 @@ class FileReader:
                     got = err
                 if not isinstance(got, OSError) and isinstance(got[0], _Unstored):
                     unstored.append(len(out))
+                    held += len(got[0].data)
                 out.append(got)
-            if unstored:
-                ids = self.store_many([out[k][0].data for k in unstored])
-                for k, bid in zip(unstored, ids, strict=True):
-                    out[k] = ([bid], *out[k][1:])
+                if held >= BATCH_BYTES:
+                    self._store_unstored(out, unstored)
+                    unstored, held = [], 0
+            self._store_unstored(out, unstored)
         return out
+
+    def _store_unstored(self, out: list, unstored: list[int]) -> None:
+        """Store the chunks ``out`` holds at ``unstored`` by one ``store_many`` call, and
+        put their references in their place."""
+        if unstored:
+            ids = self.store_many([out[k][0].data for k in unstored])
+            for k, bid in zip(unstored, ids, strict=True):
+                out[k] = ([bid], *out[k][1:])
 
     def read_small(self, abspath: bytes, probe: bool = False, tries: int = 1,
                    last_ids: list[bytes] | None = None, defer: bool = False):

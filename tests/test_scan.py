@@ -333,3 +333,66 @@ def test_a_name_too_long_for_an_entry_key_is_skipped_not_fatal(tmp_path, src_dir
         ("x" * 13, "its name is 13 bytes long; the index holds names of up to 12 bytes")]
     with view_at(tmp_path / "r", "src") as v:
         assert [n for n, _ in v.listdir(b"")] == [b"ok.txt"]
+
+
+# --- batches of small files and large files in flight --------------------------------
+def test_a_batch_stores_what_it_holds_past_batch_bytes(tmp_path, src_dir, monkeypatch):
+    """A worker's batch of small files stores their chunks together, but never holds
+    more than BATCH_BYTES of them unstored (plus the file that passed it): past that it
+    stores what it holds and reads on. Every file is stored, in its own chunk."""
+    from conftest import TEST_OPTIONS
+
+    from anytime.capture import reader, scan, snapshot
+    from anytime.store.repo import Repository
+    from anytime.store.writer import CommitBuilder
+
+    monkeypatch.setattr(reader, "BATCH_BYTES", 10_000)
+    monkeypatch.setattr(scan, "BATCH_FILES", 64)
+    files = {f"f{i:02}": os.urandom(3000 + i) for i in range(40)}
+    for name, data in files.items():
+        (src_dir / name).write_bytes(data)
+    time.sleep(1.1)  # not recent: a recent file is read twice and stored at once
+    calls = []
+    store_chunks = CommitBuilder.store_chunks
+
+    def spy(self, chunks):
+        calls.append([len(c) for c in chunks])
+        return store_chunks(self, chunks)
+
+    monkeypatch.setattr(CommitBuilder, "store_chunks", spy)
+    with Repository.init(str(tmp_path / "r"), options=TEST_OPTIONS) as repo:
+        report = snapshot(repo, str(src_dir), workers=1)
+    assert report.committed and report.files_read == 40
+    assert sorted(n for c in calls for n in c) == sorted(map(len, files.values()))
+    assert len(calls) >= 40 * 3000 // 13_100  # 10,000 bytes and one file more each
+    assert all(sum(c) - c[-1] < 10_000 for c in calls)
+    with view_at(tmp_path / "r", "src") as v:
+        for name, data in files.items():
+            e = v.lookup(name.encode())
+            assert v.read(e, 0, e.size) == data
+
+
+def test_large_files_in_flight_are_bounded(tmp_path, src_dir, monkeypatch):
+    """At most MAX_LARGE_INFLIGHT large files (each with a descriptor open) are queued
+    for the workers, however many small files may be."""
+    from conftest import TEST_OPTIONS
+
+    from anytime.capture import reader, scan, snapshot
+    from anytime.store.repo import Repository
+
+    monkeypatch.setattr(scan, "MAX_LARGE_INFLIGHT", 2)
+    seen = []
+    submit = scan.Scanner._submit
+
+    def spy(self, job):
+        submit(self, job)
+        seen.append(self.large_inflight)
+
+    monkeypatch.setattr(scan.Scanner, "_submit", spy)
+    with Repository.init(str(tmp_path / "r"), options=TEST_OPTIONS) as repo:
+        size = (reader.SEGMENT_BLOCKS + 1) * repo.block_size
+        for i in range(8):
+            (src_dir / f"big{i}").write_bytes(os.urandom(1000) * (size // 1000 + 1))
+        report = snapshot(repo, str(src_dir))
+    assert report.committed and report.files_read == 8
+    assert 2 <= max(seen) <= 3  # the one submitted before a drain: then back to 2
