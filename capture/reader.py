@@ -43,7 +43,7 @@ POOL_AHEAD = 2
 #: Bytes of small files' chunks a batch holds read but not stored, at most: past them
 #: what it holds is stored (:meth:`FileReader.read_batch`), so a batch's memory does not
 #: grow with its number of files.
-BATCH_BYTES = 1 << 20
+BATCH_BYTES = 256 << 10
 #: Reads of a file before it is recorded as unstable (capture/scan.py).
 RETRIES = 3
 #: A file changed less than this before its read began is "recent" (capture/scan.py):
