@@ -71,16 +71,16 @@ SWITCH_INTERVAL = 0.0005
 #: times in a first snapshot of 50,000 small files (twice over every object), about
 #: 1.5% of its CPU time; at this threshold, about 10 times.
 GC_THRESHOLD = 20_000
-#: Files queued for the workers at most (small files in batches, large files one each).
-MAX_INFLIGHT = 512
-#: Large files queued at most: each holds a descriptor, opened by the walking thread,
-#: until its read is checked.
-MAX_LARGE_INFLIGHT = 128
+#: Files queued for the workers at most (small files in batches, large files one each;
+#: a large file holds a descriptor until its read is checked). 512 raised the peak
+#: private memory of a stdlib first capture by 10-15 MB.
+MAX_INFLIGHT = 128
 #: Files of at most SEGMENT_BLOCKS blocks are handed to the workers this many at a time
 #: (a worker holds at most ``reader.BATCH_BYTES`` of their chunks unstored). Fewer
 #: batches are fewer hand-offs, lookup transactions and compression calls (each makes a
-#: new zstd context): docs/performance.md "First snapshot of small files".
-BATCH_FILES = 64
+#: new zstd context); four batches in flight keep the three workers busy:
+#: docs/performance.md "First snapshot of small files".
+BATCH_FILES = 32
 
 
 def unchanged(prev: Entry | None, s: os.stat_result, kind: int) -> bool:
@@ -183,9 +183,6 @@ class Scanner:
         self.instant: int | None = None
         self.pending: deque[_FileJob] = deque()
         self.inflight = 0
-        self.large_inflight = 0  # of them, large files (an open descriptor each)
-        # probes handed back as large files, waiting for fewer large files in flight
-        self._handed_back: deque[tuple[bytes, bytes, os.stat_result]] = deque()
         self._batch: list[_FileJob] = []
         self.hardlinks: dict[tuple[int, int], int] = {}
         # other links of a file met while it is read: recorded once the read tells how
@@ -552,7 +549,6 @@ class Scanner:
         sparse = job.before.st_blocks * 512 < size
         job.segments = [self.pool.submit(self.reader.read_large, job.fd, size, sparse)]
         self.inflight += 1
-        self.large_inflight += 1
 
     def _flush_batch(self) -> None:
         if self._batch:
@@ -563,16 +559,7 @@ class Scanner:
             self._batch = []
 
     def _drain(self, limit: int) -> None:
-        """Finish queued files, oldest first, until at most ``limit`` are in flight (and
-        at most ``MAX_LARGE_INFLIGHT`` large ones, each holding a descriptor: probes
-        handed back as large files are recorded only as their number allows)."""
-        while True:
-            while self._handed_back and self.large_inflight < MAX_LARGE_INFLIGHT:
-                self._record_file(*self._handed_back.popleft(), None, drain=False)
-            if not self.pending or (self.inflight <= limit
-                                    and self.large_inflight <= MAX_LARGE_INFLIGHT
-                                    and (limit or not self._handed_back)):
-                return
+        while self.pending and self.inflight > limit:
             self._finish(self.pending.popleft())
 
     def _collect(self, job: _FileJob) -> tuple[list[bytes], os.stat_result] | None:
@@ -588,8 +575,8 @@ class Scanner:
             if res[0] == "defer":
                 self.report.changed -= 1  # counted again by the full path
                 s = res[1]
-                if st_.S_ISREG(s.st_mode):  # recorded by _drain, which bounds large files
-                    self._handed_back.append((job.path, job.abspath, s))
+                if st_.S_ISREG(s.st_mode):
+                    self._record_file(job.path, job.abspath, s, None, drain=False)
                 else:
                     self.report.files -= 1
                     self._count_other(kind_of(s.st_mode))
@@ -610,7 +597,6 @@ class Scanner:
             job.entry.xattrs = xattrs
             return ids, after
         self.inflight -= len(job.segments)
-        self.large_inflight -= len(job.segments)
         failed = None
         try:
             ids, job.end = job.segments[0].result()

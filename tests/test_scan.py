@@ -347,7 +347,7 @@ def test_a_batch_stores_what_it_holds_past_batch_bytes(tmp_path, src_dir, monkey
     from anytime.store.writer import CommitBuilder
 
     monkeypatch.setattr(reader, "BATCH_BYTES", 10_000)
-    monkeypatch.setattr(scan, "BATCH_FILES", 64)
+    monkeypatch.setattr(scan, "BATCH_FILES", 64)  # all 40 in one batch
     files = {f"f{i:02}": os.urandom(3000 + i) for i in range(40)}
     for name, data in files.items():
         (src_dir / name).write_bytes(data)
@@ -371,28 +371,3 @@ def test_a_batch_stores_what_it_holds_past_batch_bytes(tmp_path, src_dir, monkey
             e = v.lookup(name.encode())
             assert v.read(e, 0, e.size) == data
 
-
-def test_large_files_in_flight_are_bounded(tmp_path, src_dir, monkeypatch):
-    """At most MAX_LARGE_INFLIGHT large files (each with a descriptor open) are queued
-    for the workers, however many small files may be."""
-    from conftest import TEST_OPTIONS
-
-    from anytime.capture import reader, scan, snapshot
-    from anytime.store.repo import Repository
-
-    monkeypatch.setattr(scan, "MAX_LARGE_INFLIGHT", 2)
-    seen = []
-    submit = scan.Scanner._submit
-
-    def spy(self, job):
-        submit(self, job)
-        seen.append(self.large_inflight)
-
-    monkeypatch.setattr(scan.Scanner, "_submit", spy)
-    with Repository.init(str(tmp_path / "r"), options=TEST_OPTIONS) as repo:
-        size = (reader.SEGMENT_BLOCKS + 1) * repo.block_size
-        for i in range(8):
-            (src_dir / f"big{i}").write_bytes(os.urandom(1000) * (size // 1000 + 1))
-        report = snapshot(repo, str(src_dir))
-    assert report.committed and report.files_read == 8
-    assert 2 <= max(seen) <= 3  # the one submitted before a drain: then back to 2
