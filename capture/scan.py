@@ -72,15 +72,13 @@ SWITCH_INTERVAL = 0.0005
 #: 1.5% of its CPU time; at this threshold, about 10 times.
 GC_THRESHOLD = 20_000
 #: Files queued for the workers at most (small files in batches, large files one each;
-#: a large file holds a descriptor until its read is checked). 512 raised the peak
-#: private memory of a stdlib first capture by 10-15 MB.
+#: a large file holds a descriptor until its read is checked).
 MAX_INFLIGHT = 128
 #: Files of at most SEGMENT_BLOCKS blocks are handed to the workers this many at a time
-#: (a worker holds at most ``reader.BATCH_BYTES`` of their chunks unstored). Fewer
-#: batches are fewer hand-offs, lookup transactions and compression calls (each makes a
-#: new zstd context); four batches in flight keep the three workers busy:
+#: (a worker holds at most ``reader.BATCH_BYTES`` of their chunks unstored). Larger
+#: batches take fewer instructions per small file but more memory for the stdlib corpus:
 #: docs/performance.md "First snapshot of small files".
-BATCH_FILES = 32
+BATCH_FILES = 16
 
 
 def unchanged(prev: Entry | None, s: os.stat_result, kind: int) -> bool:
