@@ -129,11 +129,13 @@ def cmd_protect(args) -> int:
     from anytime.capture import read_pattern_file
     from anytime.vfs.instants import format_instant
 
+    from .malloc import limit_arenas
     from .progress import Progress
 
     if args.systemd_unit:
         sys.stdout.write(systemd_unit(args))
         return 0
+    limit_arenas()
     excludes = list(args.exclude)
     for f in args.exclude_file:
         excludes += read_pattern_file(f)

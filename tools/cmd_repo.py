@@ -150,9 +150,11 @@ def cmd_snapshot(args) -> int:
     from anytime.capture import Interrupted, read_pattern_file, snapshot
     from anytime.vfs.instants import format_instant
 
+    from .malloc import limit_arenas
     from .progress import Progress
     from .text import plural
 
+    limit_arenas()
     excludes = list(args.exclude)
     for f in args.exclude_file:
         excludes += read_pattern_file(f)
