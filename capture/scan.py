@@ -75,10 +75,11 @@ GC_THRESHOLD = 20_000
 #: a large file holds a descriptor until its read is checked).
 MAX_INFLIGHT = 128
 #: Files of at most SEGMENT_BLOCKS blocks are handed to the workers this many at a time
-#: (a worker holds at most ``reader.BATCH_BYTES`` of their chunks unstored). Larger
-#: batches take fewer instructions per small file but more memory for the stdlib corpus:
+#: (a worker holds at most ``reader.BATCH_BYTES`` of their chunks unstored). Fewer
+#: batches are fewer hand-offs, lookup transactions and compression calls (each makes a
+#: new zstd context); four batches in flight keep the three workers busy:
 #: docs/performance.md "First snapshot of small files".
-BATCH_FILES = 16
+BATCH_FILES = 32
 
 
 def unchanged(prev: Entry | None, s: os.stat_result, kind: int) -> bool:
