@@ -3,9 +3,8 @@
 LMDB never makes ``index/data.mdb`` smaller. Pages a write transaction frees (a prune
 deletes most records of a thinned history) are reused by later writes but stay in the
 file, so after a prune the index takes the space of the history it held before.
-*Compacting* writes a copy of the index that holds only the pages in use (LMDB's
-compacting copy, ``mdb_env_copyfd2`` with ``MDB_CP_COMPACT``) and puts it in place of
-``data.mdb``.
+*Compacting* writes a copy of the index that holds only the records in use, in full
+pages, and puts it in place of ``data.mdb``.
 
 Terms:
   used bytes   the pages some database of the index uses (branch, leaf and overflow
