@@ -74,6 +74,9 @@ GROUP_OPS = 4096
 ENTRY_EVERY_S = 1.0
 #: Bytes of written data queued for the recorder at most; writers wait past it.
 MAX_QUEUED_BYTES = 64 << 20
+#: A group commit holding this much written data goes at once, without waiting out
+#: ``GROUP_S``: writers fill the rest of the queue meanwhile.
+GROUP_BYTES = MAX_QUEUED_BYTES // 4
 #: Largest write request the kernel sends.
 MAX_WRITE = 1 << 20
 #: Slices a block reference may have before the block is stored whole again.
@@ -227,9 +230,14 @@ class Recorder:
                     return
                 continue
             end = time.monotonic() + GROUP_S
-            while len(batch) < GROUP_OPS:
+            size = batch[0][2]
+            # a group ends after GROUP_S, or once it holds GROUP_BYTES of data: writers
+            # held at MAX_QUEUED_BYTES would otherwise wait out the window with the
+            # recorder, and go on only once the whole queue is committed
+            while len(batch) < GROUP_OPS and size < GROUP_BYTES:
                 try:
                     batch.append(self.q.get_nowait())
+                    size += batch[-1][2]
                     continue
                 except queue.Empty:
                     pass
@@ -238,6 +246,7 @@ class Recorder:
                     break
                 try:
                     batch.append(self.q.get(timeout=min(left, URGENT_POLL_S)))
+                    size += batch[-1][2]
                 except queue.Empty:
                     pass
             self._urgent.clear()
