@@ -71,6 +71,7 @@ from .format import (
     decode_ref,
     open_pack_key,
     pending_key,
+    ref_chunk_ids,
     split_pending_key,
     vol_key,
     zdict_key,
@@ -736,16 +737,10 @@ class Repository:
         once. ``HOLE_ID`` is the caller's to leave out."""
         self._read_ahead.want(refs)
 
-    def _chunks_of(self, ref: bytes) -> list[bytes]:
-        """The chunk ids block reference ``ref`` names (``HOLE_ID`` left out)."""
-        if len(ref) == BLOCK_ID_LEN:
-            return [] if ref == HOLE_ID else [bytes(ref)]
-        return [c for c, _o, _n in decode_ref(ref) if c != HOLE_ID]
-
     def will_read_ref(self, txn, ref: bytes) -> None:
         """Tell the pack store which stored bytes the chunks of block reference ``ref``
         not in the cache are (:meth:`PackStore.will_read`, a hint)."""
-        for cid in self._chunks_of(ref):
+        for cid in ref_chunk_ids(ref):
             if self.cache.get(cid) is None:
                 loc = self.block_location(txn, cid)
                 if loc is not None:
@@ -754,7 +749,7 @@ class Repository:
     def load_ref(self, txn, ref: bytes) -> None:
         """Load the chunks of block reference ``ref`` into the cache, but none another
         thread is loading (it will have it; read-ahead moves on to the next)."""
-        for cid in self._chunks_of(ref):
+        for cid in ref_chunk_ids(ref):
             self.cache.get_or_load(cid, lambda cid=cid: self._read_block(txn, cid), wait=False)
 
     def file_refs(self, f, block_size: int) -> list[bytes]:
