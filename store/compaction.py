@@ -65,13 +65,12 @@ class Compaction(NamedTuple):
 def usage(repo) -> tuple[int, int]:
     """(file bytes up to LMDB's last page, used bytes) of ``repo``'s index."""
     env = repo.env
-    psize = env.stat()["psize"]
-    pages = lambda st: st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]  # noqa: E731
-    used = 2 + pages(env.stat())  # the meta pages and the main database (names the others)
+    main = env.stat()  # the main database: it names the others
     with repo.read_txn() as txn:
-        for db in repo.dbs.values():
-            used += pages(txn.stat(db))
-    return (env.info()["last_pgno"] + 1) * psize, used * psize
+        stats = [main] + [txn.stat(db) for db in repo.dbs.values()]
+    used = 2 + sum(st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
+                   for st in stats)  # and the two meta pages
+    return (env.info()["last_pgno"] + 1) * main["psize"], used * main["psize"]
 
 
 def compact(repo, min_free: float | None = None) -> Compaction:
