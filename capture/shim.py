@@ -791,62 +791,55 @@ class ShimOps:
         if flags & ~RENAME_NOREPLACE:
             raise OSError(errno.EINVAL, "")
         with self.tree_lock:
-            s = os.lstat(_at(o), dir_fd=self.root)
             if flags:
                 _renameat2(self.root, _at(o), self.root, _at(n), flags)
             else:
                 os.rename(_at(o), _at(n), src_dir_fd=self.root, dst_dir_fd=self.root)
-            records = [("entry", o, Entry(KIND_DELETED))]
-            if st_.S_ISDIR(s.st_mode):
-                records += self._moved_tree(o, n)
-            else:
-                fid = self.fids.pop(o, None)
-                if fid is None and st_.S_ISREG(s.st_mode):
-                    fid = self._fid(o)
-                    self.fids.pop(o, None)
-                if fid is not None:
-                    self.fids[n] = fid
-                records.append(("entry", n, self._entry(n, fid=fid)))
-            self.rec.stamp_and_put(records)
+            self.rec.stamp_and_put(self._relocated([(o, n)]))
         return 0
 
     def _exchange(self, a: bytes, b: bytes) -> int:
         """``RENAME_EXCHANGE``: swap ``a`` and ``b`` atomically (both must exist), and
-        record, as one operation, every path under both names as it is now (files with
-        the file ids they had in their old place) and the deletion of the paths that no
-        longer exist (a name under ``a`` that only the other tree had)."""
+        record both, as one operation (:meth:`_relocated`)."""
         with self.tree_lock:
             _renameat2(self.root, _at(a), self.root, _at(b), RENAME_EXCHANGE)
-            under = (a, b, a + b"/", b + b"/")
-            before = {p: self.fids.pop(p) for p in list(self.fids)
-                      if p in under[:2] or p.startswith(under[2:])}
-            entries, olds, fids = [], set(), {}
-            stack = [(b, a), (a, b)]  # (where it was, where it is now)
-            while stack:
-                was, now = stack.pop()
-                olds.add(was)
-                try:
-                    st = os.lstat(_at(now), dir_fd=self.root)
-                except OSError:
-                    continue
-                k = kind_of(st.st_mode)
-                fid = 0 if k == KIND_DIR else None
-                if k == KIND_FILE:
-                    fid = before.get(was) or self._fid(was)
-                    self.fids.pop(was, None)
-                    fids[now] = fid
-                try:
-                    entries.append(("entry", now, self._entry(now, fid=fid)))
-                except OSError:
-                    continue
-                if k == KIND_DIR:
-                    stack += [(join_path(was, x), join_path(now, x))
-                              for x in self._names(now)]
-            nows = {e[1] for e in entries}
-            gone = [("entry", p, Entry(KIND_DELETED)) for p in sorted(olds - nows)]
-            self.fids.update(fids)
-            self.rec.stamp_and_put(gone + entries)
+            self.rec.stamp_and_put(self._relocated([(b, a), (a, b)]))
         return 0
+
+    def _relocated(self, moves: list[tuple[bytes, bytes]]) -> list:
+        """Records of a rename that moved each ``was`` of ``moves`` to its ``now``
+        (called under the tree lock, after it): every path under each ``now`` as it is
+        now, files with the file ids they had in their old place, and the deletion of
+        the old paths that no longer exist (for an exchange, a name under one side that
+        only the other had). The shim's file-id map follows."""
+        roots = {p for m in moves for p in m}
+        inside = tuple(r + b"/" for r in roots)
+        before = {p: self.fids.pop(p) for p in list(self.fids)
+                  if p in roots or p.startswith(inside)}
+        entries, olds, fids = [], set(), {}
+        stack = list(reversed(moves))  # (where it was, where it is now)
+        while stack:
+            was, now = stack.pop()
+            olds.add(was)
+            try:
+                st = os.lstat(_at(now), dir_fd=self.root)
+            except OSError:
+                continue
+            k = kind_of(st.st_mode)
+            fid = 0 if k == KIND_DIR else None
+            if k == KIND_FILE:
+                fid = before.get(was) or self._fid(was)
+                self.fids.pop(was, None)
+                fids[now] = fid
+            try:
+                entries.append(("entry", now, self._entry(now, fid=fid)))
+            except OSError:
+                continue
+            if k == KIND_DIR:
+                stack += [(join_path(was, x), join_path(now, x)) for x in self._names(now)]
+        nows = {e[1] for e in entries}
+        self.fids.update(fids)
+        return [("entry", p, Entry(KIND_DELETED)) for p in sorted(olds - nows)] + entries
 
     def _names(self, rel: bytes) -> list[bytes]:
         """The names in directory ``rel`` of the real tree (none if it cannot be read:
@@ -859,39 +852,6 @@ class ShimOps:
                 os.close(fd)
         except OSError:
             return []
-
-    def _moved_tree(self, old: bytes, new: bytes) -> list:
-        """Records of directory ``old`` renamed to ``new``: every entry under ``new``,
-        each file with the file id it had under ``old``."""
-        records = []
-        stack = [(old, new)]
-        while stack:
-            o, n = stack.pop()
-            records.append(("entry", n, self._entry(n, fid=0)))
-            for name in self._names(n):
-                co, cn = join_path(o, name), join_path(n, name)
-                records.append(("entry", co, Entry(KIND_DELETED)))  # gone from there
-                try:
-                    s = os.lstat(_at(cn), dir_fd=self.root)
-                except OSError:
-                    continue
-                k = kind_of(s.st_mode)
-                if k == KIND_DIR:
-                    stack.append((co, cn))
-                    continue
-                fid = None
-                if k == KIND_FILE:
-                    fid = self.fids.pop(co, None) or self._fid(co)
-                    self.fids.pop(co, None)
-                    self.fids[cn] = fid
-                try:
-                    records.append(("entry", cn, self._entry(cn, fid=fid)))
-                except OSError:
-                    continue
-        for p in [p for p in list(self.fids) if p.startswith(old + b"/")]:
-            self.fids.pop(p, None)
-        records[0] = ("entry", new, self._entry(new))
-        return records
 
     def chmod(self, path, mode):
         rel = _rel(path)
